@@ -1,0 +1,347 @@
+//! A small Kafka client used by Strand's own tests, benchmark and simulator workloads.
+//!
+//! It speaks the real protocol (kafka-protocol's messages over TCP) with fixed recent
+//! versions, one request at a time. It is not a general-purpose client: no batching
+//! across calls, no retries, no consumer groups.
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::indexmap::IndexMap;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use kafka_protocol::ResponseError;
+use std::net::SocketAddr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Largest response frame the client accepts.
+const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
+
+pub struct Client {
+    stream: TcpStream,
+    next_correlation_id: i32,
+    client_id: StrBytes,
+}
+
+/// One record as a producer gives it and a consumer gets it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimpleRecord {
+    pub offset: i64,
+    pub timestamp_ms: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+}
+
+/// What one partition fetch returned.
+#[derive(Debug, Clone)]
+pub struct FetchedPartition {
+    pub error: Option<ResponseError>,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    pub records: Vec<SimpleRecord>,
+}
+
+fn str_bytes(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+fn check(code: i16) -> Result<()> {
+    match ResponseError::try_from_code(code) {
+        None if code == 0 => Ok(()),
+        Some(e) => Err(anyhow!(e)),
+        None => bail!("unknown error code {code}"),
+    }
+}
+
+/// Encodes records as one RecordBatch v2 with the given compression.
+pub fn encode_batch(
+    records: &[(Option<Bytes>, Option<Bytes>)],
+    timestamp_ms: i64,
+    compression: Compression,
+) -> Result<Bytes> {
+    let records: Vec<Record> = records
+        .iter()
+        .enumerate()
+        .map(|(i, (key, value))| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            // The encoder starts a new batch whenever offset - sequence changes; keeping it
+            // constant with a first sequence of -1 gives one batch with baseSequence -1
+            // (what a non-idempotent producer sends).
+            sequence: i as i32 - 1,
+            timestamp: timestamp_ms,
+            key: key.clone(),
+            value: value.clone(),
+            headers: IndexMap::new(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )?;
+    Ok(buf.freeze())
+}
+
+/// Decodes every batch in `bytes` (CRCs checked by the decoder).
+pub fn decode_records(bytes: &Bytes) -> Result<Vec<SimpleRecord>> {
+    let mut buf = bytes.clone();
+    let mut out = Vec::new();
+    for set in RecordBatchDecoder::decode_all(&mut buf)? {
+        for r in set.records {
+            out.push(SimpleRecord {
+                offset: r.offset,
+                timestamp_ms: r.timestamp,
+                key: r.key,
+                value: r.value,
+            });
+        }
+    }
+    Ok(out)
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Result<Client> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connect {addr}"))?;
+        let _ = stream.set_nodelay(true);
+        Ok(Client {
+            stream,
+            next_correlation_id: 1,
+            client_id: str_bytes("strand-client"),
+        })
+    }
+
+    async fn write_request<R: Request>(&mut self, request: &R, version: i16) -> Result<i32> {
+        let correlation_id = self.next_correlation_id;
+        self.next_correlation_id = self.next_correlation_id.wrapping_add(1);
+        let header = RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(version)
+            .with_correlation_id(correlation_id)
+            .with_client_id(Some(self.client_id.clone()));
+        let mut body = BytesMut::new();
+        header.encode(&mut body, R::header_version(version))?;
+        request.encode(&mut body, version)?;
+        self.stream
+            .write_all(&(body.len() as i32).to_be_bytes())
+            .await?;
+        self.stream.write_all(&body).await?;
+        self.stream.flush().await?;
+        Ok(correlation_id)
+    }
+
+    async fn read_response<R: Request>(
+        &mut self,
+        correlation_id: i32,
+        version: i16,
+    ) -> Result<R::Response> {
+        let mut size = [0u8; 4];
+        self.stream.read_exact(&mut size).await?;
+        let size = i32::from_be_bytes(size);
+        if size < 0 || size as usize > MAX_RESPONSE_BYTES {
+            bail!("response frame size {size} out of range");
+        }
+        let mut frame = BytesMut::zeroed(size as usize);
+        self.stream.read_exact(&mut frame).await?;
+        let mut frame = frame.freeze();
+        let header = ResponseHeader::decode(&mut frame, R::Response::header_version(version))?;
+        if header.correlation_id != correlation_id {
+            bail!(
+                "correlation id {} != {}",
+                header.correlation_id,
+                correlation_id
+            );
+        }
+        R::Response::decode(&mut frame, version)
+    }
+
+    /// Sends a request and waits for its response.
+    pub async fn send<R: Request>(&mut self, request: &R, version: i16) -> Result<R::Response> {
+        let id = self.write_request(request, version).await?;
+        self.read_response::<R>(id, version).await
+    }
+
+    pub async fn api_versions(&mut self) -> Result<ApiVersionsResponse> {
+        let request = ApiVersionsRequest::default()
+            .with_client_software_name(str_bytes("strand-client"))
+            .with_client_software_version(str_bytes("0"));
+        let response = self.send(&request, 3).await?;
+        check(response.error_code)?;
+        Ok(response)
+    }
+
+    pub async fn metadata(&mut self, topics: Option<&[&str]>) -> Result<MetadataResponse> {
+        let topics = topics.map(|ts| {
+            ts.iter()
+                .map(|t| MetadataRequestTopic::default().with_name(Some(TopicName(str_bytes(t)))))
+                .collect()
+        });
+        let request = MetadataRequest::default()
+            .with_topics(topics)
+            .with_allow_auto_topic_creation(true);
+        self.send(&request, 12).await
+    }
+
+    pub async fn create_topic(
+        &mut self,
+        name: &str,
+        partitions: i32,
+        configs: &[(&str, &str)],
+    ) -> Result<()> {
+        let configs = configs
+            .iter()
+            .map(|(k, v)| {
+                CreatableTopicConfig::default()
+                    .with_name(str_bytes(k))
+                    .with_value(Some(str_bytes(v)))
+            })
+            .collect();
+        let topic = CreatableTopic::default()
+            .with_name(TopicName(str_bytes(name)))
+            .with_num_partitions(partitions)
+            .with_replication_factor(-1)
+            .with_configs(configs);
+        let request = CreateTopicsRequest::default()
+            .with_topics(vec![topic])
+            .with_timeout_ms(30_000);
+        let response = self.send(&request, 7).await?;
+        let result = response
+            .topics
+            .first()
+            .ok_or_else(|| anyhow!("empty CreateTopics response"))?;
+        check(result.error_code)
+    }
+
+    /// Produces one encoded batch; returns its base offset (None for acks=0).
+    pub async fn produce_batch(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        batch: Bytes,
+        acks: i16,
+    ) -> Result<Option<i64>> {
+        let data = PartitionProduceData::default()
+            .with_index(partition)
+            .with_records(Some(batch));
+        let topic_data = TopicProduceData::default()
+            .with_name(TopicName(str_bytes(topic)))
+            .with_partition_data(vec![data]);
+        let request = ProduceRequest::default()
+            .with_acks(acks)
+            .with_timeout_ms(30_000)
+            .with_topic_data(vec![topic_data]);
+        if acks == 0 {
+            self.write_request(&request, 9).await?;
+            return Ok(None);
+        }
+        let response = self.send(&request, 9).await?;
+        let p = response
+            .responses
+            .first()
+            .and_then(|t| t.partition_responses.first())
+            .ok_or_else(|| anyhow!("empty Produce response"))?;
+        check(p.error_code)?;
+        Ok(Some(p.base_offset))
+    }
+
+    /// Produces key/value records as one batch.
+    pub async fn produce(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        records: &[(Option<Bytes>, Option<Bytes>)],
+        timestamp_ms: i64,
+        acks: i16,
+    ) -> Result<Option<i64>> {
+        let batch = encode_batch(records, timestamp_ms, Compression::None)?;
+        self.produce_batch(topic, partition, batch, acks).await
+    }
+
+    pub async fn fetch(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_wait_ms: i32,
+        max_bytes: i32,
+    ) -> Result<FetchedPartition> {
+        let wanted = FetchPartition::default()
+            .with_partition(partition)
+            .with_fetch_offset(offset)
+            .with_partition_max_bytes(max_bytes)
+            .with_current_leader_epoch(-1)
+            .with_log_start_offset(-1);
+        let request = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(max_wait_ms)
+            .with_min_bytes(1)
+            .with_max_bytes(max_bytes)
+            .with_session_epoch(-1)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(str_bytes(topic)))
+                .with_partitions(vec![wanted])]);
+        let response = self.send(&request, 12).await?;
+        check(response.error_code)?;
+        let p = response
+            .responses
+            .first()
+            .and_then(|t| t.partitions.first())
+            .ok_or_else(|| anyhow!("empty Fetch response"))?;
+        let records = match &p.records {
+            Some(bytes) if p.error_code == 0 => decode_records(bytes)?,
+            _ => Vec::new(),
+        };
+        Ok(FetchedPartition {
+            error: ResponseError::try_from_code(p.error_code),
+            high_watermark: p.high_watermark,
+            log_start_offset: p.log_start_offset,
+            records,
+        })
+    }
+
+    /// ListOffsets for one partition: -1 latest, -2 earliest, or a timestamp.
+    pub async fn list_offset(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        timestamp: i64,
+    ) -> Result<i64> {
+        let p = ListOffsetsPartition::default()
+            .with_partition_index(partition)
+            .with_timestamp(timestamp)
+            .with_current_leader_epoch(-1);
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(TopicName(str_bytes(topic)))
+                .with_partitions(vec![p])]);
+        let response = self.send(&request, 7).await?;
+        let p = response
+            .topics
+            .first()
+            .and_then(|t| t.partitions.first())
+            .ok_or_else(|| anyhow!("empty ListOffsets response"))?;
+        check(p.error_code)?;
+        Ok(p.offset)
+    }
+}

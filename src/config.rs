@@ -1,0 +1,255 @@
+//! Broker configuration: built-in defaults, an optional TOML file, then command-line
+//! flags (a flag overrides the file). Unknown or invalid settings are refused at start
+//! with a message that names the setting.
+
+use crate::log::config::{effective_config, validate_topic_config, LogConfig};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Everything a broker needs to start.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub node_id: i32,
+    /// Address the listener binds.
+    pub listen: SocketAddr,
+    /// Host and port clients are told to connect to (Metadata, DescribeCluster).
+    pub advertised_host: String,
+    pub advertised_port: i32,
+    pub data_dir: PathBuf,
+    pub log_level: String,
+    /// `auto.create.topics.enable`.
+    pub auto_create_topics: bool,
+    /// `num.partitions`: partitions of an auto-created topic or a CreateTopics with -1.
+    pub default_partitions: i32,
+    /// `socket.request.max.bytes`: largest request frame accepted.
+    pub socket_request_max_bytes: usize,
+    /// Requests read ahead of their responses on one connection.
+    pub max_in_flight_requests_per_connection: usize,
+    /// Open connections accepted at once.
+    pub max_connections: usize,
+    /// `log.flush.interval.ms`: how often data written with acks=0/1 is fsynced.
+    pub flush_interval_ms: u64,
+    /// `log.retention.check.interval.ms`.
+    pub retention_check_interval_ms: u64,
+    /// How often the recovery-point checkpoint is rewritten.
+    pub recovery_checkpoint_interval_ms: u64,
+    /// Topic config defaults (`segment.bytes`, `retention.ms`, ...).
+    pub log_defaults: LogConfig,
+    /// Seed of the broker's RNG (cluster id, topic ids). None: drawn at start.
+    pub seed: Option<u64>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            node_id: 1,
+            listen: "127.0.0.1:9092".parse().unwrap(),
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: 9092,
+            data_dir: PathBuf::from("./strand-data"),
+            log_level: "info".into(),
+            auto_create_topics: true,
+            default_partitions: 1,
+            socket_request_max_bytes: 100 * 1024 * 1024,
+            max_in_flight_requests_per_connection: 32,
+            max_connections: 1024,
+            flush_interval_ms: 1000,
+            retention_check_interval_ms: 30_000,
+            recovery_checkpoint_interval_ms: 10_000,
+            log_defaults: LogConfig::default(),
+            seed: None,
+        }
+    }
+}
+
+/// The TOML file: the same settings as the flags, plus broker settings and topic defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ConfigFile {
+    pub node_id: Option<i32>,
+    pub listen: Option<String>,
+    pub advertised_listener: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub auto_create_topics_enable: Option<bool>,
+    pub num_partitions: Option<i32>,
+    pub socket_request_max_bytes: Option<usize>,
+    pub max_in_flight_requests_per_connection: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub flush_interval_ms: Option<u64>,
+    pub retention_check_interval_ms: Option<u64>,
+    pub recovery_checkpoint_interval_ms: Option<u64>,
+    /// Topic config defaults by their Kafka names, e.g. `"retention.ms" = "3600000"`.
+    #[serde(default)]
+    pub topic_defaults: BTreeMap<String, String>,
+}
+
+/// Settings given on the command line (each overrides the file).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub node_id: Option<i32>,
+    pub listen: Option<String>,
+    pub advertised_listener: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub log_level: Option<String>,
+}
+
+/// Splits `HOST:PORT`.
+pub fn parse_host_port(setting: &str, value: &str) -> Result<(String, u16), String> {
+    let (host, port) = value
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{setting}: expected HOST:PORT, got {value:?}"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{setting}: invalid port in {value:?}"))?;
+    if host.is_empty() {
+        return Err(format!("{setting}: empty host in {value:?}"));
+    }
+    Ok((
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        port,
+    ))
+}
+
+impl BrokerConfig {
+    /// Builds the config from an optional file's text and the flags.
+    pub fn build(file_text: Option<&str>, flags: &Overrides) -> Result<BrokerConfig, String> {
+        let file: ConfigFile = match file_text {
+            Some(text) => toml::from_str(text).map_err(|e| format!("config file: {e}"))?,
+            None => ConfigFile::default(),
+        };
+        let mut config = BrokerConfig::default();
+        if let Some(v) = flags.node_id.or(file.node_id) {
+            if v < 0 {
+                return Err(format!("node-id: must be >= 0, got {v}"));
+            }
+            config.node_id = v;
+        }
+        let listen = flags.listen.clone().or(file.listen);
+        if let Some(v) = &listen {
+            config.listen = v
+                .parse()
+                .map_err(|_| format!("listen: expected IP:PORT, got {v:?}"))?;
+        }
+        match flags
+            .advertised_listener
+            .clone()
+            .or(file.advertised_listener)
+        {
+            Some(v) => {
+                let (host, port) = parse_host_port("advertised-listener", &v)?;
+                config.advertised_host = host;
+                config.advertised_port = port as i32;
+            }
+            None => {
+                config.advertised_host = config.listen.ip().to_string();
+                config.advertised_port = config.listen.port() as i32;
+            }
+        }
+        if let Some(v) = flags.data_dir.clone().or(file.data_dir) {
+            config.data_dir = v;
+        }
+        if let Some(v) = flags.log_level.clone().or(file.log_level) {
+            tracing_subscriber::EnvFilter::try_new(&v).map_err(|e| format!("log-level: {e}"))?;
+            config.log_level = v;
+        }
+        if let Some(v) = file.auto_create_topics_enable {
+            config.auto_create_topics = v;
+        }
+        if let Some(v) = file.num_partitions {
+            if !(1..=10_000).contains(&v) {
+                return Err(format!("num-partitions: must be in 1..=10000, got {v}"));
+            }
+            config.default_partitions = v;
+        }
+        let positive = |name: &str, v: u64| {
+            if v == 0 {
+                Err(format!("{name}: must be > 0"))
+            } else {
+                Ok(v)
+            }
+        };
+        if let Some(v) = file.socket_request_max_bytes {
+            config.socket_request_max_bytes =
+                positive("socket-request-max-bytes", v as u64)? as usize;
+        }
+        if let Some(v) = file.max_in_flight_requests_per_connection {
+            config.max_in_flight_requests_per_connection =
+                positive("max-in-flight-requests-per-connection", v as u64)? as usize;
+        }
+        if let Some(v) = file.max_connections {
+            config.max_connections = positive("max-connections", v as u64)? as usize;
+        }
+        if let Some(v) = file.flush_interval_ms {
+            config.flush_interval_ms = positive("flush-interval-ms", v)?;
+        }
+        if let Some(v) = file.retention_check_interval_ms {
+            config.retention_check_interval_ms = positive("retention-check-interval-ms", v)?;
+        }
+        if let Some(v) = file.recovery_checkpoint_interval_ms {
+            config.recovery_checkpoint_interval_ms =
+                positive("recovery-checkpoint-interval-ms", v)?;
+        }
+        for (name, value) in &file.topic_defaults {
+            validate_topic_config(name, value).map_err(|e| format!("topic-defaults: {e}"))?;
+        }
+        config.log_defaults = effective_config(&LogConfig::default(), &file.topic_defaults)
+            .map_err(|e| format!("topic-defaults: {e}"))?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_flags() {
+        let c = BrokerConfig::build(None, &Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9092");
+        assert_eq!(c.data_dir, PathBuf::from("./strand-data"));
+        assert_eq!(c.node_id, 1);
+        assert_eq!(
+            (c.advertised_host.as_str(), c.advertised_port),
+            ("127.0.0.1", 9092)
+        );
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let file = "node-id = 4\nlisten = \"127.0.0.1:9000\"\n[topic-defaults]\n\"retention.ms\" = \"5000\"\n";
+        let flags = Overrides {
+            node_id: Some(7),
+            ..Default::default()
+        };
+        let c = BrokerConfig::build(Some(file), &flags).unwrap();
+        assert_eq!(c.node_id, 7);
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.advertised_port, 9000);
+        assert_eq!(c.log_defaults.retention_ms, 5000);
+    }
+
+    #[test]
+    fn unknown_and_invalid_settings_are_named() {
+        let err =
+            BrokerConfig::build(Some("no-such-setting = 1\n"), &Overrides::default()).unwrap_err();
+        assert!(err.contains("no-such-setting"), "{err}");
+        let err = BrokerConfig::build(
+            Some("[topic-defaults]\n\"segment.bytes\" = \"x\"\n"),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.contains("segment.bytes"), "{err}");
+        let flags = Overrides {
+            listen: Some("nonsense".into()),
+            ..Default::default()
+        };
+        assert!(BrokerConfig::build(None, &flags)
+            .unwrap_err()
+            .contains("listen"));
+    }
+}

@@ -1,0 +1,13 @@
+//! Strand: a Kafka-compatible commit log broker.
+//!
+//! See `docs/ARCHITECTURE.md` for the map of this crate.
+
+pub mod bench;
+pub mod broker;
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod log;
+pub mod protocol;
+pub mod storage;

@@ -1,0 +1,194 @@
+//! Topic-level log configuration: the Kafka topic configs Strand honours, their
+//! defaults, and parsing/validation of their string values.
+
+use std::collections::BTreeMap;
+
+/// Effective settings of one partition log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// `segment.bytes`: roll when the active segment would grow past this.
+    pub segment_bytes: u64,
+    /// `segment.ms`: roll when the active segment's first batch is this old.
+    pub segment_ms: i64,
+    /// `retention.ms`: delete segments whose newest record is older; -1 keeps forever.
+    pub retention_ms: i64,
+    /// `retention.bytes`: delete oldest segments while the log is larger; -1 means no limit.
+    pub retention_bytes: i64,
+    /// `index.interval.bytes`: log bytes between two offset-index entries.
+    pub index_interval_bytes: u64,
+    /// `max.message.bytes`: largest record batch accepted.
+    pub max_message_bytes: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 1 << 30,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: -1,
+            index_interval_bytes: 4096,
+            max_message_bytes: 1_048_588,
+        }
+    }
+}
+
+/// One topic config Strand knows: its name, and whether it may be changed.
+pub struct ConfigKey {
+    pub name: &'static str,
+    pub doc: &'static str,
+}
+
+/// Every topic config Strand accepts. Anything else is refused with INVALID_CONFIG.
+pub const TOPIC_CONFIG_KEYS: &[ConfigKey] = &[
+    ConfigKey {
+        name: "segment.bytes",
+        doc: "segment size in bytes before a roll",
+    },
+    ConfigKey {
+        name: "segment.ms",
+        doc: "segment age in ms before a roll",
+    },
+    ConfigKey {
+        name: "retention.ms",
+        doc: "age in ms after which segments are deleted, -1 for never",
+    },
+    ConfigKey {
+        name: "retention.bytes",
+        doc: "partition size in bytes above which old segments are deleted, -1 for none",
+    },
+    ConfigKey {
+        name: "index.interval.bytes",
+        doc: "bytes between offset index entries",
+    },
+    ConfigKey {
+        name: "max.message.bytes",
+        doc: "largest record batch accepted",
+    },
+    ConfigKey {
+        name: "cleanup.policy",
+        doc: "only 'delete' until log compaction exists",
+    },
+    ConfigKey {
+        name: "message.timestamp.type",
+        doc: "only 'CreateTime'",
+    },
+    ConfigKey {
+        name: "min.insync.replicas",
+        doc: "replicas that must have a write for acks=all",
+    },
+    ConfigKey {
+        name: "compression.type",
+        doc: "only 'producer': batches are stored as sent",
+    },
+];
+
+/// Why a config value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid value {value:?} for topic config {name}: {reason}")]
+pub struct ConfigError {
+    pub name: String,
+    pub value: String,
+    pub reason: String,
+}
+
+fn err(name: &str, value: &str, reason: &str) -> ConfigError {
+    ConfigError {
+        name: name.to_string(),
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn parse_i64(name: &str, value: &str, min: i64) -> Result<i64, ConfigError> {
+    let v: i64 = value
+        .trim()
+        .parse()
+        .map_err(|_| err(name, value, "not an integer"))?;
+    if v < min {
+        return Err(err(name, value, &format!("must be at least {min}")));
+    }
+    Ok(v)
+}
+
+/// Checks one topic config name and value.
+pub fn validate_topic_config(name: &str, value: &str) -> Result<(), ConfigError> {
+    let mut scratch = LogConfig::default();
+    apply_one(&mut scratch, name, value)
+}
+
+fn apply_one(config: &mut LogConfig, name: &str, value: &str) -> Result<(), ConfigError> {
+    match name {
+        "segment.bytes" => {
+            config.segment_bytes = parse_i64(name, value, 14)?.min(u32::MAX as i64) as u64
+        }
+        "segment.ms" => config.segment_ms = parse_i64(name, value, 1)?,
+        "retention.ms" => config.retention_ms = parse_i64(name, value, -1)?,
+        "retention.bytes" => config.retention_bytes = parse_i64(name, value, -1)?,
+        "index.interval.bytes" => config.index_interval_bytes = parse_i64(name, value, 0)? as u64,
+        "max.message.bytes" => config.max_message_bytes = parse_i64(name, value, 0)? as u64,
+        "cleanup.policy" if value == "delete" => {}
+        "cleanup.policy" => return Err(err(name, value, "only 'delete' is supported")),
+        "message.timestamp.type" if value == "CreateTime" => {}
+        "message.timestamp.type" => return Err(err(name, value, "only 'CreateTime' is supported")),
+        "min.insync.replicas" => {
+            parse_i64(name, value, 1)?;
+        }
+        "compression.type" if value == "producer" => {}
+        "compression.type" => return Err(err(name, value, "only 'producer' is supported")),
+        _ => return Err(err(name, value, "unknown topic config")),
+    }
+    Ok(())
+}
+
+/// The effective config: `defaults` with `overrides` (already validated) applied.
+pub fn effective_config(
+    defaults: &LogConfig,
+    overrides: &BTreeMap<String, String>,
+) -> Result<LogConfig, ConfigError> {
+    let mut config = defaults.clone();
+    for (name, value) in overrides {
+        apply_one(&mut config, name, value)?;
+    }
+    Ok(config)
+}
+
+/// The value of each known config under `config`, as Kafka's DescribeConfigs shows it.
+pub fn describe(config: &LogConfig, name: &str) -> Option<String> {
+    Some(match name {
+        "segment.bytes" => config.segment_bytes.to_string(),
+        "segment.ms" => config.segment_ms.to_string(),
+        "retention.ms" => config.retention_ms.to_string(),
+        "retention.bytes" => config.retention_bytes.to_string(),
+        "index.interval.bytes" => config.index_interval_bytes.to_string(),
+        "max.message.bytes" => config.max_message_bytes.to_string(),
+        "cleanup.policy" => "delete".into(),
+        "message.timestamp.type" => "CreateTime".into(),
+        "min.insync.replicas" => "1".into(),
+        "compression.type" => "producer".into(),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_configs_parse_and_unknown_are_refused() {
+        let mut overrides = BTreeMap::new();
+        overrides.insert("segment.bytes".to_string(), "1024".to_string());
+        overrides.insert("retention.ms".to_string(), "-1".to_string());
+        let config = effective_config(&LogConfig::default(), &overrides).unwrap();
+        assert_eq!(config.segment_bytes, 1024);
+        assert_eq!(config.retention_ms, -1);
+        assert!(validate_topic_config("no.such.config", "1").is_err());
+        assert!(validate_topic_config("segment.bytes", "abc").is_err());
+        assert!(validate_topic_config("retention.ms", "-2").is_err());
+        assert!(validate_topic_config("cleanup.policy", "compact").is_err());
+        for key in TOPIC_CONFIG_KEYS {
+            let value = describe(&LogConfig::default(), key.name).unwrap();
+            validate_topic_config(key.name, &value).unwrap();
+        }
+    }
+}

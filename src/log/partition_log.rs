@@ -1,0 +1,524 @@
+//! The log of one partition: an ordered series of segments, read by offset.
+//!
+//! Plain Rust over the [`Storage`] trait: no tasks, no clock (time comes in as `now_ms`),
+//! no locks. The broker wraps it in a mutex; the simulator and fuzzers drive it directly.
+//!
+//! Invariants:
+//! - segments are keyed by base offset and never overlap; only the last one is written;
+//! - `log_end_offset` is the next offset to assign; every stored batch has offsets below it;
+//! - `recovery_point <= log_end_offset`: everything below it has been fsynced;
+//! - a read never returns a batch whose CRC32C does not verify.
+
+use super::batch::{self, BatchHeader};
+use super::config::LogConfig;
+use super::segment::{self, ScanReport, Segment, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
+use crate::storage::{Storage, SyncHandle};
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where the offsets of an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: i64,
+    pub last_offset: i64,
+}
+
+/// Why a read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("offset {offset} is outside [{log_start_offset}, {log_end_offset}]")]
+    OffsetOutOfRange {
+        offset: i64,
+        log_start_offset: i64,
+        log_end_offset: i64,
+    },
+    #[error("corrupt batch at position {position} of segment {segment_base_offset}")]
+    Corrupt {
+        segment_base_offset: i64,
+        position: u64,
+    },
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// What recovery did when the log was opened.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub segments: usize,
+    pub segments_scanned: usize,
+    pub truncated_bytes: u64,
+    pub segments_removed: usize,
+    pub reasons: Vec<String>,
+}
+
+/// Durability work handed to a flusher: sync these, then call [`PartitionLog::flushed`].
+pub struct FlushTicket {
+    pub handles: Vec<Arc<dyn SyncHandle>>,
+    pub up_to_offset: i64,
+}
+
+pub struct PartitionLog {
+    storage: Arc<dyn Storage>,
+    dir: PathBuf,
+    config: LogConfig,
+    segments: BTreeMap<i64, Segment>,
+    log_end_offset: i64,
+    recovery_point: i64,
+}
+
+impl PartitionLog {
+    /// Opens (creating if needed) the log in `dir`. Segments at or after `recovery_point`
+    /// are scanned batch by batch: a torn or corrupt tail is cut off, later segments are
+    /// removed and indexes are rebuilt. Pass `i64::MAX` after a clean shutdown.
+    pub fn open(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        config: LogConfig,
+        recovery_point: i64,
+    ) -> io::Result<(PartitionLog, RecoveryReport)> {
+        storage.create_dir_all(dir)?;
+        let mut report = RecoveryReport::default();
+        let names = storage.list_dir(dir)?;
+        let mut bases = Vec::new();
+        for name in &names {
+            if let Some(stem) = name.strip_suffix(LOG_SUFFIX) {
+                if let Ok(base) = stem.parse::<i64>() {
+                    bases.push(base);
+                }
+            }
+        }
+        // Indexes without a log are leftovers from an interrupted delete.
+        for name in &names {
+            for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+                if let Some(stem) = name.strip_suffix(suffix) {
+                    if stem
+                        .parse::<i64>()
+                        .map(|b| !bases.contains(&b))
+                        .unwrap_or(false)
+                    {
+                        storage.remove_file(&dir.join(name))?;
+                    }
+                }
+            }
+        }
+        bases.sort_unstable();
+        let mut segments = BTreeMap::new();
+        let mut expected_next = None;
+        let mut cut_rest = false;
+        for (i, &base) in bases.iter().enumerate() {
+            let next_base = bases.get(i + 1).copied().unwrap_or(i64::MAX);
+            let stale = expected_next.map(|n| base < n).unwrap_or(false);
+            if cut_rest || stale {
+                Segment::open(
+                    storage.as_ref(),
+                    dir,
+                    base,
+                    config.index_interval_bytes,
+                    false,
+                )?
+                .0
+                .delete(storage.as_ref(), dir)?;
+                report.segments_removed += 1;
+                continue;
+            }
+            let trust = next_base <= recovery_point;
+            let (segment, scan): (Segment, ScanReport) = Segment::open(
+                storage.as_ref(),
+                dir,
+                base,
+                config.index_interval_bytes,
+                trust,
+            )?;
+            if !trust {
+                report.segments_scanned += 1;
+            }
+            if scan.truncated_bytes > 0 {
+                report.truncated_bytes += scan.truncated_bytes;
+                report.reasons.push(format!(
+                    "segment {base}: {}",
+                    scan.reason.unwrap_or_default()
+                ));
+                cut_rest = true; // nothing after a bad batch can be trusted
+            }
+            if segment.next_offset() > next_base {
+                cut_rest = true;
+            }
+            expected_next = Some(segment.next_offset());
+            segments.insert(base, segment);
+        }
+        // Drop empty segments other than the last: a crash between roll and first append.
+        let empty: Vec<i64> = segments
+            .iter()
+            .rev()
+            .skip(1)
+            .filter(|(_, s)| s.is_empty())
+            .map(|(b, _)| *b)
+            .collect();
+        for base in empty {
+            segments
+                .remove(&base)
+                .unwrap()
+                .delete(storage.as_ref(), dir)?;
+            report.segments_removed += 1;
+        }
+        if segments.is_empty() {
+            let segment = Segment::create(storage.as_ref(), dir, 0, config.index_interval_bytes)?;
+            segments.insert(0, segment);
+        }
+        report.segments = segments.len();
+        let log_end_offset = segments.values().next_back().unwrap().next_offset();
+        let log = PartitionLog {
+            storage,
+            dir: dir.to_path_buf(),
+            config,
+            segments,
+            log_end_offset,
+            recovery_point: recovery_point.min(log_end_offset),
+        };
+        log.check_invariants();
+        Ok((log, report))
+    }
+
+    fn check_invariants(&self) {
+        assert!(!self.segments.is_empty());
+        assert!(self.recovery_point <= self.log_end_offset);
+        assert_eq!(self.active().next_offset(), self.log_end_offset);
+        debug_assert!(self
+            .segments
+            .iter()
+            .zip(self.segments.iter().skip(1))
+            .all(|((_, a), (b, _))| a.next_offset() <= *b));
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments
+            .values()
+            .next_back()
+            .expect("a log always has an active segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("a log always has an active segment")
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    pub fn set_config(&mut self, config: LogConfig) {
+        self.config = config;
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        *self.segments.keys().next().unwrap()
+    }
+
+    pub fn log_end_offset(&self) -> i64 {
+        self.log_end_offset
+    }
+
+    pub fn recovery_point(&self) -> i64 {
+        self.recovery_point
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.values().map(Segment::size_bytes).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Base offsets of the segments, oldest first.
+    pub fn segment_base_offsets(&self) -> Vec<i64> {
+        self.segments.keys().copied().collect()
+    }
+
+    /// Assigns offsets to `batches` (validated producer batches), patches each header in
+    /// place with its base offset and `leader_epoch`, and appends them. All or nothing from
+    /// the caller's view: on an I/O error the log is truncated back to where it was.
+    pub fn append(
+        &mut self,
+        batches: &[(BatchHeader, Bytes)],
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> io::Result<AppendInfo> {
+        assert!(!batches.is_empty());
+        let start = self.log_end_offset;
+        let mut next = start;
+        for (header, bytes) in batches {
+            let mut patched = bytes.to_vec();
+            batch::patch_header(&mut patched, next, leader_epoch);
+            let mut patched_header = *header;
+            patched_header.base_offset = next;
+            patched_header.partition_leader_epoch = leader_epoch;
+            self.maybe_roll(patched.len() as u64, now_ms)?;
+            if let Err(e) = self.active_mut().append(&patched, &patched_header, now_ms) {
+                let _ = self.truncate_to(start);
+                return Err(e);
+            }
+            next = patched_header.next_offset();
+            self.log_end_offset = next;
+        }
+        debug_assert!(
+            self.segments.values().next_back().map(|s| s.next_offset())
+                == Some(self.log_end_offset)
+        );
+        Ok(AppendInfo {
+            base_offset: start,
+            last_offset: next - 1,
+        })
+    }
+
+    fn maybe_roll(&mut self, incoming_bytes: u64, now_ms: i64) -> io::Result<()> {
+        let active = self.active();
+        if active.is_empty() {
+            return Ok(());
+        }
+        let full = active.size_bytes() + incoming_bytes > self.config.segment_bytes;
+        let old = active
+            .first_batch_ms()
+            .map(|t| now_ms - t >= self.config.segment_ms)
+            .unwrap_or(false);
+        if full || old {
+            self.roll()?;
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment (if it holds anything) and starts a new one at the log end.
+    pub fn roll(&mut self) -> io::Result<()> {
+        if self.active().is_empty() {
+            return Ok(());
+        }
+        let base = self.log_end_offset;
+        let sealed = self.active_mut();
+        sealed.sync_all()?;
+        let segment = Segment::create(
+            self.storage.as_ref(),
+            &self.dir,
+            base,
+            self.config.index_interval_bytes,
+        )?;
+        self.storage.sync_dir(&self.dir)?;
+        self.segments.insert(base, segment);
+        self.check_invariants();
+        Ok(())
+    }
+
+    /// Reads whole batches starting with the one that holds `offset`, up to `max_bytes`
+    /// (at least one batch when `min_one`), never including offsets at or past `upper_offset`
+    /// (the high watermark). Reading stays within one segment, as Kafka's does.
+    pub fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        upper_offset: i64,
+        min_one: bool,
+    ) -> Result<Bytes, ReadError> {
+        let upper_offset = upper_offset.min(self.log_end_offset);
+        if offset < self.log_start_offset() || offset > self.log_end_offset {
+            return Err(ReadError::OffsetOutOfRange {
+                offset,
+                log_start_offset: self.log_start_offset(),
+                log_end_offset: self.log_end_offset,
+            });
+        }
+        if offset >= upper_offset {
+            return Ok(Bytes::new());
+        }
+        for (_, segment) in self
+            .segments
+            .range(..=offset)
+            .next_back()
+            .into_iter()
+            .chain(self.segments.range(offset + 1..))
+        {
+            let Some((position, _)) = segment.find(offset)? else {
+                continue;
+            };
+            let read = segment.read(position, max_bytes, upper_offset, min_one)?;
+            if read.bytes.is_empty() {
+                if let Some(position) = read.corrupt_at_position {
+                    return Err(ReadError::Corrupt {
+                        segment_base_offset: segment.base_offset,
+                        position,
+                    });
+                }
+            }
+            return Ok(read.bytes);
+        }
+        Ok(Bytes::new())
+    }
+
+    /// The first offset whose record timestamp is >= `timestamp_ms`, with that timestamp.
+    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<(i64, i64)>, ReadError> {
+        for segment in self.segments.values() {
+            let Some((position, header)) = segment.find_by_timestamp(timestamp_ms)? else {
+                continue;
+            };
+            let read = segment.read(position, header.size_bytes(), i64::MAX, true)?;
+            if read.bytes.is_empty() {
+                return Err(ReadError::Corrupt {
+                    segment_base_offset: segment.base_offset,
+                    position,
+                });
+            }
+            let mut buf = read.bytes;
+            let set =
+                kafka_protocol::records::RecordBatchDecoder::decode(&mut buf).map_err(|_| {
+                    ReadError::Corrupt {
+                        segment_base_offset: segment.base_offset,
+                        position,
+                    }
+                })?;
+            let found = set
+                .records
+                .iter()
+                .find(|r| r.timestamp >= timestamp_ms)
+                .map(|r| (r.offset, r.timestamp));
+            // The batch's max timestamp said some record qualifies; fall back to its first.
+            return Ok(Some(
+                found.unwrap_or((header.base_offset, header.max_timestamp)),
+            ));
+        }
+        Ok(None)
+    }
+
+    /// Deletes whole old segments by `retention.ms` and `retention.bytes`; rolls an expired
+    /// active segment first so that it can go too. Returns how many segments were deleted.
+    pub fn apply_retention(&mut self, now_ms: i64) -> io::Result<usize> {
+        let mut deleted = 0;
+        if self.config.retention_ms >= 0 {
+            let retention_ms = self.config.retention_ms;
+            let expired =
+                |s: &Segment| !s.is_empty() && now_ms - s.max_timestamp_ms() > retention_ms;
+            if expired(self.active()) {
+                self.roll()?;
+            }
+            while self.segments.len() > 1 && expired(self.segments.values().next().unwrap()) {
+                self.delete_oldest()?;
+                deleted += 1;
+            }
+        }
+        if self.config.retention_bytes >= 0 {
+            while self.segments.len() > 1 {
+                let oldest = self.segments.values().next().unwrap().size_bytes();
+                if self.size_bytes() - oldest < self.config.retention_bytes as u64 {
+                    break;
+                }
+                self.delete_oldest()?;
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
+    fn delete_oldest(&mut self) -> io::Result<()> {
+        assert!(
+            self.segments.len() > 1,
+            "the active segment is never deleted"
+        );
+        let base = *self.segments.keys().next().unwrap();
+        let segment = self.segments.remove(&base).unwrap();
+        segment.delete(self.storage.as_ref(), &self.dir)?;
+        self.storage.sync_dir(&self.dir)?;
+        self.recovery_point = self.recovery_point.max(self.log_start_offset());
+        self.check_invariants();
+        Ok(())
+    }
+
+    /// Removes every batch at or after `offset` (a replica's divergent tail).
+    pub fn truncate_to(&mut self, offset: i64) -> io::Result<()> {
+        assert!(offset >= 0);
+        if offset >= self.log_end_offset {
+            return Ok(());
+        }
+        while self.segments.len() > 1 && self.active().base_offset >= offset {
+            let base = self.active().base_offset;
+            self.segments
+                .remove(&base)
+                .unwrap()
+                .delete(self.storage.as_ref(), &self.dir)?;
+        }
+        let active = self.active_mut();
+        let cut = offset.max(active.base_offset);
+        active.truncate_to(cut)?;
+        self.log_end_offset = self.active().next_offset();
+        self.recovery_point = self.recovery_point.min(self.log_end_offset);
+        self.check_invariants();
+        Ok(())
+    }
+
+    /// Hands out what must be fsynced to make everything appended so far durable.
+    pub fn begin_flush(&mut self) -> io::Result<FlushTicket> {
+        // Sealed segments were synced when they were rolled: only the active one can be dirty.
+        let handles = vec![self.active().log_sync_handle()?];
+        Ok(FlushTicket {
+            handles,
+            up_to_offset: self.log_end_offset,
+        })
+    }
+
+    /// Records that a flush ticket's syncs succeeded.
+    pub fn flushed(&mut self, up_to_offset: i64) {
+        let up_to_offset = up_to_offset.min(self.log_end_offset);
+        self.recovery_point = self.recovery_point.max(up_to_offset);
+    }
+
+    /// Whether anything appended is not yet known durable.
+    pub fn has_unflushed(&self) -> bool {
+        self.recovery_point < self.log_end_offset
+    }
+
+    /// Makes every segment and index durable (clean shutdown).
+    pub fn sync_all(&mut self) -> io::Result<()> {
+        for segment in self.segments.values_mut() {
+            segment.sync_all()?;
+        }
+        self.recovery_point = self.log_end_offset;
+        Ok(())
+    }
+
+    /// Deletes every file of this log and its directory.
+    pub fn delete(self) -> io::Result<()> {
+        let storage = self.storage.clone();
+        let dir = self.dir.clone();
+        drop(self);
+        storage.remove_dir_all(&dir)
+    }
+}
+
+/// Name of a partition's directory: `<topic>-<partition>`.
+pub fn partition_dir_name(topic: &str, partition: i32) -> String {
+    format!("{topic}-{partition}")
+}
+
+/// Re-exported for callers that name segment files (tests, tools).
+pub use segment::file_stem;
+
+impl PartitionLog {
+    /// The offset and timestamp of the record with the largest timestamp (ListOffsets -3).
+    pub fn max_timestamp_offset(&self) -> Result<Option<(i64, i64)>, ReadError> {
+        let max = self
+            .segments
+            .values()
+            .map(|s| s.max_timestamp_ms())
+            .max()
+            .unwrap_or(-1);
+        if max < 0 {
+            return Ok(None);
+        }
+        self.offset_for_timestamp(max)
+    }
+}

@@ -1,0 +1,440 @@
+//! One log segment: a `.log` file of RecordBatches with its `.index` and `.timeindex`.
+//!
+//! A segment is named by its base offset (20 digits, as Kafka does). It knows where its
+//! batches start, the next offset after its last batch and the largest timestamp in it;
+//! it can scan itself to rebuild its indexes or to cut off a torn or corrupt tail.
+
+use super::batch::{self, BatchError, BatchHeader, BATCH_HEADER_SIZE};
+use super::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
+use crate::storage::{read_exact_at, read_to_vec, Storage, StorageFile, SyncHandle};
+use bytes::{Bytes, BytesMut};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub const LOG_SUFFIX: &str = ".log";
+pub const INDEX_SUFFIX: &str = ".index";
+pub const TIME_INDEX_SUFFIX: &str = ".timeindex";
+
+/// File name stem of a segment: the base offset, zero-padded to 20 digits.
+pub fn file_stem(base_offset: i64) -> String {
+    format!("{base_offset:020}")
+}
+
+/// What a scan of a segment found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ScanReport {
+    pub valid_batches: u64,
+    /// Bytes cut from the end because they were not a whole, CRC-valid batch.
+    pub truncated_bytes: u64,
+    pub reason: Option<String>,
+}
+
+/// Batches read from a segment: whole batches only, every CRC checked.
+#[derive(Debug, Clone)]
+pub struct SegmentRead {
+    pub bytes: Bytes,
+    /// Set when reading stopped at a batch whose CRC or framing failed.
+    pub corrupt_at_position: Option<u64>,
+}
+
+pub struct Segment {
+    pub base_offset: i64,
+    log: Box<dyn StorageFile>,
+    index_file: Box<dyn StorageFile>,
+    time_index_file: Box<dyn StorageFile>,
+    index: OffsetIndex,
+    time_index: TimeIndex,
+    next_offset: i64,
+    /// Largest batch max timestamp in the segment, -1 when empty.
+    max_timestamp_ms: i64,
+    /// When the first batch was appended (or its timestamp, after a restart): drives segment.ms.
+    first_batch_ms: Option<i64>,
+    bytes_since_index_entry: u64,
+    index_interval_bytes: u64,
+}
+
+fn paths(dir: &Path, base_offset: i64) -> (PathBuf, PathBuf, PathBuf) {
+    let stem = file_stem(base_offset);
+    (
+        dir.join(format!("{stem}{LOG_SUFFIX}")),
+        dir.join(format!("{stem}{INDEX_SUFFIX}")),
+        dir.join(format!("{stem}{TIME_INDEX_SUFFIX}")),
+    )
+}
+
+impl Segment {
+    /// Creates a new, empty segment.
+    pub fn create(
+        storage: &dyn Storage,
+        dir: &Path,
+        base_offset: i64,
+        index_interval_bytes: u64,
+    ) -> io::Result<Segment> {
+        assert!(base_offset >= 0);
+        let (log_path, index_path, time_path) = paths(dir, base_offset);
+        let mut log = storage.open(&log_path, true)?;
+        let mut index_file = storage.open(&index_path, true)?;
+        let mut time_index_file = storage.open(&time_path, true)?;
+        // A leftover file from a crash before the segment was ever used.
+        log.truncate(0)?;
+        index_file.truncate(0)?;
+        time_index_file.truncate(0)?;
+        Ok(Segment {
+            base_offset,
+            log,
+            index_file,
+            time_index_file,
+            index: OffsetIndex::default(),
+            time_index: TimeIndex::default(),
+            next_offset: base_offset,
+            max_timestamp_ms: -1,
+            first_batch_ms: None,
+            bytes_since_index_entry: 0,
+            index_interval_bytes,
+        })
+    }
+
+    /// Opens an existing segment. With `trust_indexes`, indexes that validate are kept and
+    /// only the tail after the last index entry is scanned; otherwise (or when an index is
+    /// missing or invalid) the whole segment is scanned, a bad tail is cut off and both
+    /// indexes are rebuilt.
+    pub fn open(
+        storage: &dyn Storage,
+        dir: &Path,
+        base_offset: i64,
+        index_interval_bytes: u64,
+        trust_indexes: bool,
+    ) -> io::Result<(Segment, ScanReport)> {
+        let (log_path, index_path, time_path) = paths(dir, base_offset);
+        let log = storage.open(&log_path, false)?;
+        let index_bytes = if storage.exists(&index_path) {
+            read_to_vec(storage, &index_path).ok()
+        } else {
+            None
+        };
+        let time_bytes = if storage.exists(&time_path) {
+            read_to_vec(storage, &time_path).ok()
+        } else {
+            None
+        };
+        let index_file = storage.open(&index_path, true)?;
+        let time_index_file = storage.open(&time_path, true)?;
+        let mut segment = Segment {
+            base_offset,
+            log,
+            index_file,
+            time_index_file,
+            index: OffsetIndex::default(),
+            time_index: TimeIndex::default(),
+            next_offset: base_offset,
+            max_timestamp_ms: -1,
+            first_batch_ms: None,
+            bytes_since_index_entry: 0,
+            index_interval_bytes,
+        };
+        let loaded = match (trust_indexes, index_bytes, time_bytes) {
+            (true, Some(i), Some(t)) => match (OffsetIndex::decode(&i), TimeIndex::decode(&t)) {
+                (Some(i), Some(t)) if i.validate(segment.log.len()) => Some((i, t)),
+                _ => None,
+            },
+            _ => None,
+        };
+        let report = match loaded {
+            Some((index, time_index)) => {
+                segment.index = index;
+                segment.time_index = time_index;
+                let start = segment
+                    .index
+                    .entries
+                    .last()
+                    .map(|e| e.position as u64)
+                    .unwrap_or(0);
+                let report = segment.scan_from(start, false)?;
+                let relative_next = (segment.next_offset - base_offset) as u64;
+                if report.truncated_bytes > 0 || !segment.time_index.validate(relative_next) {
+                    segment.rebuild()?
+                } else {
+                    report
+                }
+            }
+            None => segment.rebuild()?,
+        };
+        segment.first_batch_ms = segment.first_batch_timestamp()?;
+        Ok((segment, report))
+    }
+
+    fn first_batch_timestamp(&self) -> io::Result<Option<i64>> {
+        if self.log.len() < BATCH_HEADER_SIZE as u64 {
+            return Ok(None);
+        }
+        Ok(self.read_header(0)?.map(|h| h.max_timestamp))
+    }
+
+    /// Scans the whole log, cutting off a bad tail, and rewrites both indexes.
+    fn rebuild(&mut self) -> io::Result<ScanReport> {
+        self.index = OffsetIndex::default();
+        self.time_index = TimeIndex::default();
+        self.index_file.truncate(0)?;
+        self.time_index_file.truncate(0)?;
+        self.next_offset = self.base_offset;
+        self.max_timestamp_ms = -1;
+        self.bytes_since_index_entry = 0;
+        self.scan_from(0, true)
+    }
+
+    /// Walks the batches from `start` (a batch boundary), verifying each CRC, updating
+    /// `next_offset` and `max_timestamp_ms`; adds index entries when `index` is set.
+    /// Truncates the log at the first batch that is torn or corrupt.
+    fn scan_from(&mut self, start: u64, index: bool) -> io::Result<ScanReport> {
+        let mut report = ScanReport::default();
+        let mut position = start;
+        let len = self.log.len();
+        let mut buf = Vec::new();
+        while position < len {
+            let header = match self.read_header(position)? {
+                Some(h) => h,
+                None => {
+                    report.reason = Some(format!("torn header at position {position}"));
+                    break;
+                }
+            };
+            let size = header.size_bytes() as u64;
+            if position + size > len {
+                report.reason = Some(format!("torn batch at position {position}"));
+                break;
+            }
+            if header.base_offset < self.next_offset || header.last_offset_delta < 0 {
+                report.reason = Some(format!(
+                    "offset {} out of order at position {position}",
+                    header.base_offset
+                ));
+                break;
+            }
+            buf.resize(size as usize, 0);
+            read_exact_at(self.log.as_ref(), position, &mut buf)?;
+            if let Err(e) = batch::verify_crc(&buf, &header) {
+                report.reason = Some(format!("{e} at position {position}"));
+                break;
+            }
+            if index {
+                self.index_batch(&header, position)?;
+            }
+            self.next_offset = header.next_offset();
+            self.max_timestamp_ms = self.max_timestamp_ms.max(header.max_timestamp);
+            report.valid_batches += 1;
+            position += size;
+        }
+        if position < len {
+            report.truncated_bytes = len - position;
+            self.log.truncate(position)?;
+        }
+        Ok(report)
+    }
+
+    /// Reads and parses the batch header at `position`; `None` when it is torn or invalid.
+    fn read_header(&self, position: u64) -> io::Result<Option<BatchHeader>> {
+        let mut header_buf = [0u8; BATCH_HEADER_SIZE];
+        if position + BATCH_HEADER_SIZE as u64 > self.log.len() {
+            return Ok(None);
+        }
+        read_exact_at(self.log.as_ref(), position, &mut header_buf)?;
+        Ok(BatchHeader::parse(&header_buf).ok())
+    }
+
+    fn index_batch(&mut self, header: &BatchHeader, position: u64) -> io::Result<()> {
+        if self.bytes_since_index_entry >= self.index_interval_bytes {
+            let relative = (header.base_offset - self.base_offset) as u32;
+            let entry = OffsetEntry {
+                relative_offset: relative,
+                position: position as u32,
+            };
+            self.index.append(self.index_file.as_mut(), entry)?;
+            if self.max_timestamp_ms >= 0 {
+                // Every batch before this one is no newer than the max seen so far.
+                let time = TimeEntry {
+                    timestamp_ms: self.max_timestamp_ms,
+                    relative_offset: relative,
+                };
+                self.time_index
+                    .append(self.time_index_file.as_mut(), time)?;
+            }
+            self.bytes_since_index_entry = 0;
+        }
+        self.bytes_since_index_entry += header.size_bytes() as u64;
+        Ok(())
+    }
+
+    /// Appends one batch whose header already carries its final base offset.
+    pub fn append(&mut self, batch: &[u8], header: &BatchHeader, now_ms: i64) -> io::Result<()> {
+        assert_eq!(batch.len(), header.size_bytes());
+        assert!(
+            header.base_offset >= self.next_offset,
+            "offsets must increase"
+        );
+        let position = self.log.len();
+        assert!(
+            position + batch.len() as u64 <= u32::MAX as u64,
+            "segment larger than 4 GiB"
+        );
+        self.index_batch(header, position)?;
+        self.log.append(batch)?;
+        self.next_offset = header.next_offset();
+        self.max_timestamp_ms = self.max_timestamp_ms.max(header.max_timestamp);
+        self.first_batch_ms.get_or_insert(now_ms);
+        Ok(())
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.log.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.log.len() == 0
+    }
+
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+
+    pub fn max_timestamp_ms(&self) -> i64 {
+        self.max_timestamp_ms
+    }
+
+    pub fn first_batch_ms(&self) -> Option<i64> {
+        self.first_batch_ms
+    }
+
+    /// Position and header of the first batch whose last offset is >= `offset`.
+    pub fn find(&self, offset: i64) -> io::Result<Option<(u64, BatchHeader)>> {
+        if offset >= self.next_offset {
+            return Ok(None);
+        }
+        let relative =
+            (offset.max(self.base_offset) - self.base_offset).min(u32::MAX as i64) as u32;
+        let mut position = self.index.lookup(relative) as u64;
+        while let Some(header) = self.read_header(position)? {
+            if header.last_offset() >= offset {
+                return Ok(Some((position, header)));
+            }
+            position += header.size_bytes() as u64;
+        }
+        Ok(None)
+    }
+
+    /// Reads whole batches from `position` while they fit in `max_bytes` (the first one is
+    /// returned even if larger, when `min_one`), stopping before any batch that reaches
+    /// `upper_offset`. Every batch's CRC is verified; reading stops at a bad one.
+    pub fn read(
+        &self,
+        position: u64,
+        max_bytes: usize,
+        upper_offset: i64,
+        min_one: bool,
+    ) -> io::Result<SegmentRead> {
+        let mut end = position;
+        let mut headers = Vec::new();
+        while let Some(header) = self.read_header(end)? {
+            let size = header.size_bytes();
+            if header.next_offset() > upper_offset || end + size as u64 > self.log.len() {
+                break;
+            }
+            let taken = (end - position) as usize;
+            if taken + size > max_bytes && !(min_one && headers.is_empty()) {
+                break;
+            }
+            headers.push((end, header));
+            end += size as u64;
+        }
+        let mut buf = BytesMut::zeroed((end - position) as usize);
+        read_exact_at(self.log.as_ref(), position, &mut buf)?;
+        let mut corrupt_at_position = None;
+        let mut good_len = 0usize;
+        for (batch_position, header) in headers {
+            let start = (batch_position - position) as usize;
+            let bytes = &buf[start..start + header.size_bytes()];
+            // Re-parse from the bytes actually read: the header read earlier may differ.
+            let ok = batch::parse_whole(bytes)
+                .ok()
+                .filter(|h| *h == header)
+                .map(|h| batch::verify_crc(bytes, &h));
+            if !matches!(ok, Some(Ok(()))) {
+                corrupt_at_position = Some(batch_position);
+                break;
+            }
+            good_len = start + header.size_bytes();
+        }
+        buf.truncate(good_len);
+        Ok(SegmentRead {
+            bytes: buf.freeze(),
+            corrupt_at_position,
+        })
+    }
+
+    /// Scans batches from the time-index hint for the first whose max timestamp is >=
+    /// `timestamp_ms`; returns its position and header.
+    pub fn find_by_timestamp(&self, timestamp_ms: i64) -> io::Result<Option<(u64, BatchHeader)>> {
+        if self.max_timestamp_ms < timestamp_ms {
+            return Ok(None);
+        }
+        let start_relative = self.time_index.lookup(timestamp_ms);
+        let start = self.find(self.base_offset + start_relative as i64)?;
+        let Some((mut position, _)) = start else {
+            return Ok(None);
+        };
+        while let Some(header) = self.read_header(position)? {
+            if header.max_timestamp >= timestamp_ms {
+                return Ok(Some((position, header)));
+            }
+            position += header.size_bytes() as u64;
+        }
+        Ok(None)
+    }
+
+    /// Removes every batch at or after `offset` and rebuilds the indexes of what is left.
+    /// Truncation is rare (a replica diverged), so a full rescan keeps it simple and safe.
+    pub fn truncate_to(&mut self, offset: i64) -> io::Result<()> {
+        let cut = match self.find(offset)? {
+            Some((position, header)) if header.base_offset >= offset => position,
+            Some((position, header)) => position + header.size_bytes() as u64,
+            None => return Ok(()),
+        };
+        self.log.truncate(cut)?;
+        self.rebuild()?;
+        if self.is_empty() {
+            self.first_batch_ms = None;
+        }
+        Ok(())
+    }
+
+    /// Handles that make this segment's log durable.
+    pub fn log_sync_handle(&self) -> io::Result<Arc<dyn SyncHandle>> {
+        self.log.sync_handle()
+    }
+
+    /// Makes the log and both indexes durable.
+    pub fn sync_all(&mut self) -> io::Result<()> {
+        self.log.sync()?;
+        self.index_file.sync()?;
+        self.time_index_file.sync()
+    }
+
+    /// Deletes the segment's files (log first, so a crash leaves at most orphan indexes).
+    pub fn delete(self, storage: &dyn Storage, dir: &Path) -> io::Result<()> {
+        let (log_path, index_path, time_path) = paths(dir, self.base_offset);
+        drop(self);
+        storage.remove_file(&log_path)?;
+        for path in [index_path, time_path] {
+            if storage.exists(&path) {
+                storage.remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl From<BatchError> for io::Error {
+    fn from(e: BatchError) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+    }
+}

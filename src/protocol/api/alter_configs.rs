@@ -1,0 +1,61 @@
+//! AlterConfigs: replaces a topic's whole set of config overrides. Broker settings are
+//! static (command line and config file) and cannot be altered at run time.
+
+use super::{code, str_bytes, RESOURCE_BROKER, RESOURCE_TOPIC};
+use crate::broker::{ApiError, Broker};
+use crate::protocol::dispatch::Reply;
+use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
+use kafka_protocol::messages::{AlterConfigsRequest, AlterConfigsResponse, ResponseKind};
+use kafka_protocol::ResponseError;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The error for any attempt to change a resource other than a topic.
+pub(crate) fn not_a_topic(resource_type: i8) -> ApiError {
+    if resource_type == RESOURCE_BROKER {
+        ApiError::new(
+            ResponseError::InvalidRequest,
+            "broker settings are static in Strand: change the config file and restart",
+        )
+    } else {
+        ApiError::new(
+            ResponseError::InvalidRequest,
+            format!("unsupported resource type {resource_type}"),
+        )
+    }
+}
+
+pub fn handle(broker: &Arc<Broker>, _version: i16, request: AlterConfigsRequest) -> Reply {
+    let responses = request
+        .resources
+        .iter()
+        .map(|resource| {
+            let outcome = if resource.resource_type == RESOURCE_TOPIC {
+                let configs: BTreeMap<String, String> = resource
+                    .configs
+                    .iter()
+                    .filter_map(|c| {
+                        c.value
+                            .as_ref()
+                            .map(|v| (c.name.to_string(), v.to_string()))
+                    })
+                    .collect();
+                broker.set_topic_configs(&resource.resource_name, configs, request.validate_only)
+            } else {
+                Err(not_a_topic(resource.resource_type))
+            };
+            let response = AlterConfigsResourceResponse::default()
+                .with_resource_type(resource.resource_type)
+                .with_resource_name(resource.resource_name.clone());
+            match outcome {
+                Ok(()) => response,
+                Err(e) => response
+                    .with_error_code(code(Some(e.code)))
+                    .with_error_message(Some(str_bytes(&e.message))),
+            }
+        })
+        .collect();
+    Reply::Now(ResponseKind::AlterConfigs(
+        AlterConfigsResponse::default().with_responses(responses),
+    ))
+}

@@ -1,0 +1,128 @@
+//! Fetch: batches exactly as stored, from each requested offset, up to the high
+//! watermark, within `max_bytes` and each partition's `partition_max_bytes` (the first
+//! batch is always returned whole, as KIP-74 asks). If fewer than `min_bytes` are ready,
+//! the request waits up to `max_wait_ms` for more. Fetch sessions are not kept: the
+//! response's session id 0 tells clients to send full fetches.
+
+use super::code;
+use crate::broker::partition::SINGLE_NODE_LEADER_EPOCH;
+use crate::broker::Broker;
+use crate::log::ReadError;
+use crate::protocol::dispatch::Reply;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, ResponseKind};
+use kafka_protocol::ResponseError;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Upper bound on how long one fetch may wait, whatever the client asks.
+const MAX_WAIT_MS_LIMIT: u64 = 30_000;
+
+pub fn handle(broker: &Arc<Broker>, version: i16, request: FetchRequest) -> Reply {
+    if request.session_id != 0 {
+        let response = FetchResponse::default()
+            .with_error_code(code(Some(ResponseError::FetchSessionIdNotFound)));
+        return Reply::Now(ResponseKind::Fetch(response));
+    }
+    let mut data_version = broker.subscribe_data();
+    let (response, ready) = read_once(broker, version, &request);
+    let max_wait_ms = (request.max_wait_ms.max(0) as u64).min(MAX_WAIT_MS_LIMIT);
+    if ready || max_wait_ms == 0 {
+        return Reply::Now(ResponseKind::Fetch(response));
+    }
+    let broker = broker.clone();
+    Reply::Later(Box::pin(async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(max_wait_ms);
+        let _ = response; // superseded by a fresh read once data arrives or time runs out
+        let response = loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(remaining, data_version.changed()).await {
+                Ok(Ok(())) => {
+                    let (next, ready) = read_once(&broker, version, &request);
+                    if ready {
+                        break next;
+                    }
+                }
+                _ => break read_once(&broker, version, &request).0,
+            }
+        };
+        ResponseKind::Fetch(response)
+    }))
+}
+
+/// Reads every requested partition once. Returns the response and whether it should be
+/// sent now (enough bytes, or an error to report).
+fn read_once(broker: &Broker, version: i16, request: &FetchRequest) -> (FetchResponse, bool) {
+    let mut budget = request.max_bytes.max(0) as usize;
+    let mut total_bytes = 0usize;
+    let mut any_error = false;
+    let read_committed = request.isolation_level == 1;
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for fetch_topic in &request.topics {
+        let name = fetch_topic.topic.0.to_string();
+        let mut partitions = Vec::with_capacity(fetch_topic.partitions.len());
+        for wanted in &fetch_topic.partitions {
+            let mut data = PartitionData::default()
+                .with_partition_index(wanted.partition)
+                .with_high_watermark(-1)
+                .with_last_stable_offset(-1)
+                .with_log_start_offset(-1)
+                .with_aborted_transactions(read_committed.then(Vec::new));
+            let Some(partition) = broker.partition(&name, wanted.partition) else {
+                any_error = true;
+                partitions
+                    .push(data.with_error_code(code(Some(ResponseError::UnknownTopicOrPartition))));
+                continue;
+            };
+            if wanted.current_leader_epoch > SINGLE_NODE_LEADER_EPOCH {
+                any_error = true;
+                partitions
+                    .push(data.with_error_code(code(Some(ResponseError::UnknownLeaderEpoch))));
+                continue;
+            }
+            let log = partition.log();
+            let high_watermark = log.log_end_offset();
+            data = data
+                .with_high_watermark(high_watermark)
+                .with_last_stable_offset(high_watermark);
+            if version >= 5 {
+                data = data.with_log_start_offset(log.log_start_offset());
+            }
+            let max_bytes = budget.min(wanted.partition_max_bytes.max(0) as usize);
+            let min_one = total_bytes == 0;
+            match log.read(wanted.fetch_offset, max_bytes, high_watermark, min_one) {
+                Ok(bytes) => {
+                    budget = budget.saturating_sub(bytes.len());
+                    total_bytes += bytes.len();
+                    data = data.with_records(Some(bytes));
+                }
+                Err(ReadError::OffsetOutOfRange { .. }) => {
+                    any_error = true;
+                    data = data.with_error_code(code(Some(ResponseError::OffsetOutOfRange)));
+                }
+                Err(ReadError::Corrupt {
+                    segment_base_offset,
+                    position,
+                }) => {
+                    drop(log);
+                    partition.report_corruption(segment_base_offset, position);
+                    any_error = true;
+                    data = data.with_error_code(code(Some(ResponseError::KafkaStorageError)));
+                }
+                Err(ReadError::Io(e)) => {
+                    tracing::error!(topic = %name, partition = wanted.partition, error = %e, "read failed");
+                    any_error = true;
+                    data = data.with_error_code(code(Some(ResponseError::KafkaStorageError)));
+                }
+            }
+            partitions.push(data);
+        }
+        topics.push(
+            FetchableTopicResponse::default()
+                .with_topic(fetch_topic.topic.clone())
+                .with_partitions(partitions),
+        );
+    }
+    let ready = any_error || total_bytes >= request.min_bytes.max(0) as usize || budget == 0;
+    (FetchResponse::default().with_responses(topics), ready)
+}

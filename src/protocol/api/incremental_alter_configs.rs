@@ -1,0 +1,86 @@
+//! IncrementalAlterConfigs: SET and DELETE of individual topic configs. APPEND and
+//! SUBTRACT apply only to list configs, and the one list config Strand has
+//! (`cleanup.policy`) accepts a single value, so they are refused.
+
+use super::alter_configs::not_a_topic;
+use super::{code, str_bytes, RESOURCE_TOPIC};
+use crate::broker::{ApiError, Broker};
+use crate::protocol::dispatch::Reply;
+use kafka_protocol::messages::incremental_alter_configs_request::AlterConfigsResource;
+use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
+use kafka_protocol::messages::{
+    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, ResponseKind,
+};
+use kafka_protocol::ResponseError;
+use std::sync::Arc;
+
+const OP_SET: i8 = 0;
+const OP_DELETE: i8 = 1;
+
+pub fn handle(
+    broker: &Arc<Broker>,
+    _version: i16,
+    request: IncrementalAlterConfigsRequest,
+) -> Reply {
+    let responses = request
+        .resources
+        .iter()
+        .map(|resource| {
+            let outcome = apply(broker, resource, request.validate_only);
+            let response = AlterConfigsResourceResponse::default()
+                .with_resource_type(resource.resource_type)
+                .with_resource_name(resource.resource_name.clone());
+            match outcome {
+                Ok(()) => response,
+                Err(e) => response
+                    .with_error_code(code(Some(e.code)))
+                    .with_error_message(Some(str_bytes(&e.message))),
+            }
+        })
+        .collect();
+    Reply::Now(ResponseKind::IncrementalAlterConfigs(
+        IncrementalAlterConfigsResponse::default().with_responses(responses),
+    ))
+}
+
+fn apply(
+    broker: &Broker,
+    resource: &AlterConfigsResource,
+    validate_only: bool,
+) -> Result<(), ApiError> {
+    if resource.resource_type != RESOURCE_TOPIC {
+        return Err(not_a_topic(resource.resource_type));
+    }
+    let name = resource.resource_name.to_string();
+    let topic = broker.topic(&name).ok_or_else(|| {
+        ApiError::new(
+            ResponseError::UnknownTopicOrPartition,
+            format!("unknown topic {name}"),
+        )
+    })?;
+    let mut configs = topic.configs.clone();
+    for change in &resource.configs {
+        let key = change.name.to_string();
+        match (change.config_operation, &change.value) {
+            (OP_SET, Some(value)) => {
+                configs.insert(key, value.to_string());
+            }
+            (OP_SET, None) => {
+                return Err(ApiError::new(
+                    ResponseError::InvalidConfig,
+                    format!("SET of {key} needs a value"),
+                ))
+            }
+            (OP_DELETE, _) => {
+                configs.remove(&key);
+            }
+            (op, _) => {
+                return Err(ApiError::new(
+                    ResponseError::InvalidConfig,
+                    format!("operation {op} on {key} is not supported"),
+                ))
+            }
+        }
+    }
+    broker.set_topic_configs(&name, configs, validate_only)
+}

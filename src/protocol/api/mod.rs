@@ -1,0 +1,32 @@
+//! One module per Kafka API: decode is done by `dispatch`, each handler applies the
+//! request to the broker and builds the response.
+
+pub mod alter_configs;
+pub mod api_versions;
+pub mod create_partitions;
+pub mod create_topics;
+pub mod delete_topics;
+pub mod describe_cluster;
+pub mod describe_configs;
+pub mod fetch;
+pub mod find_coordinator;
+pub mod incremental_alter_configs;
+pub mod list_offsets;
+pub mod metadata;
+pub mod produce;
+
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+
+pub(crate) fn str_bytes(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+/// The wire error code of an optional error (0 for none).
+pub(crate) fn code(error: Option<ResponseError>) -> i16 {
+    error.map(|e| e.code()).unwrap_or(0)
+}
+
+/// Kafka's config resource types.
+pub(crate) const RESOURCE_TOPIC: i8 = 2;
+pub(crate) const RESOURCE_BROKER: i8 = 4;

@@ -1,0 +1,118 @@
+//! Turns one request frame into a reply: decode the header, check the API and version
+//! against what Strand advertises, decode the body, call the API's handler, encode the
+//! response. Anything that cannot be answered in the Kafka protocol (unknown API key,
+//! unsupported version, undecodable bytes) is a [`DispatchError`]: the connection closes.
+
+use super::api;
+use super::versions;
+use crate::broker::Broker;
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::{Decodable, Encodable};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// What a handler produced.
+pub enum Reply {
+    /// The response is ready.
+    Now(ResponseKind),
+    /// The response needs to wait (an fsync, a long-poll); side effects already happened.
+    Later(Pin<Box<dyn Future<Output = ResponseKind> + Send>>),
+    /// No response at all (Produce with acks=0).
+    Nothing,
+}
+
+/// A reply with what is needed to frame it.
+pub struct PendingResponse {
+    pub correlation_id: i32,
+    pub api_key: ApiKey,
+    pub version: i16,
+    pub reply: Reply,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error("malformed request header: {0}")]
+    BadHeader(String),
+    #[error("unknown API key {0}")]
+    UnknownApi(i16),
+    #[error("unsupported version {version} of {api_key:?}")]
+    UnsupportedVersion { api_key: ApiKey, version: i16 },
+    #[error("malformed {api_key:?} v{version} request: {reason}")]
+    BadBody {
+        api_key: ApiKey,
+        version: i16,
+        reason: String,
+    },
+}
+
+/// Decodes and handles one request frame.
+pub async fn dispatch(
+    broker: &Arc<Broker>,
+    frame: Bytes,
+) -> Result<PendingResponse, DispatchError> {
+    if frame.len() < 8 {
+        return Err(DispatchError::BadHeader(format!("{} bytes", frame.len())));
+    }
+    let api_key_raw = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let api_key =
+        ApiKey::try_from(api_key_raw).map_err(|_| DispatchError::UnknownApi(api_key_raw))?;
+    let mut body = frame.clone();
+    let header_version = api_key.request_header_version(version);
+    let header = RequestHeader::decode(&mut body, header_version)
+        .map_err(|e| DispatchError::BadHeader(e.to_string()))?;
+    let correlation_id = header.correlation_id;
+    let pending = |version, reply| PendingResponse {
+        correlation_id,
+        api_key,
+        version,
+        reply,
+    };
+
+    if api_key == ApiKey::ApiVersions {
+        return Ok(api::api_versions::handle(&header, body, correlation_id));
+    }
+    if !versions::is_handled(api_key, version) {
+        return Err(DispatchError::UnsupportedVersion { api_key, version });
+    }
+    let request =
+        RequestKind::decode(api_key, &mut body, version).map_err(|e| DispatchError::BadBody {
+            api_key,
+            version,
+            reason: e.to_string(),
+        })?;
+    let reply = match request {
+        RequestKind::Produce(r) => api::produce::handle(broker, version, r),
+        RequestKind::Fetch(r) => api::fetch::handle(broker, version, r),
+        RequestKind::ListOffsets(r) => api::list_offsets::handle(broker, version, r),
+        RequestKind::Metadata(r) => api::metadata::handle(broker, version, r),
+        RequestKind::FindCoordinator(r) => api::find_coordinator::handle(broker, version, r),
+        RequestKind::CreateTopics(r) => api::create_topics::handle(broker, version, r),
+        RequestKind::DeleteTopics(r) => api::delete_topics::handle(broker, version, r),
+        RequestKind::CreatePartitions(r) => api::create_partitions::handle(broker, version, r),
+        RequestKind::DescribeConfigs(r) => api::describe_configs::handle(broker, version, r),
+        RequestKind::AlterConfigs(r) => api::alter_configs::handle(broker, version, r),
+        RequestKind::IncrementalAlterConfigs(r) => {
+            api::incremental_alter_configs::handle(broker, version, r)
+        }
+        RequestKind::DescribeCluster(r) => api::describe_cluster::handle(broker, version, r),
+        _ => return Err(DispatchError::UnsupportedVersion { api_key, version }),
+    };
+    Ok(pending(version, reply))
+}
+
+/// Encodes a response frame body (header + message), without the size prefix.
+pub fn encode_response(
+    correlation_id: i32,
+    api_key: ApiKey,
+    version: i16,
+    response: &ResponseKind,
+) -> anyhow::Result<Bytes> {
+    let mut buf = BytesMut::new();
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    header.encode(&mut buf, api_key.response_header_version(version))?;
+    response.encode(&mut buf, version)?;
+    Ok(buf.freeze())
+}

@@ -1,0 +1,8 @@
+//! The Kafka wire protocol: framing, request dispatch, one handler per API, and the
+//! TCP server. Decoding and encoding of every message is the kafka-protocol crate's.
+
+pub mod api;
+pub mod dispatch;
+pub mod frame;
+pub mod server;
+pub mod versions;

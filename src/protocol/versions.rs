@@ -1,0 +1,147 @@
+//! The API versions Strand implements: exactly what ApiVersions advertises.
+//!
+//! Produce is advertised from v0 because librdkafka only enables compression codecs when
+//! the Produce range starts at v0; v0-v2 (old message formats) are refused by closing the
+//! connection, as Kafka 4 does. Fetch stops at v12 and Metadata at v12 so that topic names,
+//! not topic ids, address partitions.
+
+use kafka_protocol::messages::ApiKey;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Supported {
+    pub key: ApiKey,
+    pub min: i16,
+    pub max: i16,
+}
+
+pub const SUPPORTED: &[Supported] = &[
+    Supported {
+        key: ApiKey::Produce,
+        min: 0,
+        max: 9,
+    },
+    Supported {
+        key: ApiKey::Fetch,
+        min: 4,
+        max: 12,
+    },
+    Supported {
+        key: ApiKey::ListOffsets,
+        min: 1,
+        max: 7,
+    },
+    Supported {
+        key: ApiKey::Metadata,
+        min: 0,
+        max: 12,
+    },
+    Supported {
+        key: ApiKey::FindCoordinator,
+        min: 0,
+        max: 4,
+    },
+    Supported {
+        key: ApiKey::ApiVersions,
+        min: 0,
+        max: 3,
+    },
+    Supported {
+        key: ApiKey::CreateTopics,
+        min: 2,
+        max: 7,
+    },
+    Supported {
+        key: ApiKey::DeleteTopics,
+        min: 1,
+        max: 6,
+    },
+    Supported {
+        key: ApiKey::DescribeConfigs,
+        min: 1,
+        max: 4,
+    },
+    Supported {
+        key: ApiKey::AlterConfigs,
+        min: 0,
+        max: 2,
+    },
+    Supported {
+        key: ApiKey::CreatePartitions,
+        min: 0,
+        max: 3,
+    },
+    Supported {
+        key: ApiKey::IncrementalAlterConfigs,
+        min: 0,
+        max: 1,
+    },
+    Supported {
+        key: ApiKey::DescribeCluster,
+        min: 0,
+        max: 1,
+    },
+];
+
+/// Produce versions below this carry old message formats and are refused.
+pub const PRODUCE_MIN_HANDLED_VERSION: i16 = 3;
+
+pub fn supported(key: ApiKey) -> Option<Supported> {
+    SUPPORTED.iter().copied().find(|s| s.key == key)
+}
+
+/// Whether a request of this key and version is handled (ApiVersions is special-cased).
+pub fn is_handled(key: ApiKey, version: i16) -> bool {
+    let min = if key == ApiKey::Produce {
+        PRODUCE_MIN_HANDLED_VERSION
+    } else {
+        i16::MIN
+    };
+    supported(key)
+        .map(|s| version >= s.min.max(min) && version <= s.max)
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::protocol::Message;
+
+    /// Every advertised version must be one the kafka-protocol crate can decode.
+    #[test]
+    fn advertised_versions_are_decodable() {
+        use kafka_protocol::messages::*;
+        fn range<T: Message>() -> (i16, i16) {
+            (T::VERSIONS.min, T::VERSIONS.max)
+        }
+        for s in SUPPORTED {
+            let (min, max) = match s.key {
+                ApiKey::Produce => range::<ProduceRequest>(),
+                ApiKey::Fetch => range::<FetchRequest>(),
+                ApiKey::ListOffsets => range::<ListOffsetsRequest>(),
+                ApiKey::Metadata => range::<MetadataRequest>(),
+                ApiKey::FindCoordinator => range::<FindCoordinatorRequest>(),
+                ApiKey::ApiVersions => range::<ApiVersionsRequest>(),
+                ApiKey::CreateTopics => range::<CreateTopicsRequest>(),
+                ApiKey::DeleteTopics => range::<DeleteTopicsRequest>(),
+                ApiKey::DescribeConfigs => range::<DescribeConfigsRequest>(),
+                ApiKey::AlterConfigs => range::<AlterConfigsRequest>(),
+                ApiKey::CreatePartitions => range::<CreatePartitionsRequest>(),
+                ApiKey::IncrementalAlterConfigs => range::<IncrementalAlterConfigsRequest>(),
+                ApiKey::DescribeCluster => range::<DescribeClusterRequest>(),
+                other => panic!("no decoder check for {other:?}"),
+            };
+            let handled_min = if s.key == ApiKey::Produce {
+                PRODUCE_MIN_HANDLED_VERSION
+            } else {
+                s.min
+            };
+            assert!(
+                handled_min >= min && s.max <= max,
+                "{:?} {}..{} not decodable",
+                s.key,
+                s.min,
+                s.max
+            );
+        }
+    }
+}

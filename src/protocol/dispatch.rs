@@ -59,20 +59,24 @@ pub async fn dispatch(
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let api_key =
         ApiKey::try_from(api_key_raw).map_err(|_| DispatchError::UnknownApi(api_key_raw))?;
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    if api_key == ApiKey::ApiVersions && !versions::is_handled(api_key, version) {
+        // A newer client probing: its header layout may be one Strand does not know, but
+        // the correlation id is always at bytes 4..8. Answer with the v0 error body.
+        return Ok(api::api_versions::unsupported(correlation_id));
+    }
     let mut body = frame.clone();
     let header_version = api_key.request_header_version(version);
-    let header = RequestHeader::decode(&mut body, header_version)
+    RequestHeader::decode(&mut body, header_version)
         .map_err(|e| DispatchError::BadHeader(e.to_string()))?;
-    let correlation_id = header.correlation_id;
     let pending = |version, reply| PendingResponse {
         correlation_id,
         api_key,
         version,
         reply,
     };
-
     if api_key == ApiKey::ApiVersions {
-        return Ok(api::api_versions::handle(&header, body, correlation_id));
+        return Ok(api::api_versions::handle(version, body, correlation_id));
     }
     if !versions::is_handled(api_key, version) {
         return Err(DispatchError::UnsupportedVersion { api_key, version });

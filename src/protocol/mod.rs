@@ -6,3 +6,6 @@ pub mod dispatch;
 pub mod frame;
 pub mod server;
 pub mod versions;
+
+#[cfg(test)]
+mod tests;

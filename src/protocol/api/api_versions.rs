@@ -3,20 +3,14 @@
 //! so the client can retry with one it shares.
 
 use crate::protocol::dispatch::{PendingResponse, Reply};
-use crate::protocol::versions::{self, SUPPORTED};
+use crate::protocol::versions::SUPPORTED;
 use bytes::Bytes;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
-use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseKind,
-};
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse, ResponseKind};
 use kafka_protocol::protocol::Decodable;
 use kafka_protocol::ResponseError;
 
-pub fn handle(header: &RequestHeader, mut body: Bytes, correlation_id: i32) -> PendingResponse {
-    let requested = header.request_api_version;
-    let max = versions::supported(ApiKey::ApiVersions)
-        .map(|s| s.max)
-        .unwrap_or(0);
+fn response(error: Option<ResponseError>) -> ApiVersionsResponse {
     let keys: Vec<ApiVersion> = SUPPORTED
         .iter()
         .map(|s| {
@@ -26,20 +20,29 @@ pub fn handle(header: &RequestHeader, mut body: Bytes, correlation_id: i32) -> P
                 .with_max_version(s.max)
         })
         .collect();
-    let (version, error) = if requested < 0 || requested > max {
-        (0, Some(ResponseError::UnsupportedVersion))
-    } else if ApiVersionsRequest::decode(&mut body, requested).is_err() {
-        (requested, Some(ResponseError::InvalidRequest))
-    } else {
-        (requested, None)
-    };
-    let response = ApiVersionsResponse::default()
+    ApiVersionsResponse::default()
         .with_error_code(super::code(error))
-        .with_api_keys(keys);
+        .with_api_keys(keys)
+}
+
+fn pending(correlation_id: i32, version: i16, error: Option<ResponseError>) -> PendingResponse {
     PendingResponse {
         correlation_id,
         api_key: ApiKey::ApiVersions,
         version,
-        reply: Reply::Now(ResponseKind::ApiVersions(response)),
+        reply: Reply::Now(ResponseKind::ApiVersions(response(error))),
     }
+}
+
+/// A supported version: the body must decode (v3 carries the client's software name).
+pub fn handle(version: i16, mut body: Bytes, correlation_id: i32) -> PendingResponse {
+    let error = ApiVersionsRequest::decode(&mut body, version)
+        .err()
+        .map(|_| ResponseError::InvalidRequest);
+    pending(correlation_id, version, error)
+}
+
+/// A version Strand does not know: error 35 in a v0 body.
+pub fn unsupported(correlation_id: i32) -> PendingResponse {
+    pending(correlation_id, 0, Some(ResponseError::UnsupportedVersion))
 }

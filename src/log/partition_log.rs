@@ -312,6 +312,8 @@ impl PartitionLog {
         )?;
         self.storage.sync_dir(&self.dir)?;
         self.segments.insert(base, segment);
+        // Everything in the sealed segment was just fsynced.
+        self.recovery_point = self.recovery_point.max(base);
         self.check_invariants();
         Ok(())
     }
@@ -454,8 +456,12 @@ impl PartitionLog {
         let active = self.active_mut();
         let cut = offset.max(active.base_offset);
         active.truncate_to(cut)?;
+        // A truncation must not be undone by a crash: new data will take these offsets.
+        active.sync_all()?;
+        self.storage.sync_dir(&self.dir)?;
         self.log_end_offset = self.active().next_offset();
-        self.recovery_point = self.recovery_point.min(self.log_end_offset);
+        // Sealed segments were synced when rolled, the active one just now.
+        self.recovery_point = self.log_end_offset;
         self.check_invariants();
         Ok(())
     }

@@ -144,6 +144,14 @@ impl Segment {
             Some((index, time_index)) => {
                 segment.index = index;
                 segment.time_index = time_index;
+                // The time index's last entry is the max timestamp of every batch before the
+                // last offset-index entry; the scan of the tail below adds the rest.
+                segment.max_timestamp_ms = segment
+                    .time_index
+                    .entries
+                    .last()
+                    .map(|e| e.timestamp_ms)
+                    .unwrap_or(-1);
                 let start = segment
                     .index
                     .entries

@@ -64,6 +64,9 @@ pub struct Broker {
     /// Bumped after every append; long-polling fetches wait on it.
     data_version: watch::Sender<u64>,
     rng: Mutex<rand::rngs::StdRng>,
+    /// Set when a clean shutdown starts: produce answers NOT_LEADER_OR_FOLLOWER so that
+    /// clients keep their records and retry once the broker is back.
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 /// Kafka's topic name rules.
@@ -180,6 +183,7 @@ impl Broker {
             group_commit: Arc::new(GroupCommit::default()),
             data_version: watch::channel(0).0,
             rng: Mutex::new(rng),
+            shutting_down: Default::default(),
         });
         broker.write_checkpoint()?;
         Ok(broker)
@@ -236,6 +240,10 @@ impl Broker {
         usize::try_from(index)
             .ok()
             .and_then(|i| topic.partitions.get(i).cloned())
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Tells long-polling fetches that new data may be there.
@@ -509,10 +517,12 @@ impl Broker {
     /// Clean shutdown: fsync every log and index, write the checkpoint, then the marker
     /// that lets the next start skip recovery.
     pub fn shutdown(&self) -> io::Result<()> {
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let _admin = self.admin.lock().unwrap();
         for topic in self.topics() {
             for partition in &topic.partitions {
-                partition.log().sync_all()?;
+                partition.log().close()?;
             }
         }
         self.write_checkpoint()?;

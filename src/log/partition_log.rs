@@ -67,6 +67,8 @@ pub struct PartitionLog {
     segments: BTreeMap<i64, Segment>,
     log_end_offset: i64,
     recovery_point: i64,
+    /// Set by [`PartitionLog::close`]: no more writes.
+    closed: bool,
 }
 
 impl PartitionLog {
@@ -177,6 +179,7 @@ impl PartitionLog {
             segments,
             log_end_offset,
             recovery_point: recovery_point.min(log_end_offset),
+            closed: false,
         };
         log.check_invariants();
         Ok((log, report))
@@ -254,6 +257,9 @@ impl PartitionLog {
         now_ms: i64,
     ) -> io::Result<AppendInfo> {
         assert!(!batches.is_empty());
+        if self.closed {
+            return Err(io::Error::other("the log is closed for shutdown"));
+        }
         let start = self.log_end_offset;
         let mut next = start;
         for (header, bytes) in batches {
@@ -400,6 +406,9 @@ impl PartitionLog {
     /// Deletes whole old segments by `retention.ms` and `retention.bytes`; rolls an expired
     /// active segment first so that it can go too. Returns how many segments were deleted.
     pub fn apply_retention(&mut self, now_ms: i64) -> io::Result<usize> {
+        if self.closed {
+            return Ok(0);
+        }
         let mut deleted = 0;
         if self.config.retention_ms >= 0 {
             let retention_ms = self.config.retention_ms;
@@ -487,7 +496,13 @@ impl PartitionLog {
         self.recovery_point < self.log_end_offset
     }
 
-    /// Makes every segment and index durable (clean shutdown).
+    /// Makes everything durable and refuses further appends (clean shutdown).
+    pub fn close(&mut self) -> io::Result<()> {
+        self.closed = true;
+        self.sync_all()
+    }
+
+    /// Makes every segment and index durable.
     pub fn sync_all(&mut self) -> io::Result<()> {
         for segment in self.segments.values_mut() {
             segment.sync_all()?;

@@ -29,6 +29,11 @@ pub fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest) -> Re
             ResponseError::TransactionalIdAuthorizationFailed,
             "transactions are not supported yet",
         ))
+    } else if broker.is_shutting_down() {
+        Some((
+            ResponseError::NotLeaderOrFollower,
+            "the broker is shutting down",
+        ))
     } else if !matches!(acks, -1..=1) {
         Some((
             ResponseError::InvalidRequiredAcks,
@@ -124,8 +129,8 @@ fn append(
     let Some(records) = records else {
         return Err((ResponseError::InvalidRecord, "null records".into()));
     };
-    let mut log = partition.log();
-    let max_message_bytes = log.config().max_message_bytes as usize;
+    // Validation decompresses and decodes: do it outside the partition lock.
+    let max_message_bytes = partition.log().config().max_message_bytes as usize;
     let batches = validate_produce_records(&records, max_message_bytes).map_err(|e| {
         tracing::debug!(topic = %partition.topic, partition = partition.index, error = %e, "refused a record batch");
         (e.kafka_error(), e.to_string())
@@ -137,7 +142,7 @@ fn append(
             "idempotent producers are not supported yet".into(),
         ));
     }
-    let info = log.append(&batches, SINGLE_NODE_LEADER_EPOCH, now_ms).map_err(|e| {
+    let info = partition.log().append(&batches, SINGLE_NODE_LEADER_EPOCH, now_ms).map_err(|e| {
         tracing::error!(topic = %partition.topic, partition = partition.index, error = %e, "append failed");
         (ResponseError::KafkaStorageError, e.to_string())
     })?;

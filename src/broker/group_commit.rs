@@ -118,12 +118,8 @@ impl GroupCommit {
             .iter()
             .flat_map(|(_, t)| t.handles.iter().cloned())
             .collect();
-        let synced =
-            tokio::task::spawn_blocking(move || handles.iter().try_for_each(|h| h.sync())).await;
-        match synced {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(self.fail(&e.to_string())),
-            Err(e) => return Err(self.fail(&e.to_string())),
+        if let Err(e) = sync_all(handles).await {
+            return Err(self.fail(&e));
         }
         for (partition, t) in &tickets {
             partition.flushed(t.up_to_offset);
@@ -153,4 +149,23 @@ impl GroupCommit {
             }
         }
     }
+}
+
+/// Fsyncs every handle; a real fsync blocks, so it runs on the blocking pool.
+#[cfg(not(madsim))]
+async fn sync_all(handles: Vec<Arc<dyn crate::storage::SyncHandle>>) -> Result<(), String> {
+    match tokio::task::spawn_blocking(move || handles.iter().try_for_each(|h| h.sync())).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Under the simulator the storage is in memory: sync in place, deterministically.
+#[cfg(madsim)]
+async fn sync_all(handles: Vec<Arc<dyn crate::storage::SyncHandle>>) -> Result<(), String> {
+    handles
+        .iter()
+        .try_for_each(|h| h.sync())
+        .map_err(|e| e.to_string())
 }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use std::path::Path;
 use std::sync::Arc;
-use strand::client::{decode_records, encode_batch};
+use strand::client::{decode_records, encode_batch, encode_records};
 use strand::log::batch::validate_produce_records;
 use strand::log::{LogConfig, PartitionLog};
 use strand::storage::{MemoryStorage, Storage};
@@ -261,39 +261,11 @@ impl Harness {
 
 /// A batch whose records carry the given timestamps.
 fn encode_with_timestamps(values: &[(Bytes, i64)]) -> Bytes {
-    use kafka_protocol::indexmap::IndexMap;
-    use kafka_protocol::records::*;
-    let records: Vec<Record> = values
+    let records: Vec<_> = values
         .iter()
-        .enumerate()
-        .map(|(i, (v, ts))| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: i as i32 - 1,
-            timestamp: *ts,
-            key: None,
-            value: Some(v.clone()),
-            headers: IndexMap::new(),
-        })
+        .map(|(v, ts)| (None, Some(v.clone()), *ts))
         .collect();
-    let mut buf = bytes::BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
-    let _ = encode_batch; // the plain encoder is used by the recovery tests below
-    buf.freeze()
+    encode_records(&records, kafka_protocol::records::Compression::None).unwrap()
 }
 
 fn small_config() -> impl Strategy<Value = LogConfig> {

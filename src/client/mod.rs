@@ -61,16 +61,29 @@ fn check(code: i16) -> Result<()> {
     }
 }
 
-/// Encodes records as one RecordBatch v2 with the given compression.
+/// Encodes records as one RecordBatch v2 with the given compression, all with one timestamp.
 pub fn encode_batch(
     records: &[(Option<Bytes>, Option<Bytes>)],
     timestamp_ms: i64,
     compression: Compression,
 ) -> Result<Bytes> {
+    let records: Vec<_> = records
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone(), timestamp_ms))
+        .collect();
+    encode_records(&records, compression)
+}
+
+/// Encodes `(key, value, timestamp_ms)` records as one RecordBatch v2, as a
+/// non-idempotent producer would.
+pub fn encode_records(
+    records: &[(Option<Bytes>, Option<Bytes>, i64)],
+    compression: Compression,
+) -> Result<Bytes> {
     let records: Vec<Record> = records
         .iter()
         .enumerate()
-        .map(|(i, (key, value))| Record {
+        .map(|(i, (key, value, timestamp_ms))| Record {
             transactional: false,
             control: false,
             delete_horizon: false,
@@ -83,7 +96,7 @@ pub fn encode_batch(
             // constant with a first sequence of -1 gives one batch with baseSequence -1
             // (what a non-idempotent producer sends).
             sequence: i as i32 - 1,
-            timestamp: timestamp_ms,
+            timestamp: *timestamp_ms,
             key: key.clone(),
             value: value.clone(),
             headers: IndexMap::new(),

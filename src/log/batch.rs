@@ -263,45 +263,21 @@ pub fn patch_header(batch: &mut [u8], base_offset: i64, partition_leader_epoch: 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use bytes::BytesMut;
-    use kafka_protocol::indexmap::IndexMap;
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
+    use kafka_protocol::records::Compression;
 
     /// Builds a batch of `count` records the way a producer would.
     pub fn make_batch(count: usize, timestamp_ms: i64, compression: Compression) -> Bytes {
-        let records: Vec<Record> = (0..count)
-            .map(|i| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                // The encoder starts a new batch whenever offset - sequence changes; keeping it
-                // constant with a first sequence of -1 gives one batch with baseSequence -1
-                // (what a non-idempotent producer sends).
-                sequence: i as i32 - 1,
-                timestamp: timestamp_ms + i as i64,
-                key: Some(Bytes::from(format!("k{i}"))),
-                value: Some(Bytes::from(format!("value-{i}"))),
-                headers: IndexMap::new(),
+        let records: Vec<_> = (0..count)
+            .map(|i| {
+                let key = Some(Bytes::from(format!("k{i}")));
+                (
+                    key,
+                    Some(Bytes::from(format!("value-{i}"))),
+                    timestamp_ms + i as i64,
+                )
             })
             .collect();
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            &records,
-            &RecordEncodeOptions {
-                version: 2,
-                compression,
-            },
-        )
-        .unwrap();
-        buf.freeze()
+        crate::client::encode_records(&records, compression).unwrap()
     }
 
     #[test]

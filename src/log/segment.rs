@@ -64,6 +64,29 @@ fn paths(dir: &Path, base_offset: i64) -> (PathBuf, PathBuf, PathBuf) {
 }
 
 impl Segment {
+    /// A segment over these files, knowing nothing of their contents yet.
+    fn empty(
+        base_offset: i64,
+        log: Box<dyn StorageFile>,
+        index_file: Box<dyn StorageFile>,
+        time_index_file: Box<dyn StorageFile>,
+        index_interval_bytes: u64,
+    ) -> Segment {
+        Segment {
+            base_offset,
+            log,
+            index_file,
+            time_index_file,
+            index: OffsetIndex::default(),
+            time_index: TimeIndex::default(),
+            next_offset: base_offset,
+            max_timestamp_ms: -1,
+            first_batch_ms: None,
+            bytes_since_index_entry: 0,
+            index_interval_bytes,
+        }
+    }
+
     /// Creates a new, empty segment.
     pub fn create(
         storage: &dyn Storage,
@@ -80,19 +103,13 @@ impl Segment {
         log.truncate(0)?;
         index_file.truncate(0)?;
         time_index_file.truncate(0)?;
-        Ok(Segment {
+        Ok(Segment::empty(
             base_offset,
             log,
             index_file,
             time_index_file,
-            index: OffsetIndex::default(),
-            time_index: TimeIndex::default(),
-            next_offset: base_offset,
-            max_timestamp_ms: -1,
-            first_batch_ms: None,
-            bytes_since_index_entry: 0,
             index_interval_bytes,
-        })
+        ))
     }
 
     /// Opens an existing segment. With `trust_indexes`, indexes that validate are kept and
@@ -120,19 +137,13 @@ impl Segment {
         };
         let index_file = storage.open(&index_path, true)?;
         let time_index_file = storage.open(&time_path, true)?;
-        let mut segment = Segment {
+        let mut segment = Segment::empty(
             base_offset,
             log,
             index_file,
             time_index_file,
-            index: OffsetIndex::default(),
-            time_index: TimeIndex::default(),
-            next_offset: base_offset,
-            max_timestamp_ms: -1,
-            first_batch_ms: None,
-            bytes_since_index_entry: 0,
             index_interval_bytes,
-        };
+        );
         let loaded = match (trust_indexes, index_bytes, time_bytes) {
             (true, Some(i), Some(t)) => match (OffsetIndex::decode(&i), TimeIndex::decode(&t)) {
                 (Some(i), Some(t)) if i.validate(segment.log.len()) => Some((i, t)),

@@ -10,10 +10,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${1:-$(mktemp -d /var/tmp/strand-bench.XXXXXX)}
-records=${RECORDS:-200000}
+records=${RECORDS:-1000000}
 record_size=${RECORD_SIZE:-1024}
 per_batch=${RECORDS_PER_BATCH:-64}
-producers=${PRODUCERS:-4}
+producers_list=${PRODUCERS:-1 4 16}
 port=${PORT:-19892}
 write_kib=$(( (per_batch * (record_size + 10) + 61 + 1023) / 1024 ))
 
@@ -24,13 +24,23 @@ mkdir -p "$dir/fio" "$dir/data"
 echo "== fio: ${write_kib} KiB sequential writes, fdatasync after each, 20 s"
 fio --name=seqsync --directory="$dir/fio" --rw=write --bs="${write_kib}k" --size=1g \
     --fdatasync=1 --runtime=20 --time_based --ioengine=psync --numjobs=1 --group_reporting \
-    --output-format=normal | grep -E "WRITE:|sync.*percentiles|50.00th|99.00th" | head -6
+    --output-format=json > "$dir/fio.json"
+python3 - "$dir/fio.json" <<'PY'
+import json, sys
+job = json.load(open(sys.argv[1]))["jobs"][0]
+w, sync = job["write"], job["sync"]["lat_ns"]["percentile"]
+print(f"fio write_MB_per_s={w['bw_bytes'] / 1e6:.1f} writes_per_s={w['iops']:.0f} "
+      f"fdatasync_us_p50={sync['50.000000'] / 1e3:.0f} fdatasync_us_p99={sync['99.000000'] / 1e3:.0f}")
+PY
 rm -rf "$dir/fio"
 
-echo "== strand: $producers producers, acks=all, $records records of $record_size B, $per_batch per request"
+echo "== strand: acks=all, $records records of $record_size B, $per_batch per request, producers: $producers_list"
 target/release/strand broker --listen "127.0.0.1:$port" --data-dir "$dir/data" --log-level warn &
 broker=$!
 trap 'kill $broker 2>/dev/null || true; wait $broker 2>/dev/null || true; rm -rf "$dir"' EXIT
 for _ in $(seq 1 50); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
-target/release/strand bench --broker "127.0.0.1:$port" --records "$records" --record-size-bytes "$record_size" \
-    --records-per-batch "$per_batch" --producers "$producers" --partitions "$producers" --acks -1
+for producers in $producers_list; do
+    target/release/strand bench --broker "127.0.0.1:$port" --topic "bench-$producers" --records "$records" \
+        --record-size-bytes "$record_size" --records-per-batch "$per_batch" --producers "$producers" \
+        --partitions "$producers" --acks -1
+done

@@ -8,6 +8,8 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod error;
 pub mod log;
+pub mod metadata;
 pub mod protocol;
 pub mod storage;

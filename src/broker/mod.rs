@@ -26,24 +26,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Largest partition count of one topic.
-pub const MAX_PARTITIONS_PER_TOPIC: i32 = 10_000;
-
-/// A Kafka error with a message for the client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    pub code: ResponseError,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn new(code: ResponseError, message: impl Into<String>) -> ApiError {
-        ApiError {
-            code,
-            message: message.into(),
-        }
-    }
-}
+pub use crate::error::{validate_topic_name, ApiError, MAX_PARTITIONS_PER_TOPIC};
 
 /// A topic as currently known: replaced whole (copy-on-write) when it changes.
 pub struct Topic {
@@ -67,32 +50,6 @@ pub struct Broker {
     /// Set when a clean shutdown starts: produce answers NOT_LEADER_OR_FOLLOWER so that
     /// clients keep their records and retry once the broker is back.
     shutting_down: std::sync::atomic::AtomicBool,
-}
-
-/// Kafka's topic name rules.
-pub fn validate_topic_name(name: &str) -> Result<(), ApiError> {
-    let bad = |why: &str| {
-        Err(ApiError::new(
-            ResponseError::InvalidTopicException,
-            format!("invalid topic name {name:?}: {why}"),
-        ))
-    };
-    if name.is_empty() {
-        return bad("empty");
-    }
-    if name == "." || name == ".." {
-        return bad("'.' and '..' are reserved");
-    }
-    if name.len() > 249 {
-        return bad("longer than 249 characters");
-    }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-')
-    {
-        return bad("only ASCII letters, digits, '.', '_' and '-' are allowed");
-    }
-    Ok(())
 }
 
 impl Broker {

@@ -1,0 +1,229 @@
+//! The cluster as the metadata log describes it, after applying its records in order.
+//!
+//! Plain Rust, no I/O: every broker applies the same committed records to its own image
+//! and so answers Metadata, routes requests and hosts replicas the same way. Applying is
+//! deterministic; a record that does not fit the image (it can only come from a bug or a
+//! corrupt log) is refused with an error and changes nothing, identically everywhere.
+
+use super::records::{MetadataRecord, PartitionRecord, Record, RegisterBroker, TopicRecord};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerInfo {
+    pub node_id: i32,
+    pub host: String,
+    pub port: i32,
+    pub rack: Option<String>,
+    pub incarnation_id: u64,
+    /// A fenced broker leads nothing and gets no new replicas.
+    pub fenced: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub name: String,
+    pub topic_id: uuid::Uuid,
+    pub partitions: Vec<PartitionRecord>,
+    pub configs: BTreeMap<String, String>,
+}
+
+/// Why a record was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error("empty record")]
+    Empty,
+    #[error("unknown broker {0}")]
+    UnknownBroker(i32),
+    #[error("unknown topic {0}")]
+    UnknownTopic(String),
+    #[error("topic {0} already exists")]
+    TopicExists(String),
+    #[error("unknown partition {0}-{1}")]
+    UnknownPartition(String, i32),
+    #[error("invalid record: {0}")]
+    Invalid(String),
+}
+
+/// Brokers and topics, keyed in sorted order so iteration never depends on hashing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetadataImage {
+    pub brokers: BTreeMap<i32, BrokerInfo>,
+    pub topics: BTreeMap<String, TopicInfo>,
+    /// Offset of the last record applied (-1 for none).
+    pub last_applied_offset: i64,
+}
+
+fn check_partition(
+    p: &PartitionRecord,
+    brokers: &BTreeMap<i32, BrokerInfo>,
+) -> Result<(), ApplyError> {
+    let invalid = |why: String| Err(ApplyError::Invalid(why));
+    if p.replicas.is_empty() {
+        return invalid("a partition needs at least one replica".into());
+    }
+    let mut sorted = p.replicas.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() != p.replicas.len() {
+        return invalid(format!("duplicate replicas {:?}", p.replicas));
+    }
+    if let Some(b) = p.replicas.iter().find(|b| !brokers.contains_key(b)) {
+        return Err(ApplyError::UnknownBroker(*b));
+    }
+    if p.leader != -1 && !p.replicas.contains(&p.leader) {
+        return invalid(format!(
+            "leader {} is not a replica of {:?}",
+            p.leader, p.replicas
+        ));
+    }
+    if !p.isr.iter().all(|b| p.replicas.contains(b)) {
+        return invalid(format!(
+            "in-sync set {:?} is not within replicas {:?}",
+            p.isr, p.replicas
+        ));
+    }
+    Ok(())
+}
+
+impl MetadataImage {
+    pub fn new() -> MetadataImage {
+        MetadataImage {
+            last_applied_offset: -1,
+            ..Default::default()
+        }
+    }
+
+    /// Applies the record at `offset` of the metadata log.
+    pub fn apply(&mut self, offset: i64, record: &MetadataRecord) -> Result<(), ApplyError> {
+        assert!(
+            offset > self.last_applied_offset,
+            "metadata records are applied once, in order"
+        );
+        self.last_applied_offset = offset;
+        match record.record.as_ref().ok_or(ApplyError::Empty)? {
+            Record::RegisterBroker(r) => {
+                self.register(r);
+                Ok(())
+            }
+            Record::FenceBroker(b) => self.set_fenced(b.node_id, true),
+            Record::UnfenceBroker(b) => self.set_fenced(b.node_id, false),
+            Record::CreateTopic(t) => self.create_topic(t),
+            Record::DeleteTopic(t) => self
+                .topics
+                .remove(&t.name)
+                .map(|_| ())
+                .ok_or_else(|| ApplyError::UnknownTopic(t.name.clone())),
+            Record::AddPartitions(a) => {
+                for p in &a.partitions {
+                    check_partition(p, &self.brokers)?;
+                }
+                let topic = self
+                    .topics
+                    .get_mut(&a.topic)
+                    .ok_or_else(|| ApplyError::UnknownTopic(a.topic.clone()))?;
+                topic.partitions.extend(a.partitions.iter().cloned());
+                Ok(())
+            }
+            Record::SetTopicConfigs(c) => {
+                let topic = self
+                    .topics
+                    .get_mut(&c.topic)
+                    .ok_or_else(|| ApplyError::UnknownTopic(c.topic.clone()))?;
+                topic.configs = c.configs.clone();
+                Ok(())
+            }
+            Record::PartitionChange(c) => {
+                let topic = self
+                    .topics
+                    .get_mut(&c.topic)
+                    .ok_or_else(|| ApplyError::UnknownTopic(c.topic.clone()))?;
+                let partition = usize::try_from(c.partition)
+                    .ok()
+                    .and_then(|i| topic.partitions.get_mut(i))
+                    .ok_or_else(|| ApplyError::UnknownPartition(c.topic.clone(), c.partition))?;
+                if c.leader_epoch < partition.leader_epoch {
+                    return Err(ApplyError::Invalid(format!(
+                        "leader epoch {} goes back from {}",
+                        c.leader_epoch, partition.leader_epoch
+                    )));
+                }
+                let changed = PartitionRecord {
+                    replicas: partition.replicas.clone(),
+                    isr: c.isr.clone(),
+                    leader: c.leader,
+                    leader_epoch: c.leader_epoch,
+                };
+                check_partition(&changed, &self.brokers)?;
+                *partition = changed;
+                Ok(())
+            }
+        }
+    }
+
+    fn register(&mut self, r: &RegisterBroker) {
+        let fenced = self
+            .brokers
+            .get(&r.node_id)
+            .map(|b| b.fenced || b.incarnation_id != r.incarnation_id)
+            .unwrap_or(true);
+        self.brokers.insert(
+            r.node_id,
+            BrokerInfo {
+                node_id: r.node_id,
+                host: r.host.clone(),
+                port: r.port,
+                rack: r.rack.clone(),
+                incarnation_id: r.incarnation_id,
+                fenced,
+            },
+        );
+    }
+
+    fn set_fenced(&mut self, node_id: i32, fenced: bool) -> Result<(), ApplyError> {
+        let broker = self
+            .brokers
+            .get_mut(&node_id)
+            .ok_or(ApplyError::UnknownBroker(node_id))?;
+        broker.fenced = fenced;
+        Ok(())
+    }
+
+    fn create_topic(&mut self, t: &TopicRecord) -> Result<(), ApplyError> {
+        if self.topics.contains_key(&t.name) {
+            return Err(ApplyError::TopicExists(t.name.clone()));
+        }
+        let topic_id = uuid::Uuid::from_slice(&t.topic_id)
+            .map_err(|_| ApplyError::Invalid("topic id must be 16 bytes".into()))?;
+        if t.partitions.is_empty() {
+            return Err(ApplyError::Invalid(
+                "a topic needs at least one partition".into(),
+            ));
+        }
+        for p in &t.partitions {
+            check_partition(p, &self.brokers)?;
+        }
+        let info = TopicInfo {
+            name: t.name.clone(),
+            topic_id,
+            partitions: t.partitions.clone(),
+            configs: t.configs.clone(),
+        };
+        self.topics.insert(t.name.clone(), info);
+        Ok(())
+    }
+
+    /// Unfenced brokers, sorted by id: where new replicas may go.
+    pub fn live_brokers(&self) -> Vec<i32> {
+        self.brokers
+            .values()
+            .filter(|b| !b.fenced)
+            .map(|b| b.node_id)
+            .collect()
+    }
+
+    pub fn partition(&self, topic: &str, partition: i32) -> Option<&PartitionRecord> {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|i| self.topics.get(topic)?.partitions.get(i))
+    }
+}

@@ -12,4 +12,5 @@ pub mod error;
 pub mod log;
 pub mod metadata;
 pub mod protocol;
+pub mod replication;
 pub mod storage;

@@ -543,3 +543,40 @@ impl PartitionLog {
         self.offset_for_timestamp(max)
     }
 }
+
+impl PartitionLog {
+    /// Headers of every batch, oldest first (a replica rebuilds its Raft index from them).
+    pub fn batch_headers(&self) -> io::Result<Vec<BatchHeader>> {
+        let mut out = Vec::new();
+        for segment in self.segments.values() {
+            out.extend(segment.headers()?.into_iter().map(|(_, h)| h));
+        }
+        Ok(out)
+    }
+
+    /// The one batch whose base offset is `base_offset`, CRC-checked.
+    pub fn read_batch(&self, base_offset: i64) -> Result<Bytes, ReadError> {
+        let not_found = || ReadError::OffsetOutOfRange {
+            offset: base_offset,
+            log_start_offset: self.log_start_offset(),
+            log_end_offset: self.log_end_offset,
+        };
+        let (_, segment) = self
+            .segments
+            .range(..=base_offset)
+            .next_back()
+            .ok_or_else(not_found)?;
+        let (position, header) = segment.find(base_offset)?.ok_or_else(not_found)?;
+        if header.base_offset != base_offset {
+            return Err(not_found());
+        }
+        let read = segment.read(position, header.size_bytes(), i64::MAX, true)?;
+        if read.bytes.len() != header.size_bytes() {
+            return Err(ReadError::Corrupt {
+                segment_base_offset: segment.base_offset,
+                position,
+            });
+        }
+        Ok(read.bytes)
+    }
+}

@@ -426,6 +426,17 @@ impl Segment {
         Ok(())
     }
 
+    /// Every batch header in the segment, in order, with its position.
+    pub fn headers(&self) -> io::Result<Vec<(u64, BatchHeader)>> {
+        let mut out = Vec::new();
+        let mut position = 0;
+        while let Some(header) = self.read_header(position)? {
+            out.push((position, header));
+            position += header.size_bytes() as u64;
+        }
+        Ok(out)
+    }
+
     /// Handles that make this segment's log durable.
     pub fn log_sync_handle(&self) -> io::Result<Arc<dyn SyncHandle>> {
         self.log.sync_handle()

@@ -1,0 +1,147 @@
+//! How a Raft entry is stored in a partition's log, so that the segment log *is* the
+//! Raft log and every record is written once.
+//!
+//! - A normal entry carries one producer RecordBatch: stored as that batch, with
+//!   `baseOffset` set to the log end offset where it lands and `partitionLeaderEpoch`
+//!   set to the entry's term.
+//! - An empty entry (the no-op a new leader appends) is stored as a one-record control
+//!   batch of type LEADER_CHANGE, taking one offset (consumers skip control batches; Kafka
+//!   allows such offset gaps).
+//! - A configuration change (ConfChangeV2) is stored as a control batch of type VOTERS
+//!   whose record value is the encoded change.
+//!
+//! Every replica persists the same entries after the same prefix, so every replica
+//! assigns the same offsets: a Kafka offset is a deterministic function of the Raft log.
+
+use crate::log::batch::{self, BatchHeader};
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::indexmap::IndexMap;
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use raft::eraftpb::{Entry, EntryType};
+
+/// Control record type of the no-op a leader appends when its term starts.
+pub const CONTROL_TYPE_LEADER_CHANGE: i16 = 2;
+/// Control record type of a Raft configuration change.
+pub const CONTROL_TYPE_VOTERS: i16 = 6;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    #[error("entry {index}: {reason}")]
+    Invalid { index: u64, reason: String },
+}
+
+fn invalid(index: u64, reason: impl Into<String>) -> EntryError {
+    EntryError::Invalid {
+        index,
+        reason: reason.into(),
+    }
+}
+
+fn control_batch(control_type: i16, value: &[u8]) -> Bytes {
+    let mut key = BytesMut::with_capacity(4);
+    key.extend_from_slice(&0i16.to_be_bytes());
+    key.extend_from_slice(&control_type.to_be_bytes());
+    let record = Record {
+        transactional: false,
+        control: true,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: -1,
+        // Deterministic on every replica (the entry carries no time).
+        timestamp: 0,
+        key: Some(key.freeze()),
+        value: Some(Bytes::copy_from_slice(value)),
+        headers: IndexMap::new(),
+    };
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        [&record],
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .expect("a one-record control batch always encodes");
+    buf.freeze()
+}
+
+/// The batch to store for `entry`: its header (with base offset and epoch as stored) and bytes.
+pub fn encode_entry(entry: &Entry, base_offset: i64) -> Result<(BatchHeader, Bytes), EntryError> {
+    let term = i32::try_from(entry.term)
+        .map_err(|_| invalid(entry.index, "term does not fit a leader epoch"))?;
+    let bytes = match entry.get_entry_type() {
+        EntryType::EntryNormal if entry.data.is_empty() => {
+            control_batch(CONTROL_TYPE_LEADER_CHANGE, &[])
+        }
+        EntryType::EntryNormal => {
+            let data = Bytes::copy_from_slice(&entry.data);
+            // A batch is checked again here: a corrupt one is never persisted, so it can
+            // never count toward a quorum.
+            let batches = batch::validate_produce_records(&data, usize::MAX)
+                .map_err(|e| invalid(entry.index, e.to_string()))?;
+            if batches.len() != 1 {
+                return Err(invalid(
+                    entry.index,
+                    format!("{} batches in one entry", batches.len()),
+                ));
+            }
+            data
+        }
+        EntryType::EntryConfChangeV2 => control_batch(CONTROL_TYPE_VOTERS, &entry.data),
+        EntryType::EntryConfChange => {
+            return Err(invalid(entry.index, "only ConfChangeV2 entries are used"))
+        }
+    };
+    let mut patched = bytes.to_vec();
+    batch::patch_header(&mut patched, base_offset, term);
+    let header = batch::parse_whole(&patched).map_err(|e| invalid(entry.index, e.to_string()))?;
+    Ok((header, Bytes::from(patched)))
+}
+
+/// The Raft entry stored as `stored` (one whole batch) at Raft index `index`.
+pub fn decode_entry(stored: &Bytes, index: u64) -> Result<Entry, EntryError> {
+    let header = batch::parse_whole(stored).map_err(|e| invalid(index, e.to_string()))?;
+    batch::verify_crc(&stored[..header.size_bytes()], &header)
+        .map_err(|e| invalid(index, e.to_string()))?;
+    let mut entry = Entry::default();
+    entry.index = index;
+    entry.term = u64::try_from(header.partition_leader_epoch)
+        .map_err(|_| invalid(index, "negative term"))?;
+    if !header.is_control() {
+        entry.set_entry_type(EntryType::EntryNormal);
+        entry.data = stored.slice(..header.size_bytes());
+        return Ok(entry);
+    }
+    let mut buf = stored.slice(..header.size_bytes());
+    let set = RecordBatchDecoder::decode(&mut buf).map_err(|e| invalid(index, e.to_string()))?;
+    let record = set
+        .records
+        .first()
+        .ok_or_else(|| invalid(index, "empty control batch"))?;
+    let key = record
+        .key
+        .as_ref()
+        .filter(|k| k.len() >= 4)
+        .ok_or_else(|| invalid(index, "control record without a key"))?;
+    match i16::from_be_bytes([key[2], key[3]]) {
+        CONTROL_TYPE_LEADER_CHANGE => entry.set_entry_type(EntryType::EntryNormal),
+        CONTROL_TYPE_VOTERS => {
+            entry.set_entry_type(EntryType::EntryConfChangeV2);
+            entry.data = record.value.clone().unwrap_or_default();
+        }
+        other => {
+            return Err(invalid(
+                index,
+                format!("control type {other} is not a Raft entry"),
+            ))
+        }
+    }
+    Ok(entry)
+}

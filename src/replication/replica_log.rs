@@ -1,0 +1,399 @@
+//! A partition replica's Raft log, kept in the partition's own segment log.
+//!
+//! Raft entry `first_index + k` is the k-th batch of the partition log (see
+//! `entry_codec` for how entries become batches), so data is written once. Beside the
+//! segments the replica keeps `raft-state`: an append-only file of CRC-framed records
+//! holding the hard state (term, vote, commit), the configuration and where the log
+//! starts; the last whole record wins, so a torn tail only loses what was never synced.
+//!
+//! [`ReplicaStorage`] shares one `ReplicaLog` between raft-rs (which reads through the
+//! `raft::Storage` trait) and the driver (which persists each `Ready`).
+
+use super::entry_codec::{decode_entry, encode_entry};
+use crate::log::{LogConfig, PartitionLog, ReadError};
+use crate::storage::{read_exact_at, write_atomic, Storage, StorageFile, SyncHandle};
+use prost::Message;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use std::collections::VecDeque;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+pub const STATE_FILE: &str = "raft-state";
+/// The state file is rewritten with only its last record once it grows past this.
+const STATE_FILE_COMPACT_BYTES: u64 = 64 * 1024;
+/// Largest state record accepted when reading the file back.
+const STATE_RECORD_MAX_BYTES: usize = 64 * 1024;
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct PersistedState {
+    #[prost(uint64, tag = "1")]
+    term: u64,
+    #[prost(uint64, tag = "2")]
+    vote: u64,
+    #[prost(uint64, tag = "3")]
+    commit: u64,
+    #[prost(uint64, tag = "4")]
+    first_index: u64,
+    #[prost(uint64, tag = "5")]
+    snapshot_term: u64,
+    #[prost(uint64, repeated, tag = "6")]
+    voters: Vec<u64>,
+    #[prost(uint64, repeated, tag = "7")]
+    learners: Vec<u64>,
+}
+
+/// Where one entry sits in the partition log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryPosition {
+    pub base_offset: i64,
+    /// The offset after the entry's batch.
+    pub next_offset: i64,
+    pub term: u64,
+}
+
+pub struct ReplicaLog {
+    log: PartitionLog,
+    storage: Arc<dyn Storage>,
+    state_path: PathBuf,
+    state_file: Box<dyn StorageFile>,
+    /// Raft index of `entries[0]`.
+    first_index: u64,
+    /// Term of the entry at `first_index - 1` (compacted away or never present).
+    snapshot_term: u64,
+    entries: VecDeque<EntryPosition>,
+    hard_state: HardState,
+    conf_state: ConfState,
+}
+
+fn frame(record: &PersistedState) -> Vec<u8> {
+    let body = record.encode_to_vec();
+    let mut out = Vec::with_capacity(body.len() + 8);
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&body).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// The last whole, CRC-valid record of a state file.
+fn read_last_state(file: &dyn StorageFile) -> io::Result<Option<PersistedState>> {
+    let mut position = 0u64;
+    let mut last = None;
+    let len = file.len();
+    while position + 8 <= len {
+        let mut head = [0u8; 8];
+        read_exact_at(file, position, &mut head)?;
+        let size = u32::from_be_bytes(head[..4].try_into().unwrap()) as usize;
+        let crc = u32::from_be_bytes(head[4..].try_into().unwrap());
+        if size > STATE_RECORD_MAX_BYTES || position + 8 + size as u64 > len {
+            break;
+        }
+        let mut body = vec![0u8; size];
+        read_exact_at(file, position + 8, &mut body)?;
+        if crc32c::crc32c(&body) != crc {
+            break;
+        }
+        match PersistedState::decode(body.as_slice()) {
+            Ok(state) => last = Some(state),
+            Err(_) => break,
+        }
+        position += 8 + size as u64;
+    }
+    Ok(last)
+}
+
+impl ReplicaLog {
+    /// Opens (or creates) the replica in `dir`. A new replica starts with `initial_voters`
+    /// as its configuration; an existing one recovers its log, then rebuilds the Raft index
+    /// from the batches and its hard state from `raft-state`.
+    pub fn open(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        config: LogConfig,
+        recovery_point: i64,
+        initial_voters: &[u64],
+    ) -> io::Result<ReplicaLog> {
+        let (log, _report) = PartitionLog::open(storage.clone(), dir, config, recovery_point)?;
+        let state_path = dir.join(STATE_FILE);
+        let state_file = storage.open(&state_path, true)?;
+        let persisted = read_last_state(state_file.as_ref())?;
+        let fresh = persisted.is_none();
+        let persisted = persisted.unwrap_or_else(|| PersistedState {
+            first_index: 1,
+            voters: initial_voters.to_vec(),
+            ..Default::default()
+        });
+        let mut entries = VecDeque::new();
+        for header in log.batch_headers()? {
+            let term = u64::try_from(header.partition_leader_epoch).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidData, "batch without a Raft term")
+            })?;
+            entries.push_back(EntryPosition {
+                base_offset: header.base_offset,
+                next_offset: header.next_offset(),
+                term,
+            });
+        }
+        let mut hard_state = HardState::default();
+        hard_state.term = persisted.term;
+        hard_state.vote = persisted.vote;
+        let last_index = persisted.first_index + entries.len() as u64 - 1;
+        // Entries past the last sync may be gone; the leader will tell the commit again.
+        hard_state.commit = persisted.commit.min(last_index);
+        let mut conf_state = ConfState::default();
+        conf_state.voters = persisted.voters.clone();
+        conf_state.learners = persisted.learners.clone();
+        let mut replica = ReplicaLog {
+            log,
+            storage,
+            state_path,
+            state_file,
+            first_index: persisted.first_index,
+            snapshot_term: persisted.snapshot_term,
+            entries,
+            hard_state,
+            conf_state,
+        };
+        if fresh {
+            replica.write_state()?;
+        }
+        replica.check_invariants();
+        Ok(replica)
+    }
+
+    fn check_invariants(&self) {
+        assert!(self.first_index >= 1);
+        assert!(self.hard_state.commit <= self.last_index());
+        debug_assert!(self
+            .entries
+            .iter()
+            .zip(self.entries.iter().skip(1))
+            .all(|(a, b)| a.next_offset == b.base_offset && a.term <= b.term));
+    }
+
+    pub fn log(&self) -> &PartitionLog {
+        &self.log
+    }
+
+    pub fn last_index(&self) -> u64 {
+        self.first_index + self.entries.len() as u64 - 1
+    }
+
+    pub fn first_index(&self) -> u64 {
+        self.first_index
+    }
+
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// Where entry `index` sits in the partition log.
+    pub fn position(&self, index: u64) -> Option<EntryPosition> {
+        index
+            .checked_sub(self.first_index)
+            .and_then(|k| self.entries.get(k as usize))
+            .copied()
+    }
+
+    /// Term of entry `index`, including the one just before the first.
+    pub fn term(&self, index: u64) -> Result<u64, StorageError> {
+        if index + 1 == self.first_index {
+            return Ok(self.snapshot_term);
+        }
+        if index < self.first_index {
+            return Err(StorageError::Compacted);
+        }
+        self.position(index)
+            .map(|p| p.term)
+            .ok_or(StorageError::Unavailable)
+    }
+
+    /// Persists entries from a `Ready` (not yet synced): entries from an index already in
+    /// the log replace it and everything after it.
+    pub fn append(&mut self, entries: &[Entry], now_ms: i64) -> io::Result<()> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        assert!(
+            first.index >= self.first_index,
+            "entry {} is before the log start {}",
+            first.index,
+            self.first_index
+        );
+        assert!(
+            first.index <= self.last_index() + 1,
+            "entry {} leaves a gap after {}",
+            first.index,
+            self.last_index()
+        );
+        if first.index <= self.last_index() {
+            let keep = (first.index - self.first_index) as usize;
+            let cut = self.entries[keep].base_offset;
+            self.log.truncate_to(cut)?;
+            self.entries.truncate(keep);
+            assert_eq!(self.log.log_end_offset(), cut);
+        }
+        for entry in entries {
+            assert_eq!(entry.index, self.last_index() + 1);
+            let base_offset = self.log.log_end_offset();
+            let (header, bytes) = encode_entry(entry, base_offset)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            let info =
+                self.log
+                    .append(&[(header, bytes)], header.partition_leader_epoch, now_ms)?;
+            assert_eq!(info.base_offset, base_offset);
+            self.entries.push_back(EntryPosition {
+                base_offset,
+                next_offset: info.last_offset + 1,
+                term: entry.term,
+            });
+        }
+        self.check_invariants();
+        Ok(())
+    }
+
+    /// Records a new hard state (persisted by the next [`ReplicaLog::write_state`]).
+    pub fn set_hard_state(&mut self, hard_state: HardState) {
+        assert!(
+            hard_state.term >= self.hard_state.term,
+            "terms never go back"
+        );
+        self.hard_state = hard_state;
+    }
+
+    pub fn set_conf_state(&mut self, conf_state: ConfState) {
+        self.conf_state = conf_state;
+    }
+
+    /// Appends the current state to `raft-state` (synced with the next flush).
+    pub fn write_state(&mut self) -> io::Result<()> {
+        let record = PersistedState {
+            term: self.hard_state.term,
+            vote: self.hard_state.vote,
+            commit: self.hard_state.commit,
+            first_index: self.first_index,
+            snapshot_term: self.snapshot_term,
+            voters: self.conf_state.voters.clone(),
+            learners: self.conf_state.learners.clone(),
+        };
+        let bytes = frame(&record);
+        if self.state_file.len() + bytes.len() as u64 > STATE_FILE_COMPACT_BYTES {
+            write_atomic(self.storage.as_ref(), &self.state_path, &bytes)?;
+            self.state_file = self.storage.open(&self.state_path, false)?;
+        } else {
+            self.state_file.append(&bytes)?;
+        }
+        Ok(())
+    }
+
+    /// What must be fsynced to make every append and state record so far durable.
+    pub fn sync_handles(&mut self) -> io::Result<(Vec<Arc<dyn SyncHandle>>, i64)> {
+        let ticket = self.log.begin_flush()?;
+        let mut handles = ticket.handles;
+        handles.push(self.state_file.sync_handle()?);
+        Ok((handles, ticket.up_to_offset))
+    }
+
+    /// Records that everything below `up_to_offset` is durable.
+    pub fn flushed(&mut self, up_to_offset: i64) {
+        self.log.flushed(up_to_offset);
+    }
+
+    /// Reads entries `[low, high)`, at least one, at most about `max_size_bytes`.
+    pub fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size_bytes: Option<u64>,
+    ) -> Result<Vec<Entry>, StorageError> {
+        if low < self.first_index {
+            return Err(StorageError::Compacted);
+        }
+        if high > self.last_index() + 1 {
+            return Err(StorageError::Unavailable);
+        }
+        let mut out = Vec::new();
+        let mut size = 0u64;
+        for index in low..high {
+            let position = self.position(index).ok_or(StorageError::Unavailable)?;
+            let stored = match self.log.read_batch(position.base_offset) {
+                Ok(bytes) => bytes,
+                Err(ReadError::Corrupt { .. }) | Err(ReadError::OffsetOutOfRange { .. }) => {
+                    return Err(StorageError::Unavailable)
+                }
+                Err(ReadError::Io(e)) => return Err(StorageError::Other(Box::new(e))),
+            };
+            size += stored.len() as u64;
+            if !out.is_empty() && max_size_bytes.map(|m| size > m).unwrap_or(false) {
+                break;
+            }
+            out.push(decode_entry(&stored, index).map_err(|e| StorageError::Other(Box::new(e)))?);
+        }
+        Ok(out)
+    }
+}
+
+/// The replica log shared between raft-rs and the driver.
+#[derive(Clone)]
+pub struct ReplicaStorage {
+    inner: Arc<Mutex<ReplicaLog>>,
+}
+
+impl ReplicaStorage {
+    pub fn new(log: ReplicaLog) -> ReplicaStorage {
+        ReplicaStorage {
+            inner: Arc::new(Mutex::new(log)),
+        }
+    }
+
+    /// Locks the replica log. Never hold this across an `.await`.
+    pub fn lock(&self) -> MutexGuard<'_, ReplicaLog> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl raft::Storage for ReplicaStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let log = self.lock();
+        Ok(RaftState::new(
+            log.hard_state.clone(),
+            log.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.lock()
+            .entries(low, high, max_size.into())
+            .map_err(raft::Error::Store)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.lock().term(idx).map_err(raft::Error::Store)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.lock().first_index)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.lock().last_index())
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // Snapshots (a follower behind the log start) come with retention on replicas.
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}

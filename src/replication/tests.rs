@@ -1,0 +1,482 @@
+//! Raft entries stored in partition logs: the codec, the replica log, and three replicas
+//! of one partition driven in-process (messages passed by the test), checking that every
+//! replica ends with byte-identical batches at identical offsets through elections,
+//! crashes with power loss, and a leader isolated with uncommitted entries.
+
+use super::entry_codec::*;
+use super::replica_log::*;
+use crate::client::encode_batch;
+use crate::log::LogConfig;
+use crate::storage::MemoryStorage;
+use bytes::Bytes;
+use kafka_protocol::records::Compression;
+use raft::eraftpb::{ConfChangeV2, Entry, EntryType, Message};
+use raft::{Config, RawNode, StateRole, Storage as _};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+fn batch(tag: &str, records: usize) -> Bytes {
+    let values: Vec<_> = (0..records)
+        .map(|i| (None, Some(Bytes::from(format!("{tag}-{i}")))))
+        .collect();
+    encode_batch(&values, 1_000, Compression::None).unwrap()
+}
+
+fn entry(index: u64, term: u64, data: Bytes) -> Entry {
+    let mut e = Entry::default();
+    e.index = index;
+    e.term = term;
+    e.data = data;
+    e
+}
+
+#[test]
+fn entries_roundtrip_through_batches() {
+    let data = entry(7, 3, batch("a", 4));
+    let (header, stored) = encode_entry(&data, 100).unwrap();
+    assert_eq!(
+        (
+            header.base_offset,
+            header.partition_leader_epoch,
+            header.records_count
+        ),
+        (100, 3, 4)
+    );
+    let back = decode_entry(&stored, 7).unwrap();
+    assert_eq!(
+        (back.index, back.term, back.get_entry_type()),
+        (7, 3, EntryType::EntryNormal)
+    );
+    assert_eq!(crate::client::decode_records(&back.data).unwrap().len(), 4);
+
+    let noop = entry(8, 4, Bytes::new());
+    let (header, stored) = encode_entry(&noop, 104).unwrap();
+    assert!(header.is_control());
+    assert_eq!(header.next_offset(), 105);
+    let back = decode_entry(&stored, 8).unwrap();
+    assert!(
+        back.data.is_empty() && back.get_entry_type() == EntryType::EntryNormal && back.term == 4
+    );
+
+    let mut change = entry(9, 4, Bytes::from_static(b"\x08\x01"));
+    change.set_entry_type(EntryType::EntryConfChangeV2);
+    let (_, stored) = encode_entry(&change, 105).unwrap();
+    let back = decode_entry(&stored, 9).unwrap();
+    assert_eq!(
+        (back.get_entry_type(), back.data.as_ref()),
+        (EntryType::EntryConfChangeV2, &b"\x08\x01"[..])
+    );
+
+    // A corrupt batch is refused before it can be persisted.
+    let mut bad = batch("x", 2).to_vec();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    assert!(encode_entry(&entry(10, 4, Bytes::from(bad)), 106).is_err());
+}
+
+fn open_replica(storage: &MemoryStorage, recovery_point: i64) -> ReplicaLog {
+    ReplicaLog::open(
+        Arc::new(storage.clone()),
+        Path::new("/data/t-0"),
+        LogConfig {
+            segment_bytes: 300,
+            ..LogConfig::default()
+        },
+        recovery_point,
+        &[1, 2, 3],
+    )
+    .unwrap()
+}
+
+fn sync(replica: &mut ReplicaLog) {
+    let (handles, up_to) = replica.sync_handles().unwrap();
+    handles.iter().for_each(|h| h.sync().unwrap());
+    replica.flushed(up_to);
+}
+
+#[test]
+fn replica_log_appends_truncates_and_recovers() {
+    let storage = MemoryStorage::new();
+    let mut replica = open_replica(&storage, 0);
+    assert_eq!((replica.first_index(), replica.last_index()), (1, 0));
+    let first: Vec<Entry> = (1..=6)
+        .map(|i| {
+            entry(
+                i,
+                1 + i / 4,
+                if i == 1 {
+                    Bytes::new()
+                } else {
+                    batch(&format!("e{i}"), 3)
+                },
+            )
+        })
+        .collect();
+    replica.append(&first, 0).unwrap();
+    assert_eq!(replica.last_index(), 6);
+    assert_eq!(
+        replica.position(1).unwrap(),
+        EntryPosition {
+            base_offset: 0,
+            next_offset: 1,
+            term: 1
+        }
+    );
+    assert_eq!(replica.position(2).unwrap().base_offset, 1);
+    assert_eq!(replica.log().log_end_offset(), 1 + 5 * 3);
+    assert!(
+        replica.log().segment_count() > 1,
+        "small segments roll under the entries"
+    );
+    let read = replica.entries(1, 7, None).unwrap();
+    assert_eq!(
+        read.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
+        first.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>()
+    );
+    assert!(read[0].data.is_empty());
+    // A conflicting suffix from a new leader replaces entries 4.. and their offsets.
+    let replacement = vec![entry(4, 3, batch("r4", 1)), entry(5, 3, batch("r5", 2))];
+    replica.append(&replacement, 0).unwrap();
+    assert_eq!(replica.last_index(), 5);
+    assert_eq!(
+        replica.position(5).unwrap(),
+        EntryPosition {
+            base_offset: 8,
+            next_offset: 10,
+            term: 3
+        }
+    );
+    let mut hs = replica.hard_state().clone();
+    hs.term = 3;
+    hs.vote = 2;
+    hs.commit = 5;
+    replica.set_hard_state(hs.clone());
+    replica.write_state().unwrap();
+    sync(&mut replica);
+    // Unsynced appends vanish with a power loss; the synced ones and the state stay.
+    replica.append(&[entry(6, 3, batch("lost", 1))], 0).unwrap();
+    drop(replica);
+    storage.crash();
+    let replica = open_replica(&storage, 0);
+    assert_eq!(replica.last_index(), 5);
+    assert_eq!(replica.hard_state(), &hs);
+    assert_eq!(replica.conf_state().voters, vec![1, 2, 3]);
+    assert_eq!(replica.term(5), Ok(3));
+    assert_eq!(replica.term(0), Ok(0));
+    assert!(replica.term(9).is_err());
+    let values =
+        crate::client::decode_records(&replica.entries(5, 6, None).unwrap()[0].data).unwrap();
+    assert_eq!(
+        values.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        vec![8, 9]
+    );
+}
+
+/// One replica of the test partition.
+struct Node {
+    disk: MemoryStorage,
+    raw: RawNode<ReplicaStorage>,
+    storage: ReplicaStorage,
+}
+
+fn raft_config(id: u64, applied: u64) -> Config {
+    Config {
+        id,
+        election_tick: 10,
+        heartbeat_tick: 2,
+        pre_vote: true,
+        check_quorum: true,
+        applied,
+        max_size_per_msg: 1 << 20,
+        max_inflight_msgs: 64,
+        ..Config::default()
+    }
+}
+
+impl Node {
+    fn start(id: u64, disk: MemoryStorage) -> Node {
+        let replica = ReplicaLog::open(
+            Arc::new(disk.clone()),
+            Path::new("/data/t-0"),
+            LogConfig {
+                segment_bytes: 2_000,
+                ..LogConfig::default()
+            },
+            0,
+            &[1, 2, 3],
+        )
+        .unwrap();
+        let applied = replica.hard_state().commit;
+        let storage = ReplicaStorage::new(replica);
+        let raw = RawNode::new(
+            &raft_config(id, applied),
+            storage.clone(),
+            &super::slog_bridge::logger(&format!("t-0/{id}")),
+        )
+        .unwrap();
+        Node { disk, raw, storage }
+    }
+
+    /// Handles one Ready the way the broker's driver will: persist entries and hard
+    /// state, fsync, then release messages that needed the persist.
+    fn handle_ready(&mut self, outbox: &mut Vec<Message>) {
+        if !self.raw.has_ready() {
+            return;
+        }
+        let mut ready = self.raw.ready();
+        outbox.extend(ready.take_messages());
+        assert!(
+            ready.snapshot().get_metadata().index == 0,
+            "no snapshots in this test"
+        );
+        {
+            let mut replica = self.storage.lock();
+            replica.append(ready.entries(), 0).unwrap();
+            if let Some(hs) = ready.hs() {
+                replica.set_hard_state(hs.clone());
+            }
+            replica.write_state().unwrap();
+            sync(&mut replica);
+        }
+        outbox.extend(ready.take_persisted_messages());
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            let mut replica = self.storage.lock();
+            let mut hs = replica.hard_state().clone();
+            hs.commit = commit;
+            replica.set_hard_state(hs);
+        }
+        outbox.extend(light.take_messages());
+        self.raw.advance_apply();
+    }
+}
+
+struct Cluster {
+    nodes: BTreeMap<u64, Node>,
+    /// Nodes whose messages are dropped (both directions).
+    isolated: BTreeSet<u64>,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let nodes = (1..=3)
+            .map(|id| (id, Node::start(id, MemoryStorage::new())))
+            .collect();
+        Cluster {
+            nodes,
+            isolated: BTreeSet::new(),
+        }
+    }
+
+    /// Runs Ready handling and message delivery until nothing moves (bounded).
+    fn settle(&mut self) {
+        for _ in 0..1_000 {
+            let mut outbox = Vec::new();
+            for node in self.nodes.values_mut() {
+                node.handle_ready(&mut outbox);
+            }
+            if outbox.is_empty() && self.nodes.values().all(|n| !n.raw.has_ready()) {
+                return;
+            }
+            for message in outbox {
+                if self.isolated.contains(&message.from) || self.isolated.contains(&message.to) {
+                    continue;
+                }
+                if let Some(node) = self.nodes.get_mut(&message.to) {
+                    node.raw.step(message).unwrap();
+                }
+            }
+        }
+        panic!("the cluster did not settle");
+    }
+
+    fn tick_until_leader(&mut self, among: &[u64]) -> u64 {
+        for _ in 0..500 {
+            for (id, node) in self.nodes.iter_mut() {
+                if !self.isolated.contains(id) || among.contains(id) {
+                    node.raw.tick();
+                }
+            }
+            self.settle();
+            let leaders: Vec<u64> = among
+                .iter()
+                .copied()
+                .filter(|id| self.nodes[id].raw.raft.state == StateRole::Leader)
+                .collect();
+            if let [leader] = leaders[..] {
+                return leader;
+            }
+        }
+        panic!("no leader among {among:?}");
+    }
+
+    fn propose(&mut self, leader: u64, tag: &str) {
+        self.nodes
+            .get_mut(&leader)
+            .unwrap()
+            .raw
+            .propose(vec![], batch(tag, 2).to_vec())
+            .unwrap();
+        self.settle();
+    }
+
+    /// Every node's committed batches, as stored bytes by offset.
+    fn committed(&self, id: u64) -> Vec<(i64, Bytes)> {
+        let replica = self.nodes[&id].storage.lock();
+        let commit = replica.hard_state().commit;
+        (replica.first_index()..=commit)
+            .map(|index| {
+                let position = replica.position(index).unwrap();
+                (
+                    position.base_offset,
+                    replica.log().read_batch(position.base_offset).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn data_values(&self, id: u64) -> Vec<String> {
+        self.committed(id)
+            .iter()
+            .filter(|(_, bytes)| !crate::log::batch::parse_whole(bytes).unwrap().is_control())
+            .flat_map(|(_, bytes)| crate::client::decode_records(bytes).unwrap())
+            .filter_map(|r| r.value.map(|v| String::from_utf8(v.to_vec()).unwrap()))
+            .collect()
+    }
+}
+
+#[test]
+fn three_replicas_agree_on_every_byte_and_offset() {
+    let mut cluster = Cluster::new();
+    let leader = cluster.tick_until_leader(&[1, 2, 3]);
+    for i in 0..10 {
+        cluster.propose(leader, &format!("a{i}"));
+    }
+    let reference = cluster.committed(leader);
+    assert!(reference.len() >= 11, "no-op plus ten batches committed");
+    for id in 1..=3 {
+        assert_eq!(cluster.committed(id), reference, "replica {id} differs");
+    }
+    // Offsets run without gaps over data and control batches alike.
+    let mut expected_offset = reference[0].0;
+    for (offset, bytes) in &reference {
+        assert_eq!(*offset, expected_offset);
+        expected_offset = crate::log::batch::parse_whole(bytes).unwrap().next_offset();
+    }
+
+    // The leader crashes, losing nothing it acknowledged; the others elect a new one.
+    cluster.isolated.insert(leader);
+    let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let second = cluster.tick_until_leader(&others);
+    for i in 0..5 {
+        cluster.propose(second, &format!("b{i}"));
+    }
+    let disk = cluster.nodes[&leader].disk.clone();
+    disk.crash();
+    cluster.nodes.insert(leader, Node::start(leader, disk));
+    cluster.isolated.clear();
+    for _ in 0..30 {
+        cluster.nodes.values_mut().for_each(|n| {
+            n.raw.tick();
+        });
+        cluster.settle();
+    }
+    cluster.propose(second, "c0");
+    let reference = cluster.committed(second);
+    for id in 1..=3 {
+        assert_eq!(
+            cluster.committed(id),
+            reference,
+            "replica {id} differs after the restart"
+        );
+    }
+    let values = cluster.data_values(second);
+    let expected: Vec<String> = (0..10)
+        .map(|i| format!("a{i}"))
+        .chain((0..5).map(|i| format!("b{i}")))
+        .chain(["c0".to_string()])
+        .flat_map(|t| [format!("{t}-0"), format!("{t}-1")])
+        .collect();
+    assert_eq!(values, expected);
+}
+
+#[test]
+fn an_isolated_leaders_uncommitted_entries_are_replaced() {
+    let mut cluster = Cluster::new();
+    let old = cluster.tick_until_leader(&[1, 2, 3]);
+    cluster.propose(old, "kept");
+    // Cut the leader off; what it accepts now can never commit.
+    cluster.isolated.insert(old);
+    for i in 0..3 {
+        cluster
+            .nodes
+            .get_mut(&old)
+            .unwrap()
+            .raw
+            .propose(vec![], batch(&format!("doomed{i}"), 1).to_vec())
+            .unwrap();
+    }
+    cluster.settle();
+    let doomed_last = cluster.nodes[&old].storage.lock().last_index();
+    let others: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
+    let new = cluster.tick_until_leader(&others);
+    for i in 0..4 {
+        cluster.propose(new, &format!("won{i}"));
+    }
+    cluster.isolated.clear();
+    for _ in 0..40 {
+        cluster.nodes.values_mut().for_each(|n| {
+            n.raw.tick();
+        });
+        cluster.settle();
+    }
+    cluster.propose(new, "after");
+    let reference = cluster.committed(new);
+    assert!(cluster.nodes[&old].storage.lock().hard_state().commit >= doomed_last);
+    for id in 1..=3 {
+        assert_eq!(cluster.committed(id), reference, "replica {id} differs");
+    }
+    let values = cluster.data_values(old);
+    assert!(
+        values.iter().all(|v| !v.starts_with("doomed")),
+        "uncommitted entries survived: {values:?}"
+    );
+    assert!(values.contains(&"won3-1".to_string()) && values.contains(&"after-0".to_string()));
+}
+
+#[test]
+fn configuration_changes_are_stored_as_control_batches() {
+    let mut cluster = Cluster::new();
+    let leader = cluster.tick_until_leader(&[1, 2, 3]);
+    let mut change = ConfChangeV2::default();
+    let mut single = raft::eraftpb::ConfChangeSingle::default();
+    single.set_change_type(raft::eraftpb::ConfChangeType::AddLearnerNode);
+    single.node_id = 4;
+    change.changes.push(single);
+    cluster
+        .nodes
+        .get_mut(&leader)
+        .unwrap()
+        .raw
+        .propose_conf_change(vec![], change)
+        .unwrap();
+    cluster.settle();
+    let replica = cluster.nodes[&leader].storage.lock();
+    let commit = replica.hard_state().commit;
+    let entries = replica
+        .entries(replica.first_index(), commit + 1, None)
+        .unwrap();
+    assert!(entries
+        .iter()
+        .any(|e| e.get_entry_type() == EntryType::EntryConfChangeV2));
+    let stored = replica
+        .log()
+        .read_batch(replica.position(commit).unwrap().base_offset)
+        .unwrap();
+    assert!(crate::log::batch::parse_whole(&stored)
+        .unwrap()
+        .is_control());
+    drop(replica);
+    assert!(cluster.nodes[&leader].storage.initial_state().is_ok());
+}

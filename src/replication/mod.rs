@@ -7,6 +7,7 @@
 //!
 //! The multi-Raft driver, the transport and the metadata group build on these.
 
+pub mod driver;
 pub mod entry_codec;
 pub mod replica_log;
 pub mod slog_bridge;

@@ -480,3 +480,249 @@ fn configuration_changes_are_stored_as_control_batches() {
     drop(replica);
     assert!(cluster.nodes[&leader].storage.initial_state().is_ok());
 }
+
+mod driver {
+    //! Three brokers' drivers, each hosting a replica of four partitions, with the test
+    //! passing their batched messages around.
+
+    use super::batch;
+    use crate::log::LogConfig;
+    use crate::replication::driver::*;
+    use crate::replication::ReplicaLog;
+    use crate::storage::MemoryStorage;
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::Path;
+    use std::sync::Arc;
+
+    const GROUPS: [&str; 4] = ["t-0", "t-1", "t-2", "t-3"];
+
+    struct Net {
+        drivers: BTreeMap<u64, Driver>,
+        disks: BTreeMap<u64, MemoryStorage>,
+        down: BTreeSet<u64>,
+        committed: BTreeMap<u64, Vec<Committed>>,
+        leader_log: Vec<(u64, LeaderChange)>,
+        max_groups_per_sync: usize,
+    }
+
+    fn driver(id: u64, disk: &MemoryStorage, seed: u64) -> Driver {
+        let mut d = Driver::new(id, DriverConfig::default(), seed * 31 + id);
+        for group in GROUPS {
+            let dir = Path::new("/data").join(group);
+            let replica = ReplicaLog::open(
+                Arc::new(disk.clone()),
+                &dir,
+                LogConfig::default(),
+                0,
+                &[1, 2, 3],
+            )
+            .unwrap();
+            d.add_group(group.to_string(), replica).unwrap();
+        }
+        d
+    }
+
+    impl Net {
+        fn new(seed: u64) -> Net {
+            let disks: BTreeMap<u64, MemoryStorage> =
+                (1..=3).map(|id| (id, MemoryStorage::new())).collect();
+            let drivers = disks
+                .iter()
+                .map(|(id, disk)| (*id, driver(*id, disk, seed)))
+                .collect();
+            Net {
+                drivers,
+                disks,
+                down: BTreeSet::new(),
+                committed: BTreeMap::new(),
+                leader_log: Vec::new(),
+                max_groups_per_sync: 0,
+            }
+        }
+
+        /// Rounds and deliveries until quiet (bounded).
+        fn settle(&mut self) {
+            for _ in 0..1_000 {
+                let mut moved = false;
+                let mut mail = Vec::new();
+                for (id, d) in self.drivers.iter_mut() {
+                    if self.down.contains(id) {
+                        continue;
+                    }
+                    let out = d.round(0).unwrap();
+                    self.max_groups_per_sync = self.max_groups_per_sync.max(out.groups_synced);
+                    moved |= out.groups_synced > 0 || !out.outgoing.is_empty();
+                    self.committed.entry(*id).or_default().extend(out.committed);
+                    self.leader_log
+                        .extend(out.leader_changes.into_iter().map(|c| (*id, c)));
+                    for (to, batch) in out.outgoing {
+                        mail.push((to, batch));
+                    }
+                }
+                for (to, batch) in mail {
+                    if self.down.contains(&to) {
+                        continue;
+                    }
+                    let d = self.drivers.get_mut(&to).unwrap();
+                    for message in batch {
+                        let _ = d.step(message);
+                    }
+                }
+                if !moved {
+                    return;
+                }
+            }
+            panic!("did not settle");
+        }
+
+        fn tick(&mut self, n: usize) {
+            for _ in 0..n {
+                for (id, d) in self.drivers.iter_mut() {
+                    if !self.down.contains(id) {
+                        d.tick();
+                    }
+                }
+                self.settle();
+            }
+        }
+
+        fn leader_of(&self, group: &str) -> Option<u64> {
+            let leaders: BTreeSet<u64> = self
+                .drivers
+                .iter()
+                .filter(|(id, _)| !self.down.contains(id))
+                .filter_map(|(id, d)| d.leader(group).filter(|(l, _)| l == id).map(|_| *id))
+                .collect();
+            assert!(leaders.len() <= 1, "two leaders of {group}: {leaders:?}");
+            leaders.into_iter().next()
+        }
+    }
+
+    #[test]
+    fn groups_elect_commit_and_share_fsync_rounds() {
+        let mut net = Net::new(1);
+        net.tick(40);
+        let mut proposed = BTreeMap::new();
+        for round in 0..5 {
+            for group in GROUPS {
+                let leader = net.leader_of(group).expect("every group has a leader");
+                let index = net
+                    .drivers
+                    .get_mut(&leader)
+                    .unwrap()
+                    .propose(group, batch(&format!("{group}/{round}"), 3).to_vec())
+                    .unwrap();
+                proposed.insert((group.to_string(), index), leader);
+                // A follower refuses and names the leader.
+                let follower = (1..=3).find(|id| *id != leader).unwrap();
+                match net
+                    .drivers
+                    .get_mut(&follower)
+                    .unwrap()
+                    .propose(group, vec![])
+                {
+                    Err(DriverError::NotLeader { leader: named, .. }) => assert_eq!(named, leader),
+                    other => panic!("follower accepted a proposal: {other:?}"),
+                }
+            }
+            net.settle();
+        }
+        assert!(
+            net.max_groups_per_sync > 1,
+            "one fsync pass should cover several groups"
+        );
+        // Every proposal committed on every broker, at the same offsets everywhere.
+        for id in 1..=3 {
+            let committed: BTreeMap<(String, u64), (i64, i64)> = net.committed[&id]
+                .iter()
+                .map(|c| ((c.group.clone(), c.index), (c.base_offset, c.next_offset)))
+                .collect();
+            for key in proposed.keys() {
+                assert!(
+                    committed.contains_key(key),
+                    "broker {id} did not commit {key:?}"
+                );
+            }
+            assert_eq!(
+                committed,
+                net.committed[&1]
+                    .iter()
+                    .map(|c| ((c.group.clone(), c.index), (c.base_offset, c.next_offset)))
+                    .collect()
+            );
+        }
+        // Leaders were reported, with at most one leader per group and term.
+        let mut by_term = BTreeMap::new();
+        for (_, change) in &net.leader_log {
+            if change.leader != 0 {
+                let previous = by_term.insert((change.group.clone(), change.term), change.leader);
+                assert!(previous.is_none() || previous == Some(change.leader));
+            }
+        }
+    }
+
+    #[test]
+    fn a_broker_crash_moves_leadership_and_its_restart_catches_up() {
+        let mut net = Net::new(2);
+        net.tick(40);
+        let victim = net.leader_of("t-0").unwrap();
+        for i in 0..3 {
+            let idx = net
+                .drivers
+                .get_mut(&victim)
+                .unwrap()
+                .propose("t-0", batch(&format!("x{i}"), 1).to_vec())
+                .unwrap();
+            assert!(idx > 0);
+        }
+        net.settle();
+        net.down.insert(victim);
+        net.tick(60);
+        let successor = net.leader_of("t-0").expect("a new leader");
+        assert_ne!(successor, victim);
+        net.drivers
+            .get_mut(&successor)
+            .unwrap()
+            .propose("t-0", batch("y", 1).to_vec())
+            .unwrap();
+        net.settle();
+        // Power loss on the victim, then a restart from its disk.
+        let disk = net.disks[&victim].clone();
+        disk.crash();
+        net.drivers.insert(victim, driver(victim, &disk, 2));
+        net.down.clear();
+        net.tick(30);
+        let logs: Vec<Vec<(i64, bytes::Bytes)>> = (1..=3)
+            .map(|id| {
+                let storage = net.drivers[&id].storage("t-0").unwrap().lock();
+                (storage.first_index()..=storage.hard_state().commit)
+                    .map(|i| {
+                        let p = storage.position(i).unwrap();
+                        (
+                            p.base_offset,
+                            storage.log().read_batch(p.base_offset).unwrap(),
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        assert!(logs[0].len() >= 5);
+        assert_eq!(logs[0], logs[1]);
+        assert_eq!(logs[1], logs[2]);
+    }
+
+    #[test]
+    fn the_same_seed_elects_the_same_leaders() {
+        let run = |seed| {
+            let mut net = Net::new(seed);
+            net.tick(50);
+            GROUPS.iter().map(|g| net.leader_of(g)).collect::<Vec<_>>()
+        };
+        assert_eq!(run(7), run(7));
+        let spread: BTreeSet<Vec<Option<u64>>> = (1..8).map(run).collect();
+        assert!(
+            spread.len() > 1,
+            "different seeds should not all elect the same leaders"
+        );
+    }
+}

@@ -11,6 +11,7 @@ pub mod driver;
 pub mod entry_codec;
 pub mod replica_log;
 pub mod slog_bridge;
+pub mod transport;
 
 pub use replica_log::{ReplicaLog, ReplicaStorage};
 

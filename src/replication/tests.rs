@@ -726,3 +726,92 @@ mod driver {
         );
     }
 }
+
+mod transport {
+    //! Raft batches between two brokers over loopback TCP.
+
+    use crate::replication::driver::GroupMessage;
+    use crate::replication::transport::*;
+    use raft::eraftpb::{Message, MessageType};
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::mpsc;
+
+    fn message(to: u64, term: u64) -> GroupMessage {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgHeartbeat);
+        m.to = to;
+        m.from = 1;
+        m.term = term;
+        GroupMessage {
+            group: format!("t-{term}"),
+            message: m,
+        }
+    }
+
+    #[test]
+    fn frames_roundtrip() {
+        let batch = vec![message(2, 1), message(2, 2)];
+        let frame = encode_frame(1, &batch).unwrap();
+        let (from, back) = decode_frame(&frame[4..]).unwrap();
+        assert_eq!((from, back), (1, batch));
+        assert!(decode_frame(b"\xff\xff\xff").is_err());
+    }
+
+    #[tokio::test]
+    async fn batches_reach_the_peer_in_order() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (inbox_tx, mut inbox) = mpsc::channel(16);
+        tokio::spawn(serve_peers(listener, inbox_tx));
+        let transport = Transport::start(
+            1,
+            &BTreeMap::from([(1, "127.0.0.1:1".parse().unwrap()), (2, addr)]),
+        );
+        for term in 1..=20 {
+            transport.send(2, vec![message(2, term)]);
+        }
+        transport.send(9, vec![message(9, 1)]);
+        assert_eq!(
+            transport.dropped_batches(),
+            1,
+            "a batch for an unknown peer is dropped"
+        );
+        for term in 1..=20 {
+            let (from, batch) = tokio::time::timeout(Duration::from_secs(10), inbox.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!((from, batch), (1, vec![message(2, term)]));
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_frames_close_the_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (inbox_tx, mut inbox) = mpsc::channel(16);
+        tokio::spawn(serve_peers(listener, inbox_tx));
+        for frame in [
+            vec![0, 0, 0, 3, 0xff, 0xff, 0xff],
+            vec![0xff, 0xff, 0xff, 0xff],
+        ] {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream.write_all(&frame).await.unwrap();
+            let mut buf = [0u8; 1];
+            let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+                .await
+                .unwrap();
+            assert!(
+                matches!(read, Ok(0) | Err(_)),
+                "the broker must close the connection"
+            );
+        }
+        assert!(
+            inbox.try_recv().is_err(),
+            "nothing from a bad frame reaches the driver"
+        );
+    }
+}

@@ -10,6 +10,7 @@
 
 pub mod controller;
 pub mod image;
+pub mod log_codec;
 pub mod placement;
 pub mod records;
 

@@ -227,6 +227,14 @@ impl Driver {
         Ok(g.raw.raft.raft_log.last_index())
     }
 
+    /// Proposes from any replica: a follower forwards the proposal to the leader it knows
+    /// (raft-rs drops it when none is known). The caller learns the outcome from what
+    /// commits.
+    pub fn propose_anywhere(&mut self, group: &str, data: Vec<u8>) -> Result<(), DriverError> {
+        self.group_mut(group)?.raw.propose(vec![], data)?;
+        Ok(())
+    }
+
     pub fn campaign(&mut self, group: &str) -> Result<(), DriverError> {
         self.group_mut(group)?.raw.campaign()?;
         Ok(())

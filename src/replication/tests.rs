@@ -815,3 +815,166 @@ mod transport {
         );
     }
 }
+
+mod metadata_group {
+    //! The metadata log replicated by three drivers: proposals from any broker commit
+    //! once, and every broker's image ends the same.
+
+    use crate::log::LogConfig;
+    use crate::metadata::log_codec::{decode_batch, encode_batch};
+    use crate::metadata::records::*;
+    use crate::metadata::*;
+    use crate::replication::driver::*;
+    use crate::replication::ReplicaLog;
+    use crate::storage::MemoryStorage;
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    const GROUP: &str = "__cluster_metadata-0";
+
+    struct Broker {
+        driver: Driver,
+        image: MetadataImage,
+    }
+
+    fn settle(brokers: &mut BTreeMap<u64, Broker>) {
+        for _ in 0..1_000 {
+            let mut mail = Vec::new();
+            let mut moved = false;
+            for broker in brokers.values_mut() {
+                let out = broker.driver.round(0).unwrap();
+                moved |= out.groups_synced > 0 || !out.outgoing.is_empty();
+                let storage = broker.driver.storage(GROUP).unwrap().clone();
+                for c in out.committed {
+                    let stored = storage.lock().log().read_batch(c.base_offset).unwrap();
+                    for (i, record) in decode_batch(&stored).unwrap().iter().enumerate() {
+                        // A record's position is its offset in the metadata log; one that does
+                        // not fit is refused the same way everywhere.
+                        let _ = broker.image.apply(c.base_offset + i as i64, record);
+                    }
+                }
+                mail.extend(out.outgoing);
+            }
+            for (to, batch) in mail {
+                let d = &mut brokers.get_mut(&to).unwrap().driver;
+                for m in batch {
+                    let _ = d.step(m);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("did not settle");
+    }
+
+    #[test]
+    fn proposals_from_any_broker_reach_every_image() {
+        let mut brokers: BTreeMap<u64, Broker> = (1..=3)
+            .map(|id| {
+                let disk = MemoryStorage::new();
+                let replica = ReplicaLog::open(
+                    Arc::new(disk),
+                    &Path::new("/data").join(GROUP),
+                    LogConfig {
+                        retention_ms: -1,
+                        ..LogConfig::default()
+                    },
+                    0,
+                    &[1, 2, 3],
+                )
+                .unwrap();
+                let mut driver = Driver::new(id, DriverConfig::default(), id);
+                driver.add_group(GROUP.to_string(), replica).unwrap();
+                (
+                    id,
+                    Broker {
+                        driver,
+                        image: MetadataImage::new(),
+                    },
+                )
+            })
+            .collect();
+        for _ in 0..40 {
+            brokers.values_mut().for_each(|b| b.driver.tick());
+            settle(&mut brokers);
+        }
+        // Every broker registers itself through whatever replica it has.
+        for id in 1..=3u64 {
+            let registration = RegisterBroker {
+                node_id: id as i32,
+                host: "127.0.0.1".into(),
+                port: 9090 + id as i32,
+                rack: None,
+                incarnation_id: id,
+            };
+            let batch = encode_batch(
+                &[MetadataRecord::new(Record::RegisterBroker(registration))],
+                0,
+            );
+            brokers
+                .get_mut(&id)
+                .unwrap()
+                .driver
+                .propose_anywhere(GROUP, batch.to_vec())
+                .unwrap();
+        }
+        settle(&mut brokers);
+        // A follower creates a topic with the controller's validation against its image.
+        let follower = (1..=3)
+            .find(|id| {
+                brokers[id]
+                    .driver
+                    .leader(GROUP)
+                    .map(|(l, _)| l != *id)
+                    .unwrap_or(false)
+            })
+            .unwrap();
+        let config = ControllerConfig {
+            session_timeout_ms: 10_000,
+            default_partitions: 1,
+            default_replication_factor: 3,
+        };
+        let unfence: Vec<MetadataRecord> = (1..=3)
+            .map(|id| MetadataRecord::new(Record::UnfenceBroker(BrokerRef { node_id: id })))
+            .collect();
+        brokers
+            .get_mut(&follower)
+            .unwrap()
+            .driver
+            .propose_anywhere(GROUP, encode_batch(&unfence, 0).to_vec())
+            .unwrap();
+        settle(&mut brokers);
+        let image = brokers[&follower].image.clone();
+        let controller = Controller::new(config, &image, 0);
+        let request = CreateTopic {
+            name: "orders".into(),
+            partitions: Some(3),
+            replication_factor: Some(3),
+            ..Default::default()
+        };
+        let record = controller
+            .create_topic(
+                &image,
+                &request,
+                uuid::Uuid::from_u128(9),
+                PlacementSeed::default(),
+            )
+            .unwrap();
+        brokers
+            .get_mut(&follower)
+            .unwrap()
+            .driver
+            .propose_anywhere(GROUP, encode_batch(&[record], 0).to_vec())
+            .unwrap();
+        settle(&mut brokers);
+        let reference = &brokers[&1].image;
+        assert_eq!(reference.live_brokers(), vec![1, 2, 3]);
+        assert_eq!(reference.topics["orders"].partitions.len(), 3);
+        for id in 2..=3 {
+            assert_eq!(brokers[&id].image.brokers, reference.brokers, "broker {id}");
+            assert_eq!(brokers[&id].image.topics, reference.topics, "broker {id}");
+        }
+    }
+}

@@ -81,18 +81,17 @@ pub fn encode_entry(entry: &Entry, base_offset: i64) -> Result<(BatchHeader, Byt
             control_batch(CONTROL_TYPE_LEADER_CHANGE, &[])
         }
         EntryType::EntryNormal => {
-            let data = Bytes::copy_from_slice(&entry.data);
-            // A batch is checked again here: a corrupt one is never persisted, so it can
-            // never count toward a quorum.
-            let batches = batch::validate_produce_records(&data, usize::MAX)
-                .map_err(|e| invalid(entry.index, e.to_string()))?;
-            if batches.len() != 1 {
-                return Err(invalid(
-                    entry.index,
-                    format!("{} batches in one entry", batches.len()),
-                ));
+            // The leader validated the records on produce; every replica checks framing
+            // and CRC again, so a batch corrupted on the way is never persisted and never
+            // counts toward a quorum.
+            let header =
+                batch::parse_whole(&entry.data).map_err(|e| invalid(entry.index, e.to_string()))?;
+            if header.size_bytes() != entry.data.len() {
+                return Err(invalid(entry.index, "an entry holds exactly one batch"));
             }
-            data
+            batch::verify_crc(&entry.data, &header)
+                .map_err(|e| invalid(entry.index, e.to_string()))?;
+            entry.data.clone()
         }
         EntryType::EntryConfChangeV2 => control_batch(CONTROL_TYPE_VOTERS, &entry.data),
         EntryType::EntryConfChange => {

@@ -6,7 +6,7 @@
 //! `partitionLeaderEpoch` can be rewritten without recomputing it.
 
 use bytes::{Buf, Bytes};
-use kafka_protocol::records::RecordBatchDecoder;
+use kafka_protocol::records::{Compression, RecordBatchDecoder};
 
 /// Size of the fixed RecordBatch v2 header, up to and including `recordsCount`.
 pub const BATCH_HEADER_SIZE: usize = 61;
@@ -19,6 +19,9 @@ const ATTRIBUTES_OFFSET: usize = 21;
 pub const MAX_RECORDS_PER_BATCH: i32 = 1 << 20;
 /// The smallest possible encoding of one record (length, attributes, deltas, key, value, headers).
 const MIN_RECORD_SIZE: usize = 7;
+/// Upper bound on the decompressed size of one batch's records: validation inflates a
+/// compressed batch to check it, and a few KiB can claim GiBs (a decompression bomb).
+pub const MAX_DECOMPRESSED_BATCH_BYTES: usize = 64 << 20;
 
 /// The fixed header of one RecordBatch v2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,8 +232,15 @@ fn validate_records(batch: &Bytes, header: &BatchHeader) -> Result<(), BatchErro
         return invalid("producers may not write control batches".into());
     }
     let mut buf = batch.clone();
-    let set = RecordBatchDecoder::decode(&mut buf)
-        .map_err(|e| BatchError::InvalidRecords(e.to_string()))?;
+    let set = RecordBatchDecoder::decode_with_custom_compression(
+        &mut buf,
+        Some(|records: &mut Bytes, compression| {
+            let records = decompress_bounded(records, compression)?;
+            check_record_framing(&records, header)?;
+            Ok(records)
+        }),
+    )
+    .map_err(|e| BatchError::InvalidRecords(e.to_string()))?;
     if buf.has_remaining() {
         return invalid("trailing bytes after batch".into());
     }
@@ -248,6 +258,123 @@ fn validate_records(batch: &Bytes, header: &BatchHeader) -> Result<(), BatchErro
                 record.offset - header.base_offset
             ));
         }
+    }
+    Ok(())
+}
+
+/// Output that refuses to grow past [`MAX_DECOMPRESSED_BATCH_BYTES`].
+struct BoundedWriter(Vec<u8>);
+
+impl std::io::Write for BoundedWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + data.len() > MAX_DECOMPRESSED_BATCH_BYTES {
+            return Err(std::io::Error::other(format!(
+                "records decompress to more than {MAX_DECOMPRESSED_BATCH_BYTES} bytes"
+            )));
+        }
+        self.0.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Decompresses a batch's records the way kafka-protocol does, but never to more than
+/// [`MAX_DECOMPRESSED_BATCH_BYTES`] (a few KiB of gzip, zstd or snappy can claim GiBs).
+fn decompress_bounded(data: &mut Bytes, compression: Compression) -> anyhow::Result<Bytes> {
+    use std::io::Write;
+    let too_big = |n: usize| {
+        anyhow::anyhow!("records decompress to {n} bytes, over {MAX_DECOMPRESSED_BATCH_BYTES}")
+    };
+    let input = data.split_off(0);
+    let mut out = BoundedWriter(Vec::new());
+    match compression {
+        Compression::None => return Ok(input),
+        Compression::Gzip => {
+            let mut d = flate2::write::GzDecoder::new(&mut out);
+            d.write_all(&input)?;
+            d.finish()?;
+        }
+        Compression::Zstd => zstd::stream::copy_decode(input.reader(), &mut out)?,
+        Compression::Lz4 => {
+            std::io::copy(&mut lz4::Decoder::new(input.reader())?, &mut out)?;
+        }
+        Compression::Snappy => {
+            const XERIAL: &[u8] = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01";
+            let Some(mut blocks) = input.strip_prefix(XERIAL) else {
+                let n = snap::raw::decompress_len(&input)?;
+                if n > MAX_DECOMPRESSED_BATCH_BYTES {
+                    return Err(too_big(n));
+                }
+                return Ok(snap::raw::Decoder::new().decompress_vec(&input)?.into());
+            };
+            while !blocks.is_empty() {
+                anyhow::ensure!(blocks.len() >= 4, "torn snappy block length");
+                let n = u32::from_be_bytes(blocks[..4].try_into().unwrap()) as usize;
+                anyhow::ensure!(blocks.len() - 4 >= n, "torn snappy block");
+                let block = &blocks[4..4 + n];
+                let len = snap::raw::decompress_len(block)?;
+                if out.0.len() + len > MAX_DECOMPRESSED_BATCH_BYTES {
+                    return Err(too_big(out.0.len() + len));
+                }
+                let start = out.0.len();
+                out.0.resize(start + len, 0);
+                snap::raw::Decoder::new().decompress(block, &mut out.0[start..])?;
+                blocks = &blocks[4 + n..];
+            }
+        }
+    }
+    Ok(out.0.into())
+}
+
+/// Reads one zigzag varint of at most `max_bytes` bytes.
+fn read_varint(buf: &mut &[u8], max_bytes: usize) -> Option<i64> {
+    let mut value = 0u64;
+    for i in 0..max_bytes {
+        let (&byte, rest) = buf.split_first()?;
+        *buf = rest;
+        value |= ((byte & 0x7f) as u64) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value >> 1) as i64 ^ -((value & 1) as i64));
+        }
+    }
+    None
+}
+
+/// Walks the records before kafka-protocol decodes them, refusing what its decoder would
+/// act on blindly: a header count larger than the record could hold (it reserves that
+/// many entries up front) and offset or timestamp deltas that overflow an i64.
+fn check_record_framing(records: &[u8], header: &BatchHeader) -> anyhow::Result<()> {
+    let mut rest = records;
+    for i in 0..header.records_count {
+        let bad = |what: &str| anyhow::anyhow!("record {i}: {what}");
+        let size = read_varint(&mut rest, 5).ok_or_else(|| bad("bad length"))?;
+        let size = usize::try_from(size).map_err(|_| bad("negative length"))?;
+        anyhow::ensure!(size <= rest.len(), bad("torn"));
+        let (mut record, after) = rest.split_at(size);
+        rest = after;
+        record = record.get(1..).ok_or_else(|| bad("no attributes"))?;
+        let timestamp_delta = read_varint(&mut record, 10).ok_or_else(|| bad("timestamp"))?;
+        let offset_delta = read_varint(&mut record, 5).ok_or_else(|| bad("offset delta"))?;
+        header
+            .base_timestamp
+            .checked_add(timestamp_delta)
+            .ok_or_else(|| bad("timestamp overflows"))?;
+        header
+            .base_offset
+            .checked_add(offset_delta)
+            .ok_or_else(|| bad("offset overflows"))?;
+        for field in ["key", "value"] {
+            let len = read_varint(&mut record, 5).ok_or_else(|| bad(field))?;
+            if len >= 0 {
+                record = record.get(len as usize..).ok_or_else(|| bad(field))?;
+            }
+        }
+        let headers = read_varint(&mut record, 5).ok_or_else(|| bad("header count"))?;
+        // Every header takes at least two bytes (two length varints).
+        anyhow::ensure!(headers as usize <= record.len() / 2, bad("header count"));
     }
     Ok(())
 }

@@ -246,6 +246,35 @@ impl Driver {
         Ok(())
     }
 
+    /// The leader balancer: every group this broker leads hands leadership to its
+    /// preferred replica (as `preferred` names it) once that replica holds the whole log.
+    /// Returns how many transfers were started.
+    pub fn balance_leaders(&mut self, preferred: impl Fn(&str) -> Option<u64>) -> usize {
+        let mut started = 0;
+        for (name, group) in self.groups.iter_mut() {
+            if group.raw.raft.state != StateRole::Leader || group.raw.raft.lead_transferee.is_some()
+            {
+                continue;
+            }
+            let Some(target) = preferred(name).filter(|t| *t != self.node_id) else {
+                continue;
+            };
+            let last_index = group.raw.raft.raft_log.last_index();
+            let caught_up = group
+                .raw
+                .raft
+                .prs()
+                .get(target)
+                .map(|p| p.matched >= last_index)
+                .unwrap_or(false);
+            if caught_up {
+                group.raw.transfer_leader(target);
+                started += 1;
+            }
+        }
+        started
+    }
+
     /// One round over every group with a `Ready` (see the module comment). `now_ms` only
     /// stamps segment rolls.
     pub fn round(&mut self, now_ms: i64) -> Result<RoundOutput, DriverError> {

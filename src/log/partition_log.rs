@@ -406,31 +406,55 @@ impl PartitionLog {
     /// Deletes whole old segments by `retention.ms` and `retention.bytes`; rolls an expired
     /// active segment first so that it can go too. Returns how many segments were deleted.
     pub fn apply_retention(&mut self, now_ms: i64) -> io::Result<usize> {
+        let start = self.retention_start_offset(now_ms, i64::MAX)?;
+        self.delete_segments_below(start)
+    }
+
+    /// Where the log would start after retention, deleting only segments that lie wholly
+    /// below `upper_offset` (a replicated log passes its high watermark). Rolls an expired
+    /// active segment that is wholly below it, so that it can go too; deletes nothing.
+    pub fn retention_start_offset(&mut self, now_ms: i64, upper_offset: i64) -> io::Result<i64> {
         if self.closed {
-            return Ok(0);
+            return Ok(self.log_start_offset());
         }
+        let retention_ms = self.config.retention_ms;
+        let expired = |s: &Segment| {
+            retention_ms >= 0 && !s.is_empty() && now_ms - s.max_timestamp_ms() > retention_ms
+        };
+        if expired(self.active()) && self.log_end_offset <= upper_offset {
+            self.roll()?;
+        }
+        let segments: Vec<&Segment> = self.segments.values().collect();
+        let mut remaining_bytes = self.size_bytes();
+        let mut first_kept = 0;
+        while first_kept + 1 < segments.len()
+            && segments[first_kept + 1].base_offset <= upper_offset
+        {
+            let segment = segments[first_kept];
+            let over_size = self.config.retention_bytes >= 0
+                && remaining_bytes - segment.size_bytes() >= self.config.retention_bytes as u64;
+            if !(expired(segment) || over_size) {
+                break;
+            }
+            remaining_bytes -= segment.size_bytes();
+            first_kept += 1;
+        }
+        Ok(segments[first_kept].base_offset)
+    }
+
+    /// Deletes every segment that ends at or before `offset` (a segment base offset).
+    pub fn delete_segments_below(&mut self, offset: i64) -> io::Result<usize> {
         let mut deleted = 0;
-        if self.config.retention_ms >= 0 {
-            let retention_ms = self.config.retention_ms;
-            let expired =
-                |s: &Segment| !s.is_empty() && now_ms - s.max_timestamp_ms() > retention_ms;
-            if expired(self.active()) {
-                self.roll()?;
-            }
-            while self.segments.len() > 1 && expired(self.segments.values().next().unwrap()) {
-                self.delete_oldest()?;
-                deleted += 1;
-            }
-        }
-        if self.config.retention_bytes >= 0 {
-            while self.segments.len() > 1 {
-                let oldest = self.segments.values().next().unwrap().size_bytes();
-                if self.size_bytes() - oldest < self.config.retention_bytes as u64 {
-                    break;
-                }
-                self.delete_oldest()?;
-                deleted += 1;
-            }
+        while self.segments.len() > 1
+            && self
+                .segments
+                .keys()
+                .nth(1)
+                .map(|next| *next <= offset)
+                .unwrap_or(false)
+        {
+            self.delete_oldest()?;
+            deleted += 1;
         }
         Ok(deleted)
     }

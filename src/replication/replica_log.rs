@@ -42,6 +42,10 @@ struct PersistedState {
     voters: Vec<u64>,
     #[prost(uint64, repeated, tag = "7")]
     learners: Vec<u64>,
+    /// Base offset of the entry at `first_index`: batches below it are already dropped
+    /// from the Raft log (their segments may outlive a crash during retention).
+    #[prost(int64, tag = "8")]
+    first_offset: i64,
 }
 
 /// Where one entry sits in the partition log.
@@ -125,7 +129,11 @@ impl ReplicaLog {
             ..Default::default()
         });
         let mut entries = VecDeque::new();
-        for header in log.batch_headers()? {
+        for header in log
+            .batch_headers()?
+            .into_iter()
+            .filter(|h| h.base_offset >= persisted.first_offset)
+        {
             let term = u64::try_from(header.partition_leader_epoch).map_err(|_| {
                 io::Error::new(io::ErrorKind::InvalidData, "batch without a Raft term")
             })?;
@@ -158,6 +166,8 @@ impl ReplicaLog {
         if fresh {
             replica.write_state()?;
         }
+        // A crash between persisting a new log start and deleting the segments below it.
+        replica.log.delete_segments_below(persisted.first_offset)?;
         replica.check_invariants();
         Ok(replica)
     }
@@ -280,6 +290,11 @@ impl ReplicaLog {
             snapshot_term: self.snapshot_term,
             voters: self.conf_state.voters.clone(),
             learners: self.conf_state.learners.clone(),
+            first_offset: self
+                .entries
+                .front()
+                .map(|e| e.base_offset)
+                .unwrap_or_else(|| self.log.log_end_offset()),
         };
         let bytes = frame(&record);
         if self.state_file.len() + bytes.len() as u64 > STATE_FILE_COMPACT_BYTES {
@@ -289,6 +304,38 @@ impl ReplicaLog {
             self.state_file.append(&bytes)?;
         }
         Ok(())
+    }
+
+    /// Retention for a replicated log: deletes whole segments below the commit point by
+    /// `retention.ms`/`retention.bytes`, and moves the start of the Raft log with them.
+    /// The new start is made durable before any segment goes, so a crash in between
+    /// never shifts Raft indexes. Returns how many entries were dropped.
+    pub fn apply_retention(&mut self, now_ms: i64) -> io::Result<usize> {
+        let commit_offset = self
+            .position(self.hard_state.commit)
+            .map(|p| p.next_offset)
+            .unwrap_or_else(|| self.log.log_start_offset());
+        let new_start = self.log.retention_start_offset(now_ms, commit_offset)?;
+        let dropped = self
+            .entries
+            .iter()
+            .take_while(|e| e.base_offset < new_start)
+            .count();
+        if dropped == 0 {
+            return Ok(0);
+        }
+        assert!(
+            self.first_index + dropped as u64 <= self.hard_state.commit + 1,
+            "only committed entries are dropped"
+        );
+        self.snapshot_term = self.entries[dropped - 1].term;
+        self.entries.drain(..dropped);
+        self.first_index += dropped as u64;
+        self.write_state()?;
+        self.state_file.sync()?;
+        self.log.delete_segments_below(new_start)?;
+        self.check_invariants();
+        Ok(dropped)
     }
 
     /// What must be fsynced to make every append and state record so far durable.

@@ -978,3 +978,67 @@ mod metadata_group {
         }
     }
 }
+
+#[test]
+fn retention_moves_the_start_of_the_raft_log_with_the_segments() {
+    let storage = MemoryStorage::new();
+    let config = LogConfig {
+        segment_bytes: 300,
+        retention_bytes: 400,
+        ..LogConfig::default()
+    };
+    let open = |storage: &MemoryStorage| {
+        ReplicaLog::open(
+            Arc::new(storage.clone()),
+            Path::new("/data/t-0"),
+            config.clone(),
+            0,
+            &[1],
+        )
+        .unwrap()
+    };
+    let mut replica = open(&storage);
+    let entries: Vec<Entry> = (1..=20)
+        .map(|i| entry(i, 1 + i / 10, batch(&format!("e{i}"), 2)))
+        .collect();
+    replica.append(&entries, 0).unwrap();
+    // Nothing above the commit point may go: commit only up to 12.
+    let mut hs = replica.hard_state().clone();
+    hs.term = 3;
+    hs.commit = 12;
+    replica.set_hard_state(hs);
+    replica.write_state().unwrap();
+    sync(&mut replica);
+    let dropped = replica.apply_retention(0).unwrap();
+    assert!(
+        dropped > 0,
+        "small segments over retention.bytes are deleted"
+    );
+    let first = replica.first_index();
+    assert_eq!(first, 1 + dropped as u64);
+    assert!(first <= 13, "uncommitted entries are never dropped");
+    assert_eq!(
+        replica.position(first).unwrap().base_offset,
+        replica.log().log_start_offset()
+    );
+    assert_eq!(
+        replica.term(first - 1),
+        Ok(entries[first as usize - 2].term)
+    );
+    assert_eq!(
+        replica.entries(first - 1, first, None),
+        Err(raft::StorageError::Compacted)
+    );
+    assert_eq!(
+        replica.entries(first, 21, None).unwrap().len(),
+        21 - first as usize
+    );
+    // After a restart the Raft indexes still line up with the batches.
+    sync(&mut replica);
+    drop(replica);
+    let replica = open(&storage);
+    assert_eq!((replica.first_index(), replica.last_index()), (first, 20));
+    let e = &replica.entries(15, 16, None).unwrap()[0];
+    let values = crate::client::decode_records(&e.data).unwrap();
+    assert_eq!(values[0].value.as_deref(), Some(&b"e15-0"[..]));
+}

@@ -12,6 +12,8 @@
 mod trace;
 
 #[cfg(madsim)]
+mod cluster_scenario;
+#[cfg(madsim)]
 mod scenario;
 
 use std::process::{Command, ExitCode, Stdio};
@@ -20,9 +22,12 @@ const USAGE: &str = "\
 strand-sim: deterministic simulation of a Strand broker (madsim)
 
 USAGE:
-    sim/run [--seed N | --seeds A..B] [--check-determinism] [--records N] [--trace]
+    sim/run [--scenario single|cluster] [--seed N | --seeds A..B] [--check-determinism] [--records N] [--trace]
 
 OPTIONS:
+    --scenario NAME       single: one broker behind the Kafka protocol, crashed and restarted
+                          (default); cluster: three brokers replicating through Raft, killed
+                          and restarted one at a time (records = batches to acknowledge)
     --seed N              run one seed
     --seeds A..B          run seeds A, A+1, ..., B-1 (start inclusive, end EXCLUSIVE);
                           A..=B includes B. Default: --seeds 1..21
@@ -42,6 +47,7 @@ struct Args {
     check_determinism: bool,
     records: usize,
     trace: bool,
+    cluster: bool,
     /// Internal: run exactly this seed in this process and print its result.
     run_one: Option<u64>,
 }
@@ -84,6 +90,7 @@ fn parse_args() -> Result<Option<Args>, String> {
         check_determinism: false,
         records: 1000,
         trace: false,
+        cluster: false,
         run_one: None,
     };
     let mut it = std::env::args().skip(1);
@@ -113,6 +120,17 @@ fn parse_args() -> Result<Option<Args>, String> {
                 args.seeds.extend(parse_range(&v)?);
             }
             "--check-determinism" => args.check_determinism = true,
+            "--scenario" => {
+                args.cluster = match take(&mut it)?.as_str() {
+                    "single" => false,
+                    "cluster" => true,
+                    other => {
+                        return Err(format!(
+                            "--scenario expects single or cluster, got {other:?}"
+                        ))
+                    }
+                }
+            }
             "--trace" => args.trace = true,
             "--records" => {
                 let v = take(&mut it)?;
@@ -164,13 +182,15 @@ fn main() -> ExitCode {
 
 #[cfg(madsim)]
 fn run_one(seed: u64, args: &Args) -> ExitCode {
-    let report = scenario::run_seed(
-        seed,
-        &scenario::Options {
-            records: args.records,
-            trace: args.trace,
-        },
-    );
+    let options = scenario::Options {
+        records: args.records,
+        trace: args.trace,
+    };
+    let report = if args.cluster {
+        cluster_scenario::run_seed(seed, &options)
+    } else {
+        scenario::run_seed(seed, &options)
+    };
     println!("{}", report.line());
     if let Some(v) = &report.violation {
         println!("  violated: {}: {}", v.invariant, v.detail);
@@ -190,6 +210,9 @@ fn run_one(_seed: u64, _args: &Args) -> ExitCode {
 /// The command that replays one seed exactly, from the workspace root.
 fn replay_command(seed: u64, args: &Args) -> String {
     let mut cmd = format!("sim/run --seed {seed}");
+    if args.cluster {
+        cmd.push_str(" --scenario cluster");
+    }
     if args.records != 1000 {
         cmd.push_str(&format!(" --records {}", args.records));
     }
@@ -225,6 +248,9 @@ fn spawn_child(seed: u64, args: &Args) -> ChildRun {
         .stderr(Stdio::inherit());
     if args.trace {
         cmd.arg("--trace");
+    }
+    if args.cluster {
+        cmd.arg("--scenario").arg("cluster");
     }
     match cmd.output() {
         Ok(out) => {

@@ -603,6 +603,13 @@ impl ClusterNode {
                 let _ = p.reply.send(result);
             }
         }
+        for installed in &output.snapshots {
+            if let Some(replica) = self.replicas.read().unwrap().get(&installed.group) {
+                replica
+                    .high_watermark
+                    .fetch_max(installed.next_offset, Ordering::AcqRel);
+            }
+        }
         // acks=1: answered once the leader's own round persisted the entry.
         let local: Vec<(GroupId, u64)> = pending
             .iter()

@@ -473,6 +473,30 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// Replaces the whole log with an empty one starting at `offset` (a replica that
+    /// installs a snapshot of a log whose start it is behind). Durable on return.
+    pub fn reset_to(&mut self, offset: i64) -> io::Result<()> {
+        assert!(offset >= 0);
+        let fresh = Segment::create(
+            self.storage.as_ref(),
+            &self.dir,
+            offset,
+            self.config.index_interval_bytes,
+        )?;
+        let old = std::mem::replace(&mut self.segments, BTreeMap::from([(offset, fresh)]));
+        for (base, segment) in old {
+            if base != offset {
+                segment.delete(self.storage.as_ref(), &self.dir)?;
+            }
+        }
+        self.active_mut().sync_all()?;
+        self.storage.sync_dir(&self.dir)?;
+        self.log_end_offset = offset;
+        self.recovery_point = offset;
+        self.check_invariants();
+        Ok(())
+    }
+
     /// Removes every batch at or after `offset` (a replica's divergent tail).
     pub fn truncate_to(&mut self, offset: i64) -> io::Result<()> {
         assert!(offset >= 0);

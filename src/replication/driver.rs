@@ -58,6 +58,14 @@ pub struct RoundOutput {
     pub leader_changes: Vec<LeaderChange>,
     /// Groups whose writes this round's one fsync pass covered.
     pub groups_synced: usize,
+    /// Groups that installed a leader's snapshot (their log restarts at `next_offset`).
+    pub snapshots: Vec<SnapshotInstalled>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotInstalled {
+    pub group: GroupId,
+    pub next_offset: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -287,11 +295,14 @@ impl Driver {
             }
             let mut ready = group.raw.ready();
             route(&mut output.outgoing, name, ready.take_messages());
-            assert!(
-                ready.snapshot().get_metadata().index == 0,
-                "snapshots are not used yet"
-            );
             let mut replica = group.storage.lock();
+            if !ready.snapshot().is_empty() {
+                replica.apply_snapshot(ready.snapshot())?;
+                output.snapshots.push(SnapshotInstalled {
+                    group: name.clone(),
+                    next_offset: replica.log().log_end_offset(),
+                });
+            }
             replica.append(ready.entries(), now_ms)?;
             if let Some(hs) = ready.hs() {
                 replica.set_hard_state(hs.clone());

@@ -13,7 +13,7 @@ use super::entry_codec::{decode_entry, encode_entry};
 use crate::log::{LogConfig, PartitionLog, ReadError};
 use crate::storage::{read_exact_at, write_atomic, Storage, StorageFile, SyncHandle};
 use prost::Message;
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use std::collections::VecDeque;
 use std::io;
@@ -46,6 +46,14 @@ struct PersistedState {
     /// from the Raft log (their segments may outlive a crash during retention).
     #[prost(int64, tag = "8")]
     first_offset: i64,
+}
+
+/// What a snapshot carries: where the log continues. The partition's data before it is
+/// gone by retention, so a replica that installs the snapshot starts empty there.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SnapshotData {
+    #[prost(int64, tag = "1")]
+    next_offset: i64,
 }
 
 /// Where one entry sits in the partition log.
@@ -306,6 +314,46 @@ impl ReplicaLog {
         Ok(())
     }
 
+    /// The snapshot raft-rs sends a follower that needs entries before `first_index`.
+    pub fn snapshot(&self) -> Snapshot {
+        let next_offset = self
+            .entries
+            .front()
+            .map(|e| e.base_offset)
+            .unwrap_or_else(|| self.log.log_end_offset());
+        let mut metadata = SnapshotMetadata::default();
+        metadata.index = self.first_index - 1;
+        metadata.term = self.snapshot_term;
+        metadata.set_conf_state(self.conf_state.clone());
+        let mut snapshot = Snapshot::default();
+        snapshot.set_metadata(metadata);
+        snapshot.data = SnapshotData { next_offset }.encode_to_vec().into();
+        snapshot
+    }
+
+    /// Installs a leader's snapshot: the log restarts empty at the snapshot's offset and
+    /// the Raft log after the snapshot's index. Durable on return.
+    pub fn apply_snapshot(&mut self, snapshot: &Snapshot) -> io::Result<()> {
+        let metadata = snapshot.get_metadata();
+        let data = SnapshotData::decode(snapshot.data.as_ref())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        assert!(
+            metadata.index + 1 >= self.first_index,
+            "a snapshot never moves the log back"
+        );
+        self.log.reset_to(data.next_offset)?;
+        self.entries.clear();
+        self.first_index = metadata.index + 1;
+        self.snapshot_term = metadata.term;
+        self.conf_state = metadata.get_conf_state().clone();
+        self.hard_state.commit = self.hard_state.commit.max(metadata.index);
+        self.hard_state.term = self.hard_state.term.max(metadata.term);
+        self.write_state()?;
+        self.state_file.sync()?;
+        self.check_invariants();
+        Ok(())
+    }
+
     /// Retention for a replicated log: deletes whole segments below the commit point by
     /// `retention.ms`/`retention.bytes`, and moves the start of the Raft log with them.
     /// The new start is made durable before any segment goes, so a crash in between
@@ -438,9 +486,6 @@ impl raft::Storage for ReplicaStorage {
     }
 
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Snapshots (a follower behind the log start) come with retention on replicas.
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+        Ok(self.lock().snapshot())
     }
 }

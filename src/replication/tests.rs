@@ -506,17 +506,16 @@ mod driver {
     }
 
     fn driver(id: u64, disk: &MemoryStorage, seed: u64) -> Driver {
+        driver_with(id, disk, seed, LogConfig::default())
+    }
+
+    fn driver_with(id: u64, disk: &MemoryStorage, seed: u64, config: LogConfig) -> Driver {
         let mut d = Driver::new(id, DriverConfig::default(), seed * 31 + id);
         for group in GROUPS {
             let dir = Path::new("/data").join(group);
-            let replica = ReplicaLog::open(
-                Arc::new(disk.clone()),
-                &dir,
-                LogConfig::default(),
-                0,
-                &[1, 2, 3],
-            )
-            .unwrap();
+            let replica =
+                ReplicaLog::open(Arc::new(disk.clone()), &dir, config.clone(), 0, &[1, 2, 3])
+                    .unwrap();
             d.add_group(group.to_string(), replica).unwrap();
         }
         d
@@ -524,11 +523,15 @@ mod driver {
 
     impl Net {
         fn new(seed: u64) -> Net {
+            Net::with_config(seed, LogConfig::default())
+        }
+
+        fn with_config(seed: u64, config: LogConfig) -> Net {
             let disks: BTreeMap<u64, MemoryStorage> =
                 (1..=3).map(|id| (id, MemoryStorage::new())).collect();
             let drivers = disks
                 .iter()
-                .map(|(id, disk)| (*id, driver(*id, disk, seed)))
+                .map(|(id, disk)| (*id, driver_with(*id, disk, seed, config.clone())))
                 .collect();
             Net {
                 drivers,
@@ -709,6 +712,83 @@ mod driver {
         assert!(logs[0].len() >= 5);
         assert_eq!(logs[0], logs[1]);
         assert_eq!(logs[1], logs[2]);
+    }
+
+    #[test]
+    fn a_follower_behind_the_log_start_installs_a_snapshot() {
+        let config = LogConfig {
+            segment_bytes: 300,
+            retention_bytes: 600,
+            ..LogConfig::default()
+        };
+        let mut net = Net::with_config(3, config);
+        net.tick(40);
+        let leader = net.leader_of("t-0").unwrap();
+        let victim = (1..=3).find(|id| *id != leader).unwrap();
+        net.down.insert(victim);
+        for i in 0..40 {
+            net.drivers
+                .get_mut(&leader)
+                .unwrap()
+                .propose("t-0", batch(&format!("s{i}"), 2).to_vec())
+                .unwrap();
+            net.settle();
+        }
+        for id in (1..=3).filter(|id| *id != victim) {
+            let dropped = net.drivers[&id]
+                .storage("t-0")
+                .unwrap()
+                .lock()
+                .apply_retention(0)
+                .unwrap();
+            assert!(dropped > 0, "broker {id} kept every entry");
+        }
+        let leader_first = net.drivers[&leader]
+            .storage("t-0")
+            .unwrap()
+            .lock()
+            .first_index();
+        assert!(
+            leader_first > 2,
+            "the leader no longer has what the victim needs"
+        );
+        net.down.clear();
+        net.tick(40);
+        net.drivers
+            .get_mut(&leader)
+            .unwrap()
+            .propose("t-0", batch("after", 2).to_vec())
+            .unwrap();
+        net.settle();
+        let view = |id: u64| {
+            let s = net.drivers[&id].storage("t-0").unwrap().lock();
+            let commit = s.hard_state().commit;
+            let tail: Vec<(i64, bytes::Bytes)> = (leader_first.max(s.first_index())..=commit)
+                .map(|i| {
+                    let p = s.position(i).unwrap();
+                    (p.base_offset, s.log().read_batch(p.base_offset).unwrap())
+                })
+                .collect();
+            (s.first_index(), commit, tail)
+        };
+        let (_, leader_commit, leader_tail) = view(leader);
+        let (victim_first, victim_commit, victim_tail) = view(victim);
+        assert!(
+            victim_first >= leader_first,
+            "the victim restarted from the snapshot"
+        );
+        assert_eq!(victim_commit, leader_commit);
+        assert!(leader_tail.ends_with(&victim_tail) && !victim_tail.is_empty());
+        let start = net.drivers[&victim]
+            .storage("t-0")
+            .unwrap()
+            .lock()
+            .log()
+            .log_start_offset();
+        assert_eq!(
+            start, victim_tail[0].0,
+            "the victim's log starts where the snapshot said"
+        );
     }
 
     #[test]

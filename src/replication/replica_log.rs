@@ -314,6 +314,25 @@ impl ReplicaLog {
         Ok(())
     }
 
+    /// OffsetForLeaderEpoch: the largest leader epoch (Raft term) at or below `epoch` that
+    /// this log holds, and the offset where the epoch after it starts (the log end for the
+    /// current epoch). A client that fetched up to that epoch truncates to the returned
+    /// offset. `None` when the log holds no epoch that old (it was deleted by retention).
+    pub fn end_offset_for_epoch(&self, epoch: u64) -> Option<(u64, i64)> {
+        // Entries are in term order: the first entry of a later term ends `epoch`.
+        let later = self.entries.partition_point(|e| e.term <= epoch);
+        if later == 0 {
+            return None;
+        }
+        let found_epoch = self.entries[later - 1].term;
+        let end = self
+            .entries
+            .get(later)
+            .map(|e| e.base_offset)
+            .unwrap_or_else(|| self.log.log_end_offset());
+        Some((found_epoch, end))
+    }
+
     /// The snapshot raft-rs sends a follower that needs entries before `first_index`.
     pub fn snapshot(&self) -> Snapshot {
         let next_offset = self

@@ -1122,3 +1122,27 @@ fn retention_moves_the_start_of_the_raft_log_with_the_segments() {
     let values = crate::client::decode_records(&e.data).unwrap();
     assert_eq!(values[0].value.as_deref(), Some(&b"e15-0"[..]));
 }
+
+#[test]
+fn end_offsets_for_leader_epochs() {
+    let storage = MemoryStorage::new();
+    let mut replica = open_replica(&storage, 0);
+    // Terms 1, 1, 3, 3, 3, 4 with two-record batches: offsets 0, 2, 4, 6, 8, 10 (end 12).
+    let terms = [1, 1, 3, 3, 3, 4];
+    let entries: Vec<Entry> = terms
+        .iter()
+        .enumerate()
+        .map(|(i, t)| entry(i as u64 + 1, *t, batch(&format!("e{i}"), 2)))
+        .collect();
+    replica.append(&entries, 0).unwrap();
+    assert_eq!(replica.end_offset_for_epoch(0), None);
+    assert_eq!(replica.end_offset_for_epoch(1), Some((1, 4)));
+    assert_eq!(
+        replica.end_offset_for_epoch(2),
+        Some((1, 4)),
+        "an epoch with no entries maps to the one before"
+    );
+    assert_eq!(replica.end_offset_for_epoch(3), Some((3, 10)));
+    assert_eq!(replica.end_offset_for_epoch(4), Some((4, 12)));
+    assert_eq!(replica.end_offset_for_epoch(9), Some((4, 12)));
+}

@@ -455,7 +455,7 @@ impl ClusterNode {
                 _ = ticker.tick() => {
                     driver.tick();
                     ticks += 1;
-                    if ticks % BALANCE_EVERY_TICKS == 0 {
+                    if ticks.is_multiple_of(BALANCE_EVERY_TICKS) {
                         self.balance_leaders(&mut driver);
                     }
                 }

@@ -3,9 +3,15 @@
 //!
 //! - [`entry_codec`]: how a Raft entry is stored as a RecordBatch (offsets follow the log);
 //! - [`replica_log`]: the raft-rs `Storage` over a partition log plus its hard state;
-//! - [`slog_bridge`]: raft-rs logging into `tracing`.
+//! - [`slog_bridge`]: raft-rs logging into `tracing`;
+//! - [`driver`]: the multi-Raft driver (one per broker, one fsync pass per round);
+//! - [`transport`]: Raft messages between brokers over TCP.
 //!
-//! The multi-Raft driver, the transport and the metadata group build on these.
+//! `crate::cluster` puts them together into a cluster member.
+
+// rust-protobuf messages (raft-rs's eraftpb) carry private bookkeeping fields, so they are
+// built with `default()` and then assigned, as raft-rs itself does.
+#![allow(clippy::field_reassign_with_default)]
 
 pub mod driver;
 pub mod entry_codec;

@@ -104,15 +104,12 @@ pub fn parse_host_port(setting: &str, value: &str) -> Result<(String, u16), Stri
     let port: u16 = port
         .parse()
         .map_err(|_| format!("{setting}: invalid port in {value:?}"))?;
+    // Brackets (IPv6) are not part of the host: "[]:9092" has an empty one.
+    let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         return Err(format!("{setting}: empty host in {value:?}"));
     }
-    Ok((
-        host.trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string(),
-        port,
-    ))
+    Ok((host.to_string(), port))
 }
 
 impl BrokerConfig {
@@ -154,6 +151,10 @@ impl BrokerConfig {
             config.data_dir = v;
         }
         if let Some(v) = flags.log_level.clone().or(file.log_level) {
+            // tracing-subscriber's directive parser panics on some non-ASCII input.
+            if !v.is_ascii() {
+                return Err(format!("log-level: must be ASCII, got {v:?}"));
+            }
             tracing_subscriber::EnvFilter::try_new(&v).map_err(|e| format!("log-level: {e}"))?;
             config.log_level = v;
         }

@@ -10,6 +10,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod large_alloc;
 pub mod log;
 pub mod metadata;
 pub mod protocol;

@@ -107,12 +107,14 @@ impl BatchHeader {
         LOG_OVERHEAD + self.batch_length as usize
     }
 
+    /// Saturating: a header read from a corrupt segment may hold any values.
     pub fn last_offset(&self) -> i64 {
-        self.base_offset + self.last_offset_delta as i64
+        self.base_offset
+            .saturating_add(self.last_offset_delta as i64)
     }
 
     pub fn next_offset(&self) -> i64 {
-        self.last_offset() + 1
+        self.last_offset().saturating_add(1)
     }
 
     /// Compression codec id (0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd).
@@ -232,15 +234,7 @@ fn validate_records(batch: &Bytes, header: &BatchHeader) -> Result<(), BatchErro
         return invalid("producers may not write control batches".into());
     }
     let mut buf = batch.clone();
-    let set = RecordBatchDecoder::decode_with_custom_compression(
-        &mut buf,
-        Some(|records: &mut Bytes, compression| {
-            let records = decompress_bounded(records, compression)?;
-            check_record_framing(&records, header)?;
-            Ok(records)
-        }),
-    )
-    .map_err(|e| BatchError::InvalidRecords(e.to_string()))?;
+    let set = decode_bounded(&mut buf, header)?;
     if buf.has_remaining() {
         return invalid("trailing bytes after batch".into());
     }
@@ -260,6 +254,30 @@ fn validate_records(batch: &Bytes, header: &BatchHeader) -> Result<(), BatchErro
         }
     }
     Ok(())
+}
+
+/// Decodes the batch at the start of `buf` with kafka-protocol, decompressing at most
+/// [`MAX_DECOMPRESSED_BATCH_BYTES`] and refusing a record count above
+/// [`MAX_RECORDS_PER_BATCH`] or records framed so that the decoder would over-allocate.
+pub fn decode_bounded(
+    buf: &mut Bytes,
+    header: &BatchHeader,
+) -> Result<kafka_protocol::records::RecordSet, BatchError> {
+    if header.records_count > MAX_RECORDS_PER_BATCH {
+        return Err(BatchError::InvalidRecords(format!(
+            "record count {} out of range",
+            header.records_count
+        )));
+    }
+    RecordBatchDecoder::decode_with_custom_compression(
+        buf,
+        Some(|records: &mut Bytes, compression| {
+            let records = decompress_bounded(records, compression)?;
+            check_record_framing(&records, header)?;
+            Ok(records)
+        }),
+    )
+    .map_err(|e| BatchError::InvalidRecords(e.to_string()))
 }
 
 /// Output that refuses to grow past [`MAX_DECOMPRESSED_BATCH_BYTES`].

@@ -18,6 +18,8 @@ pub struct LogConfig {
     pub index_interval_bytes: u64,
     /// `max.message.bytes`: largest record batch accepted.
     pub max_message_bytes: u64,
+    /// `min.insync.replicas`: replicas that must have a write for acks=all.
+    pub min_insync_replicas: i64,
 }
 
 impl Default for LogConfig {
@@ -29,6 +31,7 @@ impl Default for LogConfig {
             retention_bytes: -1,
             index_interval_bytes: 4096,
             max_message_bytes: 1_048_588,
+            min_insync_replicas: 1,
         }
     }
 }
@@ -120,7 +123,12 @@ pub fn validate_topic_config(name: &str, value: &str) -> Result<(), ConfigError>
 fn apply_one(config: &mut LogConfig, name: &str, value: &str) -> Result<(), ConfigError> {
     match name {
         "segment.bytes" => {
-            config.segment_bytes = parse_i64(name, value, 14)?.min(u32::MAX as i64) as u64
+            // An INT config in Kafka: refuse what would otherwise be silently clamped.
+            let v = parse_i64(name, value, 14)?;
+            if v > i32::MAX as i64 {
+                return Err(err(name, value, &format!("must be at most {}", i32::MAX)));
+            }
+            config.segment_bytes = v as u64
         }
         "segment.ms" => config.segment_ms = parse_i64(name, value, 1)?,
         "retention.ms" => config.retention_ms = parse_i64(name, value, -1)?,
@@ -131,9 +139,7 @@ fn apply_one(config: &mut LogConfig, name: &str, value: &str) -> Result<(), Conf
         "cleanup.policy" => return Err(err(name, value, "only 'delete' is supported")),
         "message.timestamp.type" if value == "CreateTime" => {}
         "message.timestamp.type" => return Err(err(name, value, "only 'CreateTime' is supported")),
-        "min.insync.replicas" => {
-            parse_i64(name, value, 1)?;
-        }
+        "min.insync.replicas" => config.min_insync_replicas = parse_i64(name, value, 1)?,
         "compression.type" if value == "producer" => {}
         "compression.type" => return Err(err(name, value, "only 'producer' is supported")),
         _ => return Err(err(name, value, "unknown topic config")),
@@ -164,7 +170,7 @@ pub fn describe(config: &LogConfig, name: &str) -> Option<String> {
         "max.message.bytes" => config.max_message_bytes.to_string(),
         "cleanup.policy" => "delete".into(),
         "message.timestamp.type" => "CreateTime".into(),
-        "min.insync.replicas" => "1".into(),
+        "min.insync.replicas" => config.min_insync_replicas.to_string(),
         "compression.type" => "producer".into(),
         _ => return None,
     })

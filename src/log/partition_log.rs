@@ -383,13 +383,11 @@ impl PartitionLog {
                 });
             }
             let mut buf = read.bytes;
-            let set =
-                kafka_protocol::records::RecordBatchDecoder::decode(&mut buf).map_err(|_| {
-                    ReadError::Corrupt {
-                        segment_base_offset: segment.base_offset,
-                        position,
-                    }
-                })?;
+            // Bounded: a CRC-valid batch on disk may still claim absurd sizes.
+            let set = batch::decode_bounded(&mut buf, &header).map_err(|_| ReadError::Corrupt {
+                segment_base_offset: segment.base_offset,
+                position,
+            })?;
             let found = set
                 .records
                 .iter()

@@ -223,7 +223,21 @@ impl Segment {
                 report.reason = Some(format!("torn batch at position {position}"));
                 break;
             }
-            if header.base_offset < self.next_offset || header.last_offset_delta < 0 {
+            // The batch's offsets must follow the previous batch's, be representable, and
+            // stay within a u32 of the segment's base (index entries hold relative offsets).
+            let fits_segment = header
+                .base_offset
+                .checked_add(header.last_offset_delta as i64)
+                .is_some_and(|last| {
+                    last < i64::MAX
+                        && last
+                            .checked_sub(self.base_offset)
+                            .is_some_and(|relative| relative <= u32::MAX as i64)
+                });
+            if header.base_offset < self.next_offset
+                || header.last_offset_delta < 0
+                || !fits_segment
+            {
                 report.reason = Some(format!(
                     "offset {} out of order at position {position}",
                     header.base_offset
@@ -357,6 +371,13 @@ impl Segment {
             let size = header.size_bytes();
             if header.next_offset() > upper_offset || end + size as u64 > self.log.len() {
                 break;
+            }
+            // baseOffset is outside the CRC: never serve offsets that go backwards.
+            if let Some((_, previous)) = headers.last() {
+                let previous: &BatchHeader = previous;
+                if header.base_offset < previous.next_offset() {
+                    break;
+                }
             }
             let taken = (end - position) as usize;
             if taken + size > max_bytes && !(min_one && headers.is_empty()) {

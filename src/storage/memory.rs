@@ -97,7 +97,13 @@ impl Storage for MemoryStorage {
             return Err(not_found(path));
         }
         let mut names = BTreeSet::new();
-        let children = tree.files.keys().chain(tree.dirs.iter());
+        // Paths order component-wise: everything below `path` follows it contiguously.
+        let below = (std::ops::Bound::Excluded(path), std::ops::Bound::Unbounded);
+        let files = tree.files.range::<Path, _>(below).map(|(p, _)| p);
+        let dirs = tree.dirs.range::<Path, _>(below);
+        let children = files
+            .take_while(|p| p.starts_with(path))
+            .chain(dirs.take_while(|p| p.starts_with(path)));
         for child in children {
             if child.parent() == Some(path) {
                 if let Some(name) = child.file_name() {

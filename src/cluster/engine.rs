@@ -578,13 +578,7 @@ impl ClusterNode {
                     .log()
                     .read_batch(c.base_offset)
                     .map_err(|e| io::Error::other(e.to_string()))?;
-                let records = decode_batch(&stored).map_err(|e| io::Error::other(e.to_string()))?;
-                let mut image = self.image.write().unwrap();
-                for (i, record) in records.iter().enumerate() {
-                    if let Err(e) = image.apply(c.base_offset + i as i64, record) {
-                        tracing::debug!(error = %e, "metadata record refused (identically on every broker)");
-                    }
-                }
+                apply_metadata_batch(&mut self.image.write().unwrap(), c.base_offset, &stored)?;
                 image_changed = true;
                 continue;
             }
@@ -595,12 +589,7 @@ impl ClusterNode {
                 data_changed = true;
             }
             if let Some(p) = pending.remove(&(c.group.clone(), c.index)) {
-                let result = if p.term == c.term {
-                    Ok(c.base_offset)
-                } else {
-                    Err(ProduceError::Superseded)
-                };
-                let _ = p.reply.send(result);
+                p.answer(c.term, c.base_offset);
             }
         }
         for installed in &output.snapshots {
@@ -622,12 +611,7 @@ impl ClusterNode {
                 .and_then(|s| s.lock().position(index));
             if let Some(position) = position {
                 let p = pending.remove(&(group, index)).expect("listed above");
-                let result = if position.term == p.term {
-                    Ok(position.base_offset)
-                } else {
-                    Err(ProduceError::Superseded)
-                };
-                let _ = p.reply.send(result);
+                p.answer(position.term, position.base_offset);
             }
         }
         for change in &output.leader_changes {
@@ -680,15 +664,38 @@ fn replay_committed(replica: &ReplicaLog, image: &mut MetadataImage) -> io::Resu
             .log()
             .read_batch(position.base_offset)
             .map_err(|e| io::Error::other(e.to_string()))?;
-        for (i, record) in decode_batch(&stored)
-            .map_err(|e| io::Error::other(e.to_string()))?
-            .iter()
-            .enumerate()
-        {
-            let _ = image.apply(position.base_offset + i as i64, record);
+        apply_metadata_batch(image, position.base_offset, &stored)?;
+    }
+    Ok(())
+}
+
+/// Applies the records of one committed metadata batch; a record that does not fit the
+/// image is refused the same way on every broker.
+fn apply_metadata_batch(
+    image: &mut MetadataImage,
+    base_offset: i64,
+    stored: &Bytes,
+) -> io::Result<()> {
+    let records = decode_batch(stored).map_err(|e| io::Error::other(e.to_string()))?;
+    for (i, record) in records.iter().enumerate() {
+        if let Err(e) = image.apply(base_offset + i as i64, record) {
+            tracing::debug!(error = %e, "metadata record refused (identically on every broker)");
         }
     }
     Ok(())
+}
+
+impl Pending {
+    /// Answers the producer: its entry committed (or persisted) at `base_offset` in
+    /// `term`; an entry of another term took the index, so the batch was replaced.
+    fn answer(self, term: u64, base_offset: i64) {
+        let result = if self.term == term {
+            Ok(base_offset)
+        } else {
+            Err(ProduceError::Superseded)
+        };
+        let _ = self.reply.send(result);
+    }
 }
 
 /// Offset after the last committed entry of a replica (its high watermark at start).

@@ -80,8 +80,13 @@ unsafe impl GlobalAlloc for LazyLargeAllocator {
         }
         if is_large(&layout) && is_large(&new_layout) {
             // Move the mapping's pages instead of copying them (most are never committed).
-            let moved = unsafe { libc::mremap(ptr.cast(), layout.size(), new_size, libc::MREMAP_MAYMOVE) };
-            return if moved == libc::MAP_FAILED { std::ptr::null_mut() } else { moved.cast() };
+            let moved =
+                unsafe { libc::mremap(ptr.cast(), layout.size(), new_size, libc::MREMAP_MAYMOVE) };
+            return if moved == libc::MAP_FAILED {
+                std::ptr::null_mut()
+            } else {
+                moved.cast()
+            };
         }
         // One side is small (under LARGE_ALLOCATION_BYTES): copying it is cheap.
         let new_ptr = unsafe { self.alloc(new_layout) };

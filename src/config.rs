@@ -151,9 +151,16 @@ impl BrokerConfig {
             config.data_dir = v;
         }
         if let Some(v) = flags.log_level.clone().or(file.log_level) {
-            // tracing-subscriber's directive parser panics on some non-ASCII input.
+            // tracing-subscriber's directive parser panics on some non-ASCII input, and
+            // compiles span field filters (`{field=value}`) as regexes that can take
+            // minutes to build: neither belongs in a broker's log level.
             if !v.is_ascii() {
                 return Err(format!("log-level: must be ASCII, got {v:?}"));
+            }
+            if v.contains('{') {
+                return Err(format!(
+                    "log-level: span field filters ({{...}}) are not supported, got {v:?}"
+                ));
             }
             tracing_subscriber::EnvFilter::try_new(&v).map_err(|e| format!("log-level: {e}"))?;
             config.log_level = v;

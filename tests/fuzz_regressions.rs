@@ -387,6 +387,22 @@ fn non_ascii_log_level_is_refused() {
     assert!(err.contains("log-level"), "{err}");
 }
 
+/// A 155-byte `log-level` with span field filters took 88 s in `BrokerConfig::build`:
+/// tracing-subscriber compiles `{field=value}` filters as regexes, and some are
+/// pathological to build. Field filters are now refused with a message.
+#[test]
+fn log_level_field_filters_are_refused() {
+    let data = input("config", "log-level-field-filter-regex-slow");
+    let text = String::from_utf8_lossy(&data[1..]);
+    let err = strand::config::BrokerConfig::build(Some(&text), &Default::default()).unwrap_err();
+    assert!(err.contains("span field filters"), "{err}");
+    let ok = strand::config::BrokerConfig::build(
+        Some("log-level = \"info,strand[conn]=debug\"\n"),
+        &Default::default(),
+    );
+    assert!(ok.is_ok(), "{ok:?}");
+}
+
 /// min.insync.replicas=2 was accepted and then described (DescribeConfigs) as "1".
 #[test]
 fn min_insync_replicas_is_described_as_set() {

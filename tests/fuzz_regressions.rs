@@ -540,3 +540,229 @@ async fn huge_wire_array_claims_do_not_abort() {
     }
     body.clear();
 }
+
+// ---- interbroker: the cluster of fuzz/src/interbroker.rs, repeated here ----
+
+mod interbroker {
+    //! Inputs in the raw-frame form the `interbroker` target writes with
+    //! `INTERBROKER_DUMP` (operation 0 = a frame body into a broker; 4–11 the deliveries,
+    //! rounds, ticks, proposals, campaigns and restarts of the target's table), replayed
+    //! against the target's cluster: three brokers, groups `t-0` (led by 1) and `t-1`
+    //! (led by 2), three batches committed in each.
+
+    use super::inputs;
+    use bytes::Bytes;
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::sync::Arc;
+    use strand::log::LogConfig;
+    use strand::replication::driver::{Driver, DriverConfig, DriverError, GroupMessage};
+    use strand::replication::transport::{decode_frame, encode_frame};
+    use strand::replication::ReplicaLog;
+    use strand::storage::MemoryStorage;
+
+    const GROUPS: [&str; 2] = ["t-0", "t-1"];
+    const NODES: [u64; 3] = [1, 2, 3];
+
+    fn open_driver(id: u64, disk: &MemoryStorage) -> Driver {
+        let mut driver = Driver::new(id, DriverConfig::default(), 1000 + id);
+        for group in GROUPS {
+            let config = LogConfig {
+                segment_bytes: 512,
+                ..LogConfig::default()
+            };
+            let dir = Path::new("/data").join(group);
+            let replica =
+                ReplicaLog::open(Arc::new(disk.clone()), &dir, config, 0, &NODES).unwrap();
+            driver.add_group(group.to_string(), replica).unwrap();
+        }
+        driver
+    }
+
+    fn batch(tag: &str, records: usize) -> Bytes {
+        let values: Vec<_> = (0..records.max(1))
+            .map(|i| (None, Some(Bytes::from(format!("{tag}-{i}")))))
+            .collect();
+        strand::client::encode_batch(&values, 1_000, kafka_protocol::records::Compression::None)
+            .unwrap()
+    }
+
+    #[derive(Default)]
+    struct Cluster {
+        drivers: BTreeMap<u64, Driver>,
+        disks: BTreeMap<u64, MemoryStorage>,
+        mail: Vec<(u64, u64, GroupMessage)>,
+        now_ms: i64,
+        refused: usize,
+    }
+
+    impl Cluster {
+        fn start() -> Cluster {
+            let mut c = Cluster::default();
+            for id in NODES {
+                let disk = MemoryStorage::new();
+                c.drivers.insert(id, open_driver(id, &disk));
+                c.disks.insert(id, disk);
+            }
+            c.drivers.get_mut(&1).unwrap().campaign(GROUPS[0]).unwrap();
+            c.drivers.get_mut(&2).unwrap().campaign(GROUPS[1]).unwrap();
+            c.settle();
+            for i in 0..3 {
+                for (leader, group) in [(1, GROUPS[0]), (2, GROUPS[1])] {
+                    let data = batch(&format!("{group}/{i}"), 1 + i).to_vec();
+                    c.drivers
+                        .get_mut(&leader)
+                        .unwrap()
+                        .propose(group, data)
+                        .unwrap();
+                }
+                c.settle();
+            }
+            for _ in 0..3 {
+                c.tick();
+                c.settle();
+            }
+            c
+        }
+
+        fn round(&mut self) -> bool {
+            self.now_ms += 10;
+            let mut moved = false;
+            for (id, driver) in self.drivers.iter_mut() {
+                let out = driver
+                    .round(self.now_ms)
+                    .unwrap_or_else(|e| panic!("round failed on broker {id}: {e}"));
+                moved |= out.groups_synced > 0 || !out.outgoing.is_empty();
+                for (to, batch) in out.outgoing {
+                    self.mail.extend(batch.into_iter().map(|m| (*id, to, m)));
+                }
+            }
+            moved
+        }
+
+        fn frame(&mut self, to: u64, body: &[u8]) {
+            let Ok((sender, messages)) = decode_frame(body) else {
+                return;
+            };
+            let driver = self.drivers.get_mut(&to).unwrap();
+            for message in messages {
+                match driver.step_from(sender, message) {
+                    Err(DriverError::Refused { .. }) => self.refused += 1,
+                    Err(DriverError::Io(e)) => panic!("{e}"),
+                    _ => {}
+                }
+            }
+        }
+
+        fn deliver(&mut self, mail: Vec<(u64, u64, GroupMessage)>) {
+            for (from, to, message) in mail {
+                let frame = encode_frame(from, &[message]).unwrap();
+                self.frame(to, &frame[4..]);
+            }
+        }
+
+        fn settle(&mut self) {
+            for _ in 0..64 {
+                let moved = self.round();
+                if !moved && self.mail.is_empty() {
+                    return;
+                }
+                let mail = std::mem::take(&mut self.mail);
+                self.deliver(mail);
+            }
+        }
+
+        fn tick(&mut self) {
+            self.drivers.values_mut().for_each(Driver::tick);
+        }
+    }
+
+    /// Replays one input; returns how many messages the driver refused.
+    fn replay(data: &[u8]) -> usize {
+        let mut c = Cluster::start();
+        let mut rest = data;
+        let byte = |rest: &mut &[u8]| {
+            let b = rest.first().copied().unwrap_or(0);
+            *rest = rest.get(1..).unwrap_or(&[]);
+            b
+        };
+        let node = |b: u8| NODES[b as usize % 3];
+        for _ in 0..64 {
+            if rest.is_empty() {
+                break;
+            }
+            match byte(&mut rest) % 12 {
+                0 => {
+                    let to = node(byte(&mut rest));
+                    let len = u16::from_be_bytes([byte(&mut rest), byte(&mut rest)]) as usize;
+                    let len = len.min(rest.len());
+                    let (body, tail) = rest.split_at(len);
+                    rest = tail;
+                    c.frame(to, body);
+                }
+                4 => {
+                    let mail = std::mem::take(&mut c.mail);
+                    c.deliver(mail);
+                }
+                op @ (5 | 6) => {
+                    let which = u16::from_be_bytes([byte(&mut rest), byte(&mut rest)]) as usize;
+                    if !c.mail.is_empty() {
+                        let k = which % c.mail.len();
+                        let mail = c.mail.remove(k);
+                        if op == 5 {
+                            c.deliver(vec![mail]);
+                        }
+                    }
+                }
+                7 => {
+                    c.round();
+                }
+                8 => c.tick(),
+                9 => {
+                    let (g, records) = (byte(&mut rest), byte(&mut rest));
+                    let group = GROUPS[g as usize % 2];
+                    for id in NODES {
+                        let d = c.drivers.get_mut(&id).unwrap();
+                        if d.leader(group).map(|(l, _)| l) == Some(id) {
+                            let data = batch("fuzz", 1 + records as usize % 4).to_vec();
+                            let _ = d.propose(group, data);
+                            break;
+                        }
+                    }
+                }
+                10 => {
+                    let (n, g) = (byte(&mut rest), byte(&mut rest));
+                    let _ = c
+                        .drivers
+                        .get_mut(&node(n))
+                        .unwrap()
+                        .campaign(GROUPS[g as usize % 2]);
+                }
+                11 => {
+                    let (n, p) = (node(byte(&mut rest)), byte(&mut rest));
+                    c.drivers.remove(&n);
+                    if p % 2 == 1 {
+                        c.disks[&n].crash();
+                    }
+                    let driver = open_driver(n, &c.disks[&n]);
+                    c.drivers.insert(n, driver);
+                }
+                _ => panic!("operations 1-3 are written out as raw frames"),
+            }
+        }
+        for _ in 0..40 {
+            c.tick();
+            c.settle();
+        }
+        c.refused
+    }
+
+    #[test]
+    fn every_interbroker_regression_replays() {
+        for (name, data) in inputs("interbroker") {
+            eprintln!("interbroker/{name}");
+            let refused = replay(&data);
+            assert!(refused > 0, "{name}: the driver refused nothing");
+        }
+    }
+}

@@ -282,16 +282,14 @@ fn request_for(key: ApiKey, version: i16) -> RequestKind {
         }
         ApiKey::DescribeConfigs => {
             use describe_configs_request::*;
-            RequestKind::DescribeConfigs(
-                DescribeConfigsRequest::default().with_resources(vec![
+            RequestKind::DescribeConfigs(DescribeConfigsRequest::default().with_resources(vec![
                     DescribeConfigsResource::default()
                         .with_resource_type(2)
                         .with_resource_name(s("existing")),
                     DescribeConfigsResource::default()
                         .with_resource_type(4)
                         .with_resource_name(s("1")),
-                ]),
-            )
+                ]))
         }
         ApiKey::AlterConfigs => {
             use alter_configs_request::*;
@@ -451,7 +449,72 @@ fn partition_log() {
     put("partition_log", "ops-c", &[0u8; 64]);
 }
 
+/// `interbroker`: real frames (`encode_frame` output) recorded from the target's own
+/// cluster right after its setup, so that they fit the state every run starts in: the
+/// appends and responses of one more proposal per group, heartbeats, and the vote
+/// requests and answers of broker 3 campaigning for `t-0`. Each seed is raw-frame
+/// operations (tag 0, receiving broker - 1, u16 length, the frame body); `sequence`
+/// puts several of them between deliveries and ticks.
+fn interbroker() {
+    use raft::eraftpb::MessageType;
+    use std::collections::BTreeSet;
+    use strand::replication::transport::decode_frame;
+    use strand_fuzz::interbroker::{batch, Cluster, GROUPS};
+
+    let mut cluster = Cluster::start(false);
+    cluster.recorded = Some(Vec::new());
+    for (leader, group) in [(1u64, GROUPS[0]), (2, GROUPS[1])] {
+        cluster
+            .drivers
+            .get_mut(&leader)
+            .unwrap()
+            .propose(group, batch("seed", 2).to_vec())
+            .unwrap();
+    }
+    cluster.settle();
+    for _ in 0..3 {
+        cluster.tick();
+        cluster.settle();
+    }
+    cluster
+        .drivers
+        .get_mut(&3)
+        .unwrap()
+        .campaign(GROUPS[0])
+        .unwrap();
+    cluster.settle();
+    let recorded = cluster.recorded.take().unwrap();
+    let op = |to: u64, frame: &[u8]| {
+        let mut out = vec![0u8, (to - 1) as u8];
+        out.extend_from_slice(&frame[..4][2..]);
+        out.extend_from_slice(&frame[4..]);
+        out
+    };
+    let mut seen = BTreeSet::new();
+    let mut sequence = Vec::new();
+    for (to, frame) in &recorded {
+        assert!(frame.len() - 4 <= u16::MAX as usize);
+        let (_, messages) = decode_frame(&frame[4..]).unwrap();
+        let kinds: Vec<MessageType> = messages.iter().map(|m| m.message.get_msg_type()).collect();
+        let with_entries = messages.iter().any(|m| !m.message.entries.is_empty());
+        let name = format!(
+            "{}{}",
+            format!("{:?}", kinds[0])
+                .trim_start_matches("Msg")
+                .to_lowercase(),
+            if with_entries { "-entries" } else { "" }
+        );
+        if seen.insert(name.clone()) {
+            put("interbroker", &name, &op(*to, frame));
+            sequence.extend(op(*to, frame));
+            sequence.extend([7, 4, 8]);
+        }
+    }
+    put("interbroker", "sequence", &sequence);
+}
+
 fn main() {
+    interbroker();
     record_batch();
     segment_recovery();
     config();

@@ -3,7 +3,10 @@
 //! Everything here is an *independent* reading of the formats Strand parses (the
 //! RecordBatch v2 header, CRC32C framing), written from the Kafka spec rather than
 //! from Strand's code, so that a target can check Strand's answers instead of only
-//! watching for panics. Nothing here calls into the code under test except where noted.
+//! watching for panics. Nothing here calls into the code under test except where noted
+//! (the `interbroker` module runs a cluster of the real code for that target).
+
+pub mod interbroker;
 
 /// Size of the fixed RecordBatch v2 header (baseOffset .. recordsCount).
 pub const HEADER: usize = 61;

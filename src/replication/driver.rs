@@ -12,9 +12,10 @@
 //! overwrites it from its own seeded RNG whenever a group's term or role changes, so a
 //! run under the simulator replays exactly from its seed.
 
+use super::entry_codec::encode_entry;
 use super::replica_log::{ReplicaLog, ReplicaStorage};
 use super::slog_bridge;
-use raft::eraftpb::Message;
+use raft::eraftpb::{EntryType, Message, MessageType};
 use raft::{Config, RawNode, StateRole};
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -78,7 +79,20 @@ pub enum DriverError {
     Raft(#[from] raft::Error),
     #[error("storage: {0}")]
     Io(#[from] io::Error),
+    /// A peer's message that failed [`check_peer_message`]; it never reached raft-rs.
+    #[error("refused a message for {group} from {from}: {reason}")]
+    Refused {
+        group: GroupId,
+        from: u64,
+        reason: &'static str,
+    },
 }
+
+/// Highest Raft term a peer may name. A term is stored as a batch's
+/// `partitionLeaderEpoch` (an i32); a replica that adopted a forged term near that limit
+/// would fail to store its next no-op and stop. Half the range is far more elections than
+/// a group ever holds.
+pub const MAX_PEER_TERM: u64 = 1 << 30;
 
 /// Timing of every group, in ticks.
 #[derive(Debug, Clone, Copy)]
@@ -210,15 +224,40 @@ impl Driver {
         }
     }
 
-    /// Delivers a message from a peer. Messages for groups not hosted here are dropped.
+    /// Delivers a message from a peer. Messages for groups not hosted here are dropped,
+    /// and so is a message that fails [`check_peer_message`]: raft-rs trusts its peers
+    /// and panics (or the next round fails) on some shapes a buggy or hostile peer can
+    /// send, and one bad frame must not stop a broker.
     pub fn step(&mut self, message: GroupMessage) -> Result<(), DriverError> {
         let Some(mut group) = self.groups.remove(&message.group) else {
             return Err(DriverError::UnknownGroup(message.group));
         };
+        if let Err(reason) = check_peer_message(self.node_id, &group, &message.message) {
+            let from = message.message.from;
+            self.groups.insert(message.group.clone(), group);
+            return Err(DriverError::Refused {
+                group: message.group,
+                from,
+                reason,
+            });
+        }
         let result = group.raw.step(message.message);
         self.after_step(&mut group);
         self.groups.insert(message.group, group);
         result.map_err(DriverError::from)
+    }
+
+    /// [`Driver::step`] for a message that arrived in a frame from broker `sender`: a
+    /// message must name the broker that sent it.
+    pub fn step_from(&mut self, sender: u64, message: GroupMessage) -> Result<(), DriverError> {
+        if message.message.from != sender {
+            return Err(DriverError::Refused {
+                group: message.group,
+                from: message.message.from,
+                reason: "the message names another sender than the frame",
+            });
+        }
+        self.step(message)
     }
 
     /// Proposes one entry on the leader; returns the Raft index it will commit at (if it
@@ -391,4 +430,173 @@ fn route(outgoing: &mut BTreeMap<u64, Vec<GroupMessage>>, group: &str, messages:
             message,
         });
     }
+}
+
+/// The checks a peer's message passes before raft-rs sees it. Raft does not defend
+/// against a peer that lies about its log (no check here can), but raft-rs also panics
+/// on shapes no correct peer sends, and a replica must not die of them (each found by
+/// the `interbroker` fuzz target or read off the raft-rs code it guards; docs/fuzzing.md):
+///
+/// - only message types peers exchange (not the local MsgHup, MsgBeat, MsgUnreachable,
+///   MsgSnapStatus, MsgCheckQuorum), addressed to this broker, from another member of
+///   the group's configuration;
+/// - a forwarded request (MsgPropose, MsgReadIndex, MsgTransferLeader) only to the
+///   leader (raft-rs would forward it again, and panics sending one with a term), a
+///   proposal or read index without a term, a proposal with at least one normal entry;
+/// - every other message with a term (raft-rs takes term 0 as a local message, and
+///   panics answering a vote request of term 0); terms at most [`MAX_PEER_TERM`];
+/// - entries only in MsgAppend and forwarded requests, and ones this replica can store
+///   (see `entry_codec`; otherwise the next round fails and the broker stops); in a
+///   MsgAppend they follow `index` one by one with terms from `log_term` (never 0 after
+///   index 0) to the message's term, never going back;
+/// - a MsgHeartbeat's commit within this replica's log (raft-rs commits to it blindly);
+/// - a snapshot only in MsgSnapshot, and one that passes [`check_snapshot`].
+fn check_peer_message(node_id: u64, group: &Group, m: &Message) -> Result<(), &'static str> {
+    use MessageType::*;
+    match m.get_msg_type() {
+        MsgAppend
+        | MsgAppendResponse
+        | MsgRequestVote
+        | MsgRequestVoteResponse
+        | MsgRequestPreVote
+        | MsgRequestPreVoteResponse
+        | MsgSnapshot
+        | MsgHeartbeat
+        | MsgHeartbeatResponse
+        | MsgTransferLeader
+        | MsgTimeoutNow
+        | MsgReadIndex
+        | MsgReadIndexResp
+        | MsgPropose => {}
+        MsgHup | MsgBeat | MsgUnreachable | MsgSnapStatus | MsgCheckQuorum => {
+            return Err("a local message type");
+        }
+    }
+    // Requests a follower forwards to its leader. raft-rs sends them on without a term
+    // and panics when asked to send one that has a term: a follower never takes one
+    // (it would forward it again), and proposals and read indexes carry no term.
+    let forwarded = matches!(
+        m.get_msg_type(),
+        MsgPropose | MsgReadIndex | MsgTransferLeader
+    );
+    if forwarded && group.raw.raft.state != StateRole::Leader {
+        return Err("a forwarded request to a replica that does not lead");
+    }
+    if matches!(m.get_msg_type(), MsgPropose | MsgReadIndex) && m.term != 0 {
+        return Err("a forwarded proposal or read index with a term");
+    }
+    // raft-rs takes a message of term 0 as a local one (no term checks), and answers a
+    // vote request of term 0 with a panic: a peer's message always has its term.
+    if m.term == 0 && !forwarded {
+        return Err("a peer message of term 0");
+    }
+    if m.to != node_id {
+        return Err("addressed to another broker");
+    }
+    // raft-rs keeps a progress entry for every voter and learner of the configuration.
+    if m.from == node_id || group.raw.raft.prs().get(m.from).is_none() {
+        return Err("the sender is not another member of the group");
+    }
+    if m.term > MAX_PEER_TERM || m.log_term > MAX_PEER_TERM || m.commit_term > MAX_PEER_TERM {
+        return Err("a term beyond MAX_PEER_TERM");
+    }
+    if m.get_snapshot().get_metadata().term > MAX_PEER_TERM {
+        return Err("a snapshot term beyond MAX_PEER_TERM");
+    }
+    let is_append = m.get_msg_type() == MsgAppend;
+    // Only the empty log's index 0 has term 0, and raft-rs takes an append after an entry
+    // it does not have, announced with term 0, as matching (then commits past its log).
+    if is_append && m.index > 0 && m.log_term == 0 {
+        return Err("an append after an entry of term 0");
+    }
+    let mut previous_term = m.log_term;
+    for (k, entry) in m.entries.iter().enumerate() {
+        match m.get_msg_type() {
+            MsgAppend => {
+                if entry.term == 0 || entry.term > MAX_PEER_TERM {
+                    return Err("an entry's term is 0 or beyond MAX_PEER_TERM");
+                }
+                if Some(entry.index) != m.index.checked_add(k as u64 + 1) {
+                    return Err("entries that do not follow the message's index one by one");
+                }
+                if entry.term < previous_term || entry.term > m.term {
+                    return Err("entry terms out of order");
+                }
+                previous_term = entry.term;
+            }
+            // The leader gives a forwarded proposal its index and term.
+            MsgPropose if entry.get_entry_type() == EntryType::EntryNormal => {}
+            MsgPropose => return Err("a forwarded proposal that is not a normal entry"),
+            // The request's context, never stored.
+            MsgReadIndex | MsgReadIndexResp => continue,
+            _ => return Err("entries in a message that carries none"),
+        }
+        if encode_entry(entry, 0).is_err() {
+            return Err("an entry this replica cannot store");
+        }
+    }
+    if m.get_msg_type() == MsgHeartbeat && m.commit > group.raw.raft.raft_log.last_index() {
+        return Err("a heartbeat commit beyond this replica's log");
+    }
+    if m.get_msg_type() == MsgPropose && m.entries.is_empty() {
+        return Err("a forwarded proposal without entries");
+    }
+    if m.get_msg_type() == MsgSnapshot {
+        check_snapshot(group, m)?;
+    } else if m.has_snapshot() {
+        return Err("a snapshot in a message that carries none");
+    }
+    Ok(())
+}
+
+/// Largest offset a snapshot may start the log at (far beyond any real log; leaves room
+/// for the offsets of every later batch).
+pub const MAX_SNAPSHOT_OFFSET: i64 = i64::MAX / 2;
+
+/// A snapshot (see `ReplicaLog::snapshot`) must be well formed, and installing it must not
+/// reuse offsets: the log restarts at the snapshot's offset, and the entries between this
+/// replica's commit and the snapshot's index take at least one offset each after the
+/// committed ones. Its configuration is a plain one (Strand makes no joint changes).
+fn check_snapshot(group: &Group, m: &Message) -> Result<(), &'static str> {
+    let snapshot = m.get_snapshot();
+    let meta = snapshot.get_metadata();
+    if meta.index == 0 || meta.term == 0 {
+        return Err("a snapshot at index 0 or of term 0");
+    }
+    if meta.term > m.term {
+        return Err("a snapshot of a later term than its message");
+    }
+    let cs = meta.get_conf_state();
+    let mut members: Vec<u64> = cs.voters.iter().chain(&cs.learners).copied().collect();
+    members.sort_unstable();
+    members.dedup();
+    if cs.voters.is_empty()
+        || members.len() != cs.voters.len() + cs.learners.len()
+        || members.contains(&0)
+        || !cs.voters_outgoing.is_empty()
+        || !cs.learners_next.is_empty()
+        || cs.auto_leave
+    {
+        return Err("a snapshot configuration that is not a plain set of voters and learners");
+    }
+    let next_offset =
+        ReplicaLog::snapshot_next_offset(snapshot).ok_or("undecodable snapshot data")?;
+    let replica = group.storage.lock();
+    let commit = replica.hard_state().commit;
+    if meta.index > commit {
+        let committed_end = replica
+            .position(commit)
+            .map(|p| p.next_offset)
+            .unwrap_or_else(|| replica.log().log_start_offset());
+        let least = i64::try_from(meta.index - commit)
+            .ok()
+            .and_then(|entries| committed_end.checked_add(entries));
+        if least.is_none_or(|least| next_offset < least) {
+            return Err("a snapshot that would reuse offsets");
+        }
+    }
+    if next_offset > MAX_SNAPSHOT_OFFSET {
+        return Err("a snapshot offset beyond MAX_SNAPSHOT_OFFSET");
+    }
+    Ok(())
 }

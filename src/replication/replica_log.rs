@@ -350,6 +350,14 @@ impl ReplicaLog {
         snapshot
     }
 
+    /// The offset where the log continues after `snapshot`, if its data is what
+    /// [`ReplicaLog::snapshot`] writes.
+    pub fn snapshot_next_offset(snapshot: &Snapshot) -> Option<i64> {
+        SnapshotData::decode(snapshot.data.as_ref())
+            .ok()
+            .map(|d| d.next_offset)
+    }
+
     /// Installs a leader's snapshot: the log restarts empty at the snapshot's offset and
     /// the Raft log after the snapshot's index. Durable on return.
     pub fn apply_snapshot(&mut self, snapshot: &Snapshot) -> io::Result<()> {

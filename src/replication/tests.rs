@@ -805,6 +805,381 @@ mod driver {
             "different seeds should not all elect the same leaders"
         );
     }
+
+    /// A group `t-0` with a leader, a follower and a few committed batches; the message
+    /// the leader would send the follower as a heartbeat, which the follower takes.
+    fn peer_check_setup() -> (Net, u64, u64, raft::eraftpb::Message) {
+        let mut net = Net::new(5);
+        net.tick(40);
+        let leader = net.leader_of("t-0").unwrap();
+        for i in 0..3 {
+            net.drivers
+                .get_mut(&leader)
+                .unwrap()
+                .propose("t-0", batch(&format!("p{i}"), 2).to_vec())
+                .unwrap();
+            net.settle();
+        }
+        net.tick(3);
+        let follower = (1..=3).find(|id| *id != leader).unwrap();
+        let (_, term) = net.drivers[&follower].leader("t-0").unwrap();
+        let commit = net.drivers[&follower]
+            .storage("t-0")
+            .unwrap()
+            .lock()
+            .hard_state()
+            .commit;
+        let mut m = raft::eraftpb::Message::default();
+        m.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
+        m.from = leader;
+        m.to = follower;
+        m.term = term;
+        m.commit = commit;
+        (net, leader, follower, m)
+    }
+
+    fn refusal(net: &mut Net, to: u64, message: raft::eraftpb::Message) -> &'static str {
+        let from = message.from;
+        let result = net.drivers.get_mut(&to).unwrap().step_from(
+            from,
+            GroupMessage {
+                group: "t-0".into(),
+                message,
+            },
+        );
+        match result {
+            Err(DriverError::Refused { reason, .. }) => reason,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    /// Snapshot data as `ReplicaLog::snapshot` writes it (prost field 1, int64).
+    fn snapshot_data(next_offset: i64) -> bytes::Bytes {
+        let mut out = vec![0x08];
+        let mut v = next_offset as u64;
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+        out.into()
+    }
+
+    /// Every shape `check_peer_message` refuses (raft-rs panics on most of them, or the
+    /// next round fails), each refused without touching the replica, which then goes on
+    /// replicating. The shapes the `interbroker` fuzz target found are marked (fuzz).
+    #[test]
+    fn peer_messages_raft_rs_cannot_take_are_refused() {
+        use raft::eraftpb::{ConfState, Entry, EntryType, MessageType::*, Snapshot};
+        let (mut net, leader, follower, heartbeat) = peer_check_setup();
+        let other = (1..=3).find(|id| *id != leader && *id != follower).unwrap();
+        let before = {
+            let s = net.drivers[&follower].storage("t-0").unwrap().lock();
+            (
+                s.hard_state().clone(),
+                s.last_index(),
+                s.log().log_end_offset(),
+            )
+        };
+        let (term, commit, last_index, log_end) =
+            (heartbeat.term, heartbeat.commit, before.1, before.2);
+        let last_term = net.drivers[&follower]
+            .storage("t-0")
+            .unwrap()
+            .lock()
+            .term(last_index)
+            .unwrap();
+        let with = |f: &dyn Fn(&mut raft::eraftpb::Message)| {
+            let mut m = heartbeat.clone();
+            f(&mut m);
+            m
+        };
+        let append = |entries: Vec<Entry>| {
+            with(&|m| {
+                m.set_msg_type(MsgAppend);
+                m.index = last_index;
+                m.log_term = last_term;
+                m.entries = entries.clone().into();
+            })
+        };
+        let entry = |index: u64, term: u64, data: bytes::Bytes| {
+            let mut e = Entry::default();
+            e.index = index;
+            e.term = term;
+            e.data = data;
+            e
+        };
+        let snapshot = |index: u64, snap_term: u64, voters: Vec<u64>, data: bytes::Bytes| {
+            with(&|m| {
+                m.set_msg_type(MsgSnapshot);
+                let mut snapshot = Snapshot::default();
+                let meta = snapshot.mut_metadata();
+                meta.index = index;
+                meta.term = snap_term;
+                let mut cs = ConfState::default();
+                cs.voters = voters.clone();
+                meta.set_conf_state(cs);
+                snapshot.data = data.clone();
+                m.set_snapshot(snapshot);
+            })
+        };
+        let good_snapshot_offset = log_end + 10;
+        let cases: Vec<(&str, u64, raft::eraftpb::Message)> = vec![
+            (
+                "a local message type",
+                follower,
+                with(&|m| m.set_msg_type(MsgHup)),
+            ),
+            (
+                "addressed to another broker",
+                follower,
+                with(&|m| m.to = other),
+            ),
+            ("not another member", follower, with(&|m| m.from = 9)),
+            // (fuzz) a follower forwards a MsgTransferLeader with the term set: panic.
+            (
+                "does not lead",
+                follower,
+                with(&|m| m.set_msg_type(MsgTransferLeader)),
+            ),
+            (
+                "does not lead",
+                follower,
+                with(&|m| {
+                    m.set_msg_type(MsgPropose);
+                    m.term = 0;
+                    m.entries = vec![entry(0, 0, batch("f", 1))].into();
+                }),
+            ),
+            (
+                "proposal or read index with a term",
+                leader,
+                with(&|m| {
+                    m.set_msg_type(MsgPropose);
+                    m.from = follower;
+                    m.to = leader;
+                    m.entries = vec![entry(0, 0, batch("f", 1))].into();
+                }),
+            ),
+            // (fuzz) raft-rs: "stepped empty MsgProp".
+            (
+                "proposal without entries",
+                leader,
+                with(&|m| {
+                    m.set_msg_type(MsgPropose);
+                    m.from = follower;
+                    m.to = leader;
+                    m.term = 0;
+                }),
+            ),
+            (
+                "not a normal entry",
+                leader,
+                with(&|m| {
+                    m.set_msg_type(MsgPropose);
+                    m.from = follower;
+                    m.to = leader;
+                    m.term = 0;
+                    let mut e = entry(0, 0, bytes::Bytes::new());
+                    e.set_entry_type(EntryType::EntryConfChangeV2);
+                    m.entries = vec![e].into();
+                }),
+            ),
+            (
+                "cannot store",
+                leader,
+                with(&|m| {
+                    m.set_msg_type(MsgPropose);
+                    m.from = follower;
+                    m.to = leader;
+                    m.term = 0;
+                    m.entries = vec![entry(0, 0, bytes::Bytes::from_static(b"junk"))].into();
+                }),
+            ),
+            // (fuzz) raft-rs: "term should be set when sending MsgRequestPreVoteResponse".
+            (
+                "term 0",
+                follower,
+                with(&|m| {
+                    m.set_msg_type(MsgRequestPreVote);
+                    m.term = 0;
+                }),
+            ),
+            (
+                "beyond MAX_PEER_TERM",
+                follower,
+                with(&|m| m.term = MAX_PEER_TERM + 1),
+            ),
+            // (fuzz) raft-rs: "to_commit 5 is out of range [last_index 4]".
+            (
+                "after an entry of term 0",
+                follower,
+                with(&|m| {
+                    m.set_msg_type(MsgAppend);
+                    m.index = last_index + 1;
+                    m.log_term = 0;
+                    m.commit = last_index + 1;
+                }),
+            ),
+            (
+                "one by one",
+                follower,
+                append(vec![entry(last_index + 2, term, batch("a", 1))]),
+            ),
+            (
+                "term is 0",
+                follower,
+                append(vec![entry(last_index + 1, 0, batch("a", 1))]),
+            ),
+            (
+                "out of order",
+                follower,
+                append(vec![entry(last_index + 1, term + 1, batch("a", 1))]),
+            ),
+            (
+                "cannot store",
+                follower,
+                append(vec![entry(
+                    last_index + 1,
+                    term,
+                    bytes::Bytes::from_static(b"not a batch"),
+                )]),
+            ),
+            (
+                "carries none",
+                follower,
+                with(&|m| m.entries = vec![entry(last_index + 1, term, batch("a", 1))].into()),
+            ),
+            // raft-rs: "to_commit .. is out of range".
+            (
+                "heartbeat commit beyond",
+                follower,
+                with(&|m| m.commit = last_index + 1),
+            ),
+            (
+                "snapshot in a message that carries none",
+                follower,
+                with(&|m| m.set_snapshot(Snapshot::default())),
+            ),
+            (
+                "index 0 or of term 0",
+                follower,
+                snapshot(
+                    commit + 5,
+                    0,
+                    vec![1, 2, 3],
+                    snapshot_data(good_snapshot_offset),
+                ),
+            ),
+            (
+                "later term",
+                follower,
+                snapshot(
+                    commit + 5,
+                    term + 1,
+                    vec![1, 2, 3],
+                    snapshot_data(good_snapshot_offset),
+                ),
+            ),
+            // raft-rs: "unable to restore config".
+            (
+                "plain set",
+                follower,
+                snapshot(
+                    commit + 5,
+                    term,
+                    vec![],
+                    snapshot_data(good_snapshot_offset),
+                ),
+            ),
+            (
+                "plain set",
+                follower,
+                snapshot(
+                    commit + 5,
+                    term,
+                    vec![1, 2, 2, 3],
+                    snapshot_data(good_snapshot_offset),
+                ),
+            ),
+            // `ReplicaLog::apply_snapshot` fails: the round fails, the broker stops.
+            (
+                "undecodable snapshot data",
+                follower,
+                snapshot(
+                    commit + 5,
+                    term,
+                    vec![1, 2, 3],
+                    bytes::Bytes::from_static(b"\xff"),
+                ),
+            ),
+            // The log would restart below its committed batches.
+            (
+                "reuse offsets",
+                follower,
+                snapshot(commit + 5, term, vec![1, 2, 3], snapshot_data(0)),
+            ),
+            (
+                "reuse offsets",
+                follower,
+                snapshot(commit + 5, term, vec![1, 2, 3], snapshot_data(log_end + 1)),
+            ),
+            (
+                "beyond MAX_SNAPSHOT_OFFSET",
+                follower,
+                snapshot(commit + 5, term, vec![1, 2, 3], snapshot_data(i64::MAX)),
+            ),
+        ];
+        for (expected, to, message) in cases {
+            let shown = format!("{message:?}");
+            let reason = refusal(&mut net, to, message);
+            assert!(
+                reason.contains(expected),
+                "{shown}: refused for {reason:?}, expected {expected:?}"
+            );
+        }
+        // The frame's sender must be the message's.
+        let result = net.drivers.get_mut(&follower).unwrap().step_from(
+            other,
+            GroupMessage {
+                group: "t-0".into(),
+                message: heartbeat.clone(),
+            },
+        );
+        assert!(matches!(result, Err(DriverError::Refused { .. })));
+        let after = {
+            let s = net.drivers[&follower].storage("t-0").unwrap().lock();
+            (
+                s.hard_state().clone(),
+                s.last_index(),
+                s.log().log_end_offset(),
+            )
+        };
+        assert_eq!(before, after, "a refused message changed the replica");
+        // The real heartbeat is taken, and the group goes on committing.
+        net.drivers
+            .get_mut(&follower)
+            .unwrap()
+            .step_from(
+                leader,
+                GroupMessage {
+                    group: "t-0".into(),
+                    message: heartbeat,
+                },
+            )
+            .unwrap();
+        let index = net
+            .drivers
+            .get_mut(&leader)
+            .unwrap()
+            .propose("t-0", batch("after", 1).to_vec())
+            .unwrap();
+        net.settle();
+        net.tick(3);
+        assert!(net.committed[&follower]
+            .iter()
+            .any(|c| c.group == "t-0" && c.index == index));
+    }
 }
 
 mod transport {

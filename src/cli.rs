@@ -102,18 +102,18 @@ fn run_broker(args: BrokerArgs) -> ExitCode {
             }
             config.listen = bound;
         }
-        let broker = match Broker::open(config, storage.clone() as Arc<dyn Storage>) {
+        let broker = match Broker::open(config, storage.clone() as Arc<dyn Storage>, None).await {
             Ok(b) => b,
             Err(e) => return fail(&format!("cannot open the data directory: {e}")),
         };
         broker.start_background_tasks();
         tracing::info!(listen = %broker.config.listen, data_dir = %broker.data_dir().display(), node_id = broker.config.node_id,
-            cluster_id = %broker.cluster_id, "strand broker started");
+            cluster_id = %broker.cluster_id(), "strand broker started");
         let server = tokio::spawn(server::serve(broker.clone(), listener));
         wait_for_shutdown_signal().await;
         tracing::info!("shutting down");
         server.abort();
-        match broker.shutdown() {
+        match broker.shutdown().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&format!("shutdown: {e}")),
         }

@@ -29,8 +29,6 @@ pub struct BrokerConfig {
     pub max_in_flight_requests_per_connection: usize,
     /// Open connections accepted at once.
     pub max_connections: usize,
-    /// `log.flush.interval.ms`: how often data written with acks=0/1 is fsynced.
-    pub flush_interval_ms: u64,
     /// `log.retention.check.interval.ms`.
     pub retention_check_interval_ms: u64,
     /// How often the recovery-point checkpoint is rewritten.
@@ -55,7 +53,6 @@ impl Default for BrokerConfig {
             socket_request_max_bytes: 100 * 1024 * 1024,
             max_in_flight_requests_per_connection: 32,
             max_connections: 1024,
-            flush_interval_ms: 1000,
             retention_check_interval_ms: 30_000,
             recovery_checkpoint_interval_ms: 10_000,
             log_defaults: LogConfig::default(),
@@ -78,7 +75,6 @@ pub struct ConfigFile {
     pub socket_request_max_bytes: Option<usize>,
     pub max_in_flight_requests_per_connection: Option<usize>,
     pub max_connections: Option<usize>,
-    pub flush_interval_ms: Option<u64>,
     pub retention_check_interval_ms: Option<u64>,
     pub recovery_checkpoint_interval_ms: Option<u64>,
     /// Topic config defaults by their Kafka names, e.g. `"retention.ms" = "3600000"`.
@@ -191,9 +187,6 @@ impl BrokerConfig {
         }
         if let Some(v) = file.max_connections {
             config.max_connections = positive("max-connections", v as u64)? as usize;
-        }
-        if let Some(v) = file.flush_interval_ms {
-            config.flush_interval_ms = positive("flush-interval-ms", v)?;
         }
         if let Some(v) = file.retention_check_interval_ms {
             config.retention_check_interval_ms = positive("retention-check-interval-ms", v)?;

@@ -246,22 +246,30 @@ impl Broker {
     }
 }
 
-/// The cluster node's settings for this broker: a cluster of one voter (the broker's
-/// Raft address is never dialled).
+/// The cluster node's settings for this broker. Without peers it is a cluster of one
+/// voter (whose Raft address is never dialled).
 fn cluster_config(config: &BrokerConfig, recovery_points: RecoveryPoints) -> ClusterConfig {
     let node_id = config.node_id as u64;
-    let unused_raft_address = SocketAddr::from(([127, 0, 0, 1], 0));
+    let peers: BTreeMap<u64, SocketAddr> = if config.peers.is_empty() {
+        BTreeMap::from([(node_id, SocketAddr::from(([127, 0, 0, 1], 0)))])
+    } else {
+        config
+            .peers
+            .iter()
+            .map(|(id, addr)| (*id as u64, *addr))
+            .collect()
+    };
     ClusterConfig {
         node_id,
-        peers: BTreeMap::from([(node_id, unused_raft_address)]),
+        peers,
         data_dir: config.data_dir.clone(),
         log_defaults: config.log_defaults.clone(),
         kafka_host: config.advertised_host.clone(),
         kafka_port: config.advertised_port,
-        tick_ms: 100,
+        tick_ms: config.raft_tick_ms,
         driver: DriverConfig::default(),
         default_partitions: config.default_partitions,
-        default_replication_factor: 1,
+        default_replication_factor: config.default_replication_factor,
         seed: config.seed.unwrap_or_else(|| rand::rngs::OsRng.next_u64()),
         recovery_points,
     }

@@ -104,6 +104,9 @@ pub async fn dispatch(
             api::incremental_alter_configs::handle(broker, version, r).await
         }
         RequestKind::DescribeCluster(r) => api::describe_cluster::handle(broker, version, r),
+        RequestKind::OffsetForLeaderEpoch(r) => {
+            api::offset_for_leader_epoch::handle(broker, version, r)
+        }
         _ => return Err(DispatchError::UnsupportedVersion { api_key, version }),
     };
     Ok(pending(version, reply))

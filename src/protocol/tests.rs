@@ -267,8 +267,24 @@ fn request_for(key: ApiKey, version: i16) -> RequestKind {
             RequestKind::DescribeCluster(DescribeClusterRequest::default().with_endpoint_type(1))
         }
         ApiKey::ApiVersions => RequestKind::ApiVersions(ApiVersionsRequest::default()),
+        ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch_request(1, -1),
         other => panic!("no test request for {other:?}"),
     }
+}
+
+fn offset_for_leader_epoch_request(leader_epoch: i32, current_leader_epoch: i32) -> RequestKind {
+    use offset_for_leader_epoch_request::*;
+    let partitions = vec![OffsetForLeaderPartition::default()
+        .with_partition(0)
+        .with_current_leader_epoch(current_leader_epoch)
+        .with_leader_epoch(leader_epoch)];
+    RequestKind::OffsetForLeaderEpoch(
+        OffsetForLeaderEpochRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![OffsetForLeaderTopic::default()
+                .with_topic(TopicName(s("existing")))
+                .with_partitions(partitions)]),
+    )
 }
 
 async fn resolve(reply: Reply) -> Option<ResponseKind> {
@@ -426,4 +442,75 @@ async fn bad_requests_close_the_connection() {
     assert!(dispatch(&broker, Bytes::from_static(b"\x00\x01"))
         .await
         .is_err());
+}
+
+/// Leader epochs are Raft terms: OffsetForLeaderEpoch ends the current epoch at the high
+/// watermark (for a consumer), knows no epoch older than the log, and a client's epoch
+/// that differs from the leader's is fenced (older) or unknown (newer) on every read.
+#[tokio::test]
+async fn leader_epochs_are_raft_terms() {
+    let broker = test_broker().await;
+    let request = request_for(ApiKey::Produce, 9);
+    let pending = dispatch(&broker, frame(ApiKey::Produce, 9, 1, &request))
+        .await
+        .unwrap();
+    let Some(ResponseKind::Produce(produced)) = resolve(pending.reply).await else {
+        panic!("not a produce response")
+    };
+    let base_offset = produced.responses[0].partition_responses[0].base_offset;
+    let term = broker.node.replica("existing", 0).unwrap().leader_epoch();
+    assert!(term >= 1);
+    let ask = |leader_epoch, current| {
+        let broker = broker.clone();
+        async move {
+            let request = offset_for_leader_epoch_request(leader_epoch, current);
+            let pending = dispatch(&broker, frame(ApiKey::OffsetForLeaderEpoch, 4, 7, &request))
+                .await
+                .unwrap();
+            let Some(ResponseKind::OffsetForLeaderEpoch(r)) = resolve(pending.reply).await else {
+                panic!("not an OffsetForLeaderEpoch response")
+            };
+            let p = &r.topics[0].partitions[0];
+            (p.error_code, p.leader_epoch, p.end_offset)
+        }
+    };
+    assert_eq!(ask(term, -1).await, (0, term, base_offset + 1));
+    assert_eq!(ask(term, term).await, (0, term, base_offset + 1));
+    assert_eq!(ask(0, -1).await, (0, -1, -1), "no epoch older than the log");
+    assert_eq!(
+        ask(term + 1, -1).await,
+        (0, -1, -1),
+        "no epoch newer than the leader's"
+    );
+    let fenced = kafka_protocol::ResponseError::FencedLeaderEpoch.code();
+    let unknown = kafka_protocol::ResponseError::UnknownLeaderEpoch.code();
+    assert_eq!(ask(term, term - 1).await.0, fenced);
+    assert_eq!(ask(term, term + 1).await.0, unknown);
+
+    for (current, expected) in [(term - 1, fenced), (term + 1, unknown), (term, 0)] {
+        use fetch_request::*;
+        let partitions = vec![FetchPartition::default()
+            .with_partition(0)
+            .with_current_leader_epoch(current)
+            .with_fetch_offset(base_offset)
+            .with_partition_max_bytes(1 << 20)];
+        let request = RequestKind::Fetch(
+            FetchRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_max_bytes(1 << 20)
+                .with_topics(vec![FetchTopic::default()
+                    .with_topic(TopicName(s("existing")))
+                    .with_partitions(partitions)]),
+        );
+        let pending = dispatch(&broker, frame(ApiKey::Fetch, 12, 8, &request))
+            .await
+            .unwrap();
+        let Some(ResponseKind::Fetch(r)) = resolve(pending.reply).await else {
+            panic!("not a fetch response")
+        };
+        assert_eq!(
+            r.responses[0].partitions[0].error_code, expected,
+            "fetch with leader epoch {current} (leader's {term})"
+        );
+    }
 }

@@ -14,7 +14,7 @@
 
 use super::replica_log::{ReplicaLog, ReplicaStorage};
 use super::slog_bridge;
-use raft::eraftpb::Message;
+use raft::eraftpb::{Message, MessageType};
 use raft::{Config, RawNode, StateRole};
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -215,7 +215,9 @@ impl Driver {
         let Some(mut group) = self.groups.remove(&message.group) else {
             return Err(DriverError::UnknownGroup(message.group));
         };
-        let result = group.raw.step(message.message);
+        let mut raft_message = message.message;
+        survive_lost_log(&message.group, &mut group.raw, &mut raft_message);
+        let result = group.raw.step(raft_message);
         self.after_step(&mut group);
         self.groups.insert(message.group, group);
         result.map_err(DriverError::from)
@@ -390,5 +392,43 @@ fn route(outgoing: &mut BTreeMap<u64, Vec<GroupMessage>>, group: &str, messages:
             group: group.to_string(),
             message,
         });
+    }
+}
+
+/// Lets a replica whose disk lost its log (a wiped data directory, a restored old
+/// backup) rejoin instead of crashing or stalling. raft-rs assumes a follower keeps
+/// what it acknowledged: a leader's heartbeat carries a commit index up to what it
+/// believes the follower matched (raft-rs panics when that is past the follower's log),
+/// and the leader ignores a rejection below that point as stale (the follower would
+/// never catch up). So a heartbeat's commit is clamped to the local log, and a leader
+/// that sees a follower reject while holding less than it matched starts probing from
+/// the follower's actual end. Both are safe for entries already committed elsewhere:
+/// commit never moves back, and a lower match index only delays commits.
+///
+/// Not covered: a wiped replica also lost its vote for the current term, so in the
+/// rare case it had voted in an election still running it could vote again (Kafka's
+/// KRaft closes that with directory ids, KIP-853).
+fn survive_lost_log(group: &str, raw: &mut RawNode<ReplicaStorage>, message: &mut Message) {
+    let raft = &mut raw.raft;
+    match message.get_msg_type() {
+        MessageType::MsgHeartbeat => {
+            let last_index = raft.raft_log.last_index();
+            if message.commit > last_index {
+                message.commit = last_index;
+            }
+        }
+        MessageType::MsgAppendResponse if message.reject && raft.state == StateRole::Leader => {
+            let from = message.from;
+            let hint = message.reject_hint;
+            if let Some(progress) = raft.mut_prs().get_mut(from) {
+                if hint < progress.matched {
+                    tracing::warn!(group, replica = from, matched = progress.matched, follower_last_index = hint,
+                        "a follower holds less than it acknowledged (lost its disk?); replicating to it again from its end");
+                    progress.matched = hint;
+                    progress.become_probe();
+                }
+            }
+        }
+        _ => {}
     }
 }

@@ -26,6 +26,16 @@ pub enum Command {
     Broker(BrokerArgs),
     /// Measures produce throughput and latency against a running broker.
     Bench(crate::bench::BenchArgs),
+    /// Development helpers.
+    #[command(subcommand)]
+    Dev(DevCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DevCommand {
+    /// Runs a cluster of N brokers on loopback, one child process each (Ctrl-C or
+    /// SIGTERM stops them all cleanly).
+    Cluster(crate::dev_cluster::DevClusterArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -48,12 +58,17 @@ pub struct BrokerArgs {
     /// Log filter, e.g. `info` or `strand=debug`.
     #[arg(long)]
     pub log_level: Option<String>,
+    /// Every broker of the cluster with its Raft address, `ID@IP:PORT,...` (this one
+    /// included). Without it the broker is a cluster of its own.
+    #[arg(long)]
+    pub peers: Option<String>,
 }
 
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Broker(args) => run_broker(args),
         Command::Bench(args) => crate::bench::run(args),
+        Command::Dev(DevCommand::Cluster(args)) => crate::dev_cluster::run(args),
     }
 }
 
@@ -73,6 +88,7 @@ fn run_broker(args: BrokerArgs) -> ExitCode {
         advertised_listener: args.advertised_listener.clone(),
         data_dir: args.data_dir,
         log_level: args.log_level,
+        peers: args.peers,
     };
     let mut config = match BrokerConfig::build(file_text.as_deref(), &overrides) {
         Ok(config) => config,
@@ -102,25 +118,37 @@ fn run_broker(args: BrokerArgs) -> ExitCode {
             }
             config.listen = bound;
         }
-        let broker = match Broker::open(config, storage.clone() as Arc<dyn Storage>) {
+        let raft_listener = if config.is_clustered() {
+            let address = config.raft_listen.unwrap_or(config.peers[&config.node_id]);
+            match tokio::net::TcpListener::bind(address).await {
+                Ok(l) => Some(l),
+                Err(e) => return fail(&format!("raft listener {address}: {e}")),
+            }
+        } else {
+            None
+        };
+        if config.is_clustered() {
+            tracing::info!(peers = ?config.peers, "joining the cluster; waiting for its metadata quorum");
+        }
+        let broker = match Broker::open(config, storage.clone() as Arc<dyn Storage>, raft_listener).await {
             Ok(b) => b,
             Err(e) => return fail(&format!("cannot open the data directory: {e}")),
         };
         broker.start_background_tasks();
         tracing::info!(listen = %broker.config.listen, data_dir = %broker.data_dir().display(), node_id = broker.config.node_id,
-            cluster_id = %broker.cluster_id, "strand broker started");
+            cluster_id = %broker.cluster_id(), "strand broker started");
         let server = tokio::spawn(server::serve(broker.clone(), listener));
         wait_for_shutdown_signal().await;
         tracing::info!("shutting down");
         server.abort();
-        match broker.shutdown() {
+        match broker.shutdown().await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&format!("shutdown: {e}")),
         }
     })
 }
 
-async fn wait_for_shutdown_signal() {
+pub(crate) async fn wait_for_shutdown_signal() {
     #[cfg(not(madsim))]
     {
         use tokio::signal::unix::{signal, SignalKind};

@@ -29,8 +29,6 @@ pub struct BrokerConfig {
     pub max_in_flight_requests_per_connection: usize,
     /// Open connections accepted at once.
     pub max_connections: usize,
-    /// `log.flush.interval.ms`: how often data written with acks=0/1 is fsynced.
-    pub flush_interval_ms: u64,
     /// `log.retention.check.interval.ms`.
     pub retention_check_interval_ms: u64,
     /// How often the recovery-point checkpoint is rewritten.
@@ -39,7 +37,19 @@ pub struct BrokerConfig {
     pub log_defaults: LogConfig,
     /// Seed of the broker's RNG (cluster id, topic ids). None: drawn at start.
     pub seed: Option<u64>,
+    /// The cluster's brokers (every one a voter of the metadata quorum), by node id, with
+    /// the address of each one's Raft listener. Empty: a cluster of this broker alone.
+    pub peers: BTreeMap<i32, SocketAddr>,
+    /// Address the Raft listener binds (default: this broker's address in `peers`).
+    pub raft_listen: Option<SocketAddr>,
+    /// `default.replication.factor`: replicas of a topic created without a factor.
+    pub default_replication_factor: i16,
+    /// Raft tick: heartbeats every 2 ticks, elections after 10 to 20 silent ticks.
+    pub raft_tick_ms: u64,
 }
+
+/// Most brokers a cluster may list in `peers` (all of them metadata voters).
+pub const MAX_PEERS: usize = 64;
 
 impl Default for BrokerConfig {
     fn default() -> Self {
@@ -55,12 +65,22 @@ impl Default for BrokerConfig {
             socket_request_max_bytes: 100 * 1024 * 1024,
             max_in_flight_requests_per_connection: 32,
             max_connections: 1024,
-            flush_interval_ms: 1000,
             retention_check_interval_ms: 30_000,
             recovery_checkpoint_interval_ms: 10_000,
             log_defaults: LogConfig::default(),
             seed: None,
+            peers: BTreeMap::new(),
+            raft_listen: None,
+            default_replication_factor: 1,
+            raft_tick_ms: 100,
         }
+    }
+}
+
+impl BrokerConfig {
+    /// Whether this broker runs with others (`peers` lists more than itself).
+    pub fn is_clustered(&self) -> bool {
+        self.peers.keys().any(|id| *id != self.node_id)
     }
 }
 
@@ -78,9 +98,13 @@ pub struct ConfigFile {
     pub socket_request_max_bytes: Option<usize>,
     pub max_in_flight_requests_per_connection: Option<usize>,
     pub max_connections: Option<usize>,
-    pub flush_interval_ms: Option<u64>,
     pub retention_check_interval_ms: Option<u64>,
     pub recovery_checkpoint_interval_ms: Option<u64>,
+    /// `ID@IP:PORT,...`: every broker of the cluster with its Raft address.
+    pub peers: Option<String>,
+    pub raft_listen: Option<String>,
+    pub default_replication_factor: Option<i16>,
+    pub raft_tick_ms: Option<u64>,
     /// Topic config defaults by their Kafka names, e.g. `"retention.ms" = "3600000"`.
     #[serde(default)]
     pub topic_defaults: BTreeMap<String, String>,
@@ -94,6 +118,35 @@ pub struct Overrides {
     pub advertised_listener: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub log_level: Option<String>,
+    pub peers: Option<String>,
+}
+
+/// Parses `peers`: `ID@IP:PORT` entries separated by commas, distinct ids and addresses.
+pub fn parse_peers(value: &str) -> Result<BTreeMap<i32, SocketAddr>, String> {
+    let mut peers = BTreeMap::new();
+    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (id, addr) = entry
+            .split_once('@')
+            .ok_or_else(|| format!("peers: expected ID@IP:PORT, got {entry:?}"))?;
+        let id: i32 = id
+            .parse()
+            .ok()
+            .filter(|id| *id >= 0)
+            .ok_or_else(|| format!("peers: invalid node id in {entry:?}"))?;
+        let addr: SocketAddr = addr
+            .parse()
+            .map_err(|_| format!("peers: expected IP:PORT in {entry:?}"))?;
+        if peers.values().any(|a| *a == addr) {
+            return Err(format!("peers: address {addr} listed twice"));
+        }
+        if peers.insert(id, addr).is_some() {
+            return Err(format!("peers: node {id} listed twice"));
+        }
+        if peers.len() > MAX_PEERS {
+            return Err(format!("peers: at most {MAX_PEERS} brokers"));
+        }
+    }
+    Ok(peers)
 }
 
 /// Splits `HOST:PORT`.
@@ -192,9 +245,6 @@ impl BrokerConfig {
         if let Some(v) = file.max_connections {
             config.max_connections = positive("max-connections", v as u64)? as usize;
         }
-        if let Some(v) = file.flush_interval_ms {
-            config.flush_interval_ms = positive("flush-interval-ms", v)?;
-        }
         if let Some(v) = file.retention_check_interval_ms {
             config.retention_check_interval_ms = positive("retention-check-interval-ms", v)?;
         }
@@ -207,6 +257,40 @@ impl BrokerConfig {
         }
         config.log_defaults = effective_config(&LogConfig::default(), &file.topic_defaults)
             .map_err(|e| format!("topic-defaults: {e}"))?;
+        if let Some(v) = flags.peers.clone().or(file.peers) {
+            config.peers = parse_peers(&v)?;
+            if !config.peers.is_empty() && !config.peers.contains_key(&config.node_id) {
+                return Err(format!(
+                    "peers: must list this broker (node {}) too",
+                    config.node_id
+                ));
+            }
+        }
+        if let Some(v) = file.raft_listen {
+            config.raft_listen = Some(
+                v.parse()
+                    .map_err(|_| format!("raft-listen: expected IP:PORT, got {v:?}"))?,
+            );
+        }
+        config.default_replication_factor = match file.default_replication_factor {
+            Some(v) if v < 1 => {
+                return Err(format!("default-replication-factor: must be >= 1, got {v}"))
+            }
+            Some(v) if v as usize > config.peers.len().max(1) => {
+                return Err(format!(
+                    "default-replication-factor: {v} is more than the {} brokers in peers",
+                    config.peers.len().max(1)
+                ))
+            }
+            Some(v) => v,
+            None => config.peers.len().clamp(1, 3) as i16,
+        };
+        if let Some(v) = file.raft_tick_ms {
+            if !(1..=10_000).contains(&v) {
+                return Err(format!("raft-tick-ms: must be in 1..=10000, got {v}"));
+            }
+            config.raft_tick_ms = v;
+        }
         Ok(config)
     }
 }
@@ -239,6 +323,43 @@ mod tests {
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.advertised_port, 9000);
         assert_eq!(c.log_defaults.retention_ms, 5000);
+    }
+
+    #[test]
+    fn peers_name_every_broker_once() {
+        let flags = Overrides {
+            node_id: Some(2),
+            peers: Some("1@127.0.0.1:19092, 2@127.0.0.1:19093,3@127.0.0.1:19094".into()),
+            ..Default::default()
+        };
+        let c = BrokerConfig::build(None, &flags).unwrap();
+        assert_eq!(c.peers.len(), 3);
+        assert_eq!(c.peers[&2].port(), 19093);
+        assert!(c.is_clustered());
+        assert_eq!(c.default_replication_factor, 3);
+        for (peers, wanted) in [
+            ("1@127.0.0.1:1,1@127.0.0.1:2", "listed twice"),
+            ("1@127.0.0.1:1,3@127.0.0.1:1", "listed twice"),
+            ("1@localhost:1", "IP:PORT"),
+            ("x@127.0.0.1:1", "node id"),
+            ("3@127.0.0.1:1", "this broker"),
+        ] {
+            let flags = Overrides {
+                peers: Some(peers.into()),
+                ..Default::default()
+            };
+            let err = BrokerConfig::build(None, &flags).unwrap_err();
+            assert!(err.contains(wanted), "{peers}: {err}");
+        }
+        let alone = BrokerConfig::build(None, &Overrides::default()).unwrap();
+        assert!(!alone.is_clustered());
+        assert_eq!(alone.default_replication_factor, 1);
+        let err = BrokerConfig::build(
+            Some("default-replication-factor = 2\n"),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.contains("more than"), "{err}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod client;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod dev_cluster;
 pub mod error;
 pub mod large_alloc;
 pub mod log;

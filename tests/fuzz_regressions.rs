@@ -448,10 +448,15 @@ async fn replay_request(data: &[u8]) {
         seed: Some(1),
         ..Default::default()
     };
-    let broker = strand::broker::Broker::open(config, Arc::new(MemoryStorage::new())).unwrap();
-    broker
-        .create_topic("existing", 2, Default::default(), false)
+    let broker = strand::broker::Broker::open(config, Arc::new(MemoryStorage::new()), None)
+        .await
         .unwrap();
+    let existing = strand::metadata::CreateTopic {
+        name: "existing".into(),
+        partitions: Some(2),
+        ..Default::default()
+    };
+    broker.create_topic(existing, false).await.unwrap();
     let mut rest = data;
     while rest.len() >= 4 {
         let size = i32::from_be_bytes(rest[..4].try_into().unwrap());
@@ -468,10 +473,7 @@ async fn replay_request(data: &[u8]) {
         };
         let response = match pending.reply {
             Reply::Now(r) => r,
-            Reply::Later(f) => {
-                broker.group_commit.flush_round().await.unwrap();
-                f.await
-            }
+            Reply::Later(f) => f.await,
             Reply::Nothing => continue,
         };
         let mut bytes = encode_response(
@@ -526,7 +528,9 @@ async fn huge_wire_array_claims_do_not_abort() {
         seed: Some(1),
         ..Default::default()
     };
-    let broker = strand::broker::Broker::open(config, Arc::new(MemoryStorage::new())).unwrap();
+    let broker = strand::broker::Broker::open(config, Arc::new(MemoryStorage::new()), None)
+        .await
+        .unwrap();
     let data = input("request", "alter-configs-array-length-oom");
     let frame = Bytes::copy_from_slice(&data[4..]);
     assert!(strand::protocol::dispatch::dispatch(&broker, frame)

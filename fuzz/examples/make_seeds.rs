@@ -145,7 +145,7 @@ fn config() {
         b"\x00node-id = 3\nlisten = \"127.0.0.1:9092\"\nadvertised-listener = \"broker.example:19092\"\n\
 data-dir = \"/var/lib/strand\"\nlog-level = \"info,strand=debug\"\nauto-create-topics-enable = false\n\
 num-partitions = 3\nsocket-request-max-bytes = 1048576\nmax-in-flight-requests-per-connection = 8\n\
-max-connections = 100\nflush-interval-ms = 50\nretention-check-interval-ms = 1000\n\
+max-connections = 100\nretention-check-interval-ms = 1000\n\
 recovery-checkpoint-interval-ms = 2000\n[topic-defaults]\n\"retention.ms\" = \"3600000\"\n\
 \"segment.bytes\" = \"1048576\"\n\"cleanup.policy\" = \"delete\"\n",
     );

@@ -49,7 +49,6 @@ fn render(c: &BrokerConfig) -> String {
         c.max_in_flight_requests_per_connection
     );
     out += &format!("max-connections = {}\n", c.max_connections);
-    out += &format!("flush-interval-ms = {}\n", c.flush_interval_ms);
     out += &format!(
         "retention-check-interval-ms = {}\n",
         c.retention_check_interval_ms
@@ -75,7 +74,6 @@ fn check_broker(text: &str) {
     assert!(config.socket_request_max_bytes > 0);
     assert!(config.max_in_flight_requests_per_connection > 0);
     assert!(config.max_connections > 0);
-    assert!(config.flush_interval_ms > 0);
     assert!(config.retention_check_interval_ms > 0);
     assert!(config.recovery_checkpoint_interval_ms > 0);
     assert!(

@@ -1,7 +1,8 @@
 //! `request`: raw request frames through the broker's real decode and dispatch
 //! (`strand::protocol::dispatch::dispatch`, then `encode_response`) against a fresh
-//! in-memory broker per input (`Broker::open` on `MemoryStorage`, seed 1, topic
-//! "existing" with 2 partitions created up front).
+//! in-memory broker per input (`Broker::open` on `MemoryStorage`, seed 1: a cluster of
+//! one voter; topic "existing" with 2 partitions created up front through its metadata
+//! log; the broker's driver task is stopped at the end of the input).
 //!
 //! Input layout: what a connection carries, up to 8 frames `[size: i32 BE][frame]`; a
 //! size that is negative or runs past the input takes the rest of the input. Frames are
@@ -9,8 +10,8 @@
 //!
 //! Asserts: never panics; every `Ok` names the frame's API key and correlation id and
 //! its version (or 0 for ApiVersions' unsupported-version answer); only Produce may
-//! answer nothing; a waiting reply resolves (time is paused and auto-advances, and a
-//! group-commit round is run first so acks=all can complete); the response encodes, the
+//! answer nothing; a waiting reply resolves (time is paused and auto-advances, so the
+//! replication rounds that commit a produce run); the response encodes, the
 //! bytes decode back with kafka-protocol (header with the right correlation id, body
 //! with nothing left over), and re-encoding the decoded response gives the same bytes.
 #![no_main]
@@ -27,6 +28,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use strand::broker::Broker;
 use strand::config::BrokerConfig;
+use strand::metadata::CreateTopic;
 use strand::protocol::dispatch::{dispatch, encode_response, Reply};
 use strand::storage::MemoryStorage;
 
@@ -67,10 +69,24 @@ async fn run(data: &[u8]) {
         seed: Some(1),
         ..Default::default()
     };
-    let broker = Broker::open(config, Arc::new(MemoryStorage::new())).expect("broker opens");
+    let broker = Broker::open(config, Arc::new(MemoryStorage::new()), None)
+        .await
+        .expect("broker opens");
+    let existing = CreateTopic {
+        name: "existing".into(),
+        partitions: Some(2),
+        ..Default::default()
+    };
     broker
-        .create_topic("existing", 2, Default::default(), false)
+        .create_topic(existing, false)
+        .await
         .expect("topic created");
+    handle_frames(&broker, data).await;
+    // The driver task would otherwise outlive the input.
+    broker.node.stop().await;
+}
+
+async fn handle_frames(broker: &Arc<Broker>, data: &[u8]) {
     for frame in frames(data) {
         let head = (frame.len() >= 8).then(|| {
             (
@@ -79,7 +95,7 @@ async fn run(data: &[u8]) {
                 i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]),
             )
         });
-        let Ok(pending) = dispatch(&broker, frame).await else {
+        let Ok(pending) = dispatch(broker, frame).await else {
             return; // the connection closes
         };
         let (key, version, correlation_id) = head.expect("a frame under 8 bytes was answered");
@@ -96,16 +112,9 @@ async fn run(data: &[u8]) {
         );
         let response = match pending.reply {
             Reply::Now(r) => r,
-            Reply::Later(f) => {
-                broker
-                    .group_commit
-                    .flush_round()
-                    .await
-                    .expect("in-memory fsync works");
-                tokio::time::timeout(Duration::from_secs(24 * 3600), f)
-                    .await
-                    .expect("a waiting reply never resolved")
-            }
+            Reply::Later(f) => tokio::time::timeout(Duration::from_secs(24 * 3600), f)
+                .await
+                .expect("a waiting reply never resolved"),
             Reply::Nothing => {
                 assert_eq!(
                     pending.api_key,

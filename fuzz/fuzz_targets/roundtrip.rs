@@ -130,6 +130,7 @@ fuzz_target!(|data: &[u8]| {
             CreatePartitions => CreatePartitionsRequest, CreatePartitionsResponse,
             IncrementalAlterConfigs => IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
             DescribeCluster => DescribeClusterRequest, DescribeClusterResponse,
+            OffsetForLeaderEpoch => OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
         ),
         _ => header_roundtrip(s.key, version, kind == 2, bytes),
     }

@@ -3,8 +3,8 @@
 //!
 //! Exercises the replication engine directly (`strand::cluster::ClusterNode`): the
 //! brokers talk Raft to each other over simulated TCP; the workload calls the engine's
-//! produce on whichever broker leads the partition. Kafka's wire protocol is not in the
-//! path yet (the broker binary still runs the single-node path).
+//! produce on whichever broker leads the partition (the Kafka wire protocol is not in
+//! this scenario's path; the single-broker scenario drives it).
 //!
 //! Invariants:
 //! - `acked-durable`: every batch acknowledged at acks=all is, at the end, on every
@@ -146,9 +146,10 @@ async fn broker_main(
         default_partitions: 1,
         default_replication_factor: 3,
         seed: splitmix64(seed ^ (id << 32) ^ incarnation.fetch_add(1, Ordering::Relaxed)),
+        recovery_points: Default::default(),
     };
     let storage: Arc<dyn Storage> = Arc::new(storage);
-    let node = ClusterNode::start(config, storage, listener)
+    let node = ClusterNode::start(config, storage, Some(listener))
         .await
         .expect("a broker restarts from its disk");
     shared.nodes.lock().unwrap().insert(id, node);

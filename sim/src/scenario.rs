@@ -14,11 +14,13 @@
 //!
 //! Invariants (a violation fails the seed and names the invariant):
 //! - `produce-succeeds`: without injected faults every request is answered without error.
-//! - `ack-offsets-contiguous`: one producer on one partition gets base offsets
-//!   0, n1, n1+n2, ... (no gaps, no reuse).
+//! - `ack-offsets-increase`: one producer on one partition gets base offsets that
+//!   never overlap or go back (a leader's election takes offsets with its control
+//!   batch, so there may be gaps; `no-gaps` checks they hold control batches).
 //! - `fetch-succeeds`, `fetch-within-high-watermark`, `no-duplicates`, `no-gaps`,
 //!   `fetch-makes-progress`, `log-start-offset`: a full read of the partition returns
-//!   every offset from 0 below the high watermark exactly once, in order.
+//!   batches covering every offset from 0 below the high watermark exactly once, in
+//!   order; every offset without a record lies in a control batch.
 //! - `acked-readable` (before any crash): the log is exactly the acknowledged records.
 //! - `acked-durable` (after a crash): every record acknowledged with acks=all, every
 //!   record before it, and every record read back after an earlier restart is still
@@ -136,7 +138,6 @@ impl Shared {
 /// Settings drawn once per seed from the simulator's RNG.
 #[derive(Debug, Clone)]
 struct Settings {
-    flush_interval_ms: u64,
     checkpoint_interval_ms: u64,
     retention_check_interval_ms: u64,
     segment_bytes: u64,
@@ -238,7 +239,6 @@ async fn supervise(seed: u64, records: usize, shared: Arc<Shared>) -> Result<(),
     let handle = Handle::current();
     let mut rng = thread_rng();
     let settings = Settings {
-        flush_interval_ms: rng.gen_range(5..=2000),
         checkpoint_interval_ms: rng.gen_range(50..=5000),
         retention_check_interval_ms: rng.gen_range(100..=30_000),
         segment_bytes: rng.gen_range(1024..=64 * 1024),
@@ -368,14 +368,13 @@ async fn broker_main(seed: u64, storage: MemoryStorage, settings: Settings, shar
         advertised_host: std::net::Ipv4Addr::from(BROKER_IP).to_string(),
         advertised_port: PORT as i32,
         data_dir: PathBuf::from(DATA_DIR),
-        flush_interval_ms: settings.flush_interval_ms,
         recovery_checkpoint_interval_ms: settings.checkpoint_interval_ms,
         retention_check_interval_ms: settings.retention_check_interval_ms,
         seed: Some(splitmix64(seed ^ splitmix64(incarnation))),
         ..BrokerConfig::default()
     };
     let storage: Arc<dyn Storage> = Arc::new(storage);
-    let broker = match Broker::open(config.clone(), storage) {
+    let broker = match Broker::open(config.clone(), storage, None).await {
         Ok(broker) => broker,
         Err(e) => {
             let message = format!("incarnation {incarnation}: Broker::open failed: {e}");
@@ -396,7 +395,7 @@ async fn broker_main(seed: u64, storage: MemoryStorage, settings: Settings, shar
     broker.start_background_tasks();
     shared.event(format!(
         "broker incarnation {incarnation} serving, cluster id {}",
-        broker.cluster_id
+        broker.cluster_id()
     ));
     strand::protocol::server::serve(broker, listener).await;
 }
@@ -459,18 +458,32 @@ async fn connect(shared: &Shared, purpose: &str) -> Result<Client, Violation> {
 /// What the workload wrote, as the checks after a crash see it.
 #[derive(Debug, Clone, Default)]
 struct Written {
-    /// Must survive any crash, in order from offset 0: records acknowledged with
-    /// acks=all, everything written before such a record, and everything read back after
-    /// a restart (a crash leaves only synced data, so what a restart shows was durable).
+    /// Must survive any crash, in order: records acknowledged with acks=all (at their
+    /// acknowledged offsets), everything written before such a record, and everything
+    /// read back after a restart (a crash leaves only synced data, so what a restart
+    /// shows was durable).
     durable: Vec<(i64, Bytes)>,
-    /// Sent but not known durable, right after `durable`: acks=1 records and batches in
-    /// flight at the kill. A crash may drop any suffix of it, but not change it.
-    tail: Vec<(i64, Bytes)>,
+    /// Sent but not known durable, right after `durable`: acks=1 records (offset known
+    /// from the acknowledgement) and batches in flight at the kill (offset unknown). A
+    /// crash may drop any suffix of it, but not change it.
+    tail: Vec<(Option<i64>, Bytes)>,
+    /// No acknowledged batch may start below this offset: the end of the last
+    /// acknowledged batch, or of the log as read after a restart.
+    next_offset: i64,
 }
 
 impl Written {
-    fn end(&self) -> usize {
+    /// Records sent so far (numbers the values).
+    fn count(&self) -> usize {
         self.durable.len() + self.tail.len()
+    }
+
+    /// Offset after the last durable record (0 when none).
+    fn durable_end(&self) -> i64 {
+        self.durable
+            .last()
+            .map(|(offset, _)| offset + 1)
+            .unwrap_or(0)
     }
 }
 
@@ -509,13 +522,12 @@ async fn produce_tracked(
     rng: &mut impl Rng,
     shared: &Shared,
 ) -> Result<(), Violation> {
-    let first = written.lock().unwrap().end();
+    let first = written.lock().unwrap().count();
     let batch = make_batch(seed, first, n, settings, rng);
     written.lock().unwrap().tail.extend(
         batch
             .iter()
-            .enumerate()
-            .map(|(j, (_, v))| ((first + j) as i64, v.clone().unwrap_or_default())),
+            .map(|(_, v)| (None, v.clone().unwrap_or_default())),
     );
     let what = format!("produce acks={acks} records {first}..{}", first + n);
     shared.event(format!("send {what}"));
@@ -531,16 +543,28 @@ async fn produce_tracked(
         "ack acks={acks} n={n} base={base} values={:016x}",
         values_hash(&batch)
     ));
-    if base != first as i64 {
+    let mut written = written.lock().unwrap();
+    if base < written.next_offset {
         return Err(violation(
-            "ack-offsets-contiguous",
-            format!("{what}: base offset {base}, expected {first}"),
+            "ack-offsets-increase",
+            format!(
+                "{what}: base offset {base}, but offsets below {} were taken",
+                written.next_offset
+            ),
         ));
     }
+    written.next_offset = base + n as i64;
+    // This batch is the last `n` of the tail (one producer per `Written` at a time).
+    let len = written.tail.len();
+    for (j, entry) in written.tail[len - n..].iter_mut().enumerate() {
+        entry.0 = Some(base + j as i64);
+    }
     if acks == -1 {
-        let mut written = written.lock().unwrap();
         let tail = std::mem::take(&mut written.tail);
-        written.durable.extend(tail);
+        let durable = tail
+            .into_iter()
+            .map(|(offset, value)| (offset.expect("acknowledged before"), value));
+        written.durable.extend(durable);
         shared.records_acked.fetch_add(n as u64, Ordering::Relaxed);
     }
     Ok(())
@@ -591,15 +615,20 @@ async fn produce_phase(
         }
     }
 
-    let durable = written.lock().unwrap().durable.clone();
+    let (durable, acked_end) = {
+        let written = written.lock().unwrap();
+        (written.durable.clone(), written.next_offset)
+    };
     let read = fetch_all(&mut client, &shared, "round 1 read").await?;
-    if read.high_watermark != durable.len() as i64 {
+    if read.records.len() != durable.len() || read.high_watermark < acked_end {
         return Err(violation(
             "acked-readable",
             format!(
-                "high watermark {} after {} acknowledged records",
+                "{} records below high watermark {} after {} acknowledged records ending at {}",
+                read.records.len(),
                 read.high_watermark,
-                durable.len()
+                durable.len(),
+                acked_end
             ),
         ));
     }
@@ -681,17 +710,15 @@ async fn verify_phase(
         &format!("{round} read after the restart"),
     )
     .await?;
-    let durable_end = written.durable.len() as i64;
+    let durable_end = written.durable_end();
     let when = format!("{round}, after the crash and restart");
     if read.high_watermark < durable_end {
         return Err(violation(
             "acked-durable",
             format!(
-                "{when}: high watermark {}, but offsets up to {} were durable \
-                 ({} records lost)",
+                "{when}: high watermark {}, but offsets up to {} were durable",
                 read.high_watermark,
                 durable_end - 1,
-                durable_end - read.high_watermark
             ),
         ));
     }
@@ -708,11 +735,12 @@ async fn verify_phase(
         ));
     }
     for (got, (offset, value)) in beyond.iter().zip(&written.tail) {
-        if got.offset != *offset || got.value.as_ref() != Some(value) {
+        let moved = offset.is_some_and(|offset| offset != got.offset);
+        if moved || got.value.as_ref() != Some(value) {
             return Err(violation(
                 "no-invented-records",
                 format!(
-                    "{when}: offset {} holds {}, but {} was sent at offset {offset}",
+                    "{when}: offset {} holds {}, but {} was sent there (acknowledged at {offset:?})",
                     got.offset,
                     show(got.value.as_ref()),
                     show(Some(value))
@@ -736,12 +764,13 @@ async fn verify_phase(
             .map(|r| (r.offset, r.value.clone().unwrap_or_default()))
             .collect(),
         tail: Vec::new(),
+        next_offset: end,
     });
     let n = rng.gen_range(1..=settings.max_batch);
     produce_tracked(seed, &mut client, &now, n, -1, &settings, &mut rng, &shared)
         .await
         .map_err(|v| match v.invariant {
-            "ack-offsets-contiguous" => violation(
+            "ack-offsets-increase" => violation(
                 "append-after-recovery",
                 format!("{} (the recovered log ends at {end})", v.detail),
             ),
@@ -749,11 +778,13 @@ async fn verify_phase(
         })?;
     let now = now.into_inner().unwrap();
     let reread = fetch_all(&mut client, &shared, &format!("{round} final read")).await?;
-    if reread.high_watermark != now.durable.len() as i64 {
+    if reread.records.len() != now.durable.len() || reread.high_watermark < now.next_offset {
         return Err(violation(
             "append-after-recovery",
             format!(
-                "{round}: high watermark {} after appending {n} records to a log of {end}",
+                "{round}: {} records below high watermark {} after appending {n} records \
+                 to a log of {end}",
+                reread.records.len(),
                 reread.high_watermark
             ),
         ));
@@ -864,10 +895,36 @@ async fn fetch_all(client: &mut Client, shared: &Shared, label: &str) -> Result<
             ));
         }
         let hw = fetched.high_watermark;
-        let mut new = 0usize;
+        // Batches (control ones too) must cover the offsets without a hole.
+        let mut covered_to = next;
+        for batch in &fetched.batches {
+            if batch.next_offset <= covered_to {
+                continue; // earlier batches: Kafka sends whole batches
+            }
+            if batch.base_offset > covered_to {
+                return Err(violation(
+                    "no-gaps",
+                    format!(
+                        "{what}: a batch starts at {} but offsets from {covered_to} are in none",
+                        batch.base_offset
+                    ),
+                ));
+            }
+            if batch.next_offset > hw {
+                return Err(violation(
+                    "fetch-within-high-watermark",
+                    format!(
+                        "{what}: a batch ends at {} past the high watermark {hw}",
+                        batch.next_offset
+                    ),
+                ));
+            }
+            covered_to = batch.next_offset;
+        }
+        let mut last_record = records.last().map(|r| r.offset).unwrap_or(-1);
         for record in fetched.records {
             if record.offset < fetch_at {
-                continue; // earlier records of the batch holding fetch_at: Kafka sends whole batches
+                continue; // earlier records of the batch holding fetch_at
             }
             if record.offset >= hw {
                 return Err(violation(
@@ -878,31 +935,29 @@ async fn fetch_all(client: &mut Client, shared: &Shared, label: &str) -> Result<
                     ),
                 ));
             }
-            if record.offset < next {
+            if record.offset <= last_record {
                 return Err(violation(
                     "no-duplicates",
-                    format!("{what}: offset {} returned twice", record.offset),
+                    format!(
+                        "{what}: offset {} returned after {last_record}",
+                        record.offset
+                    ),
                 ));
             }
-            if record.offset > next {
+            if record.offset >= covered_to {
                 return Err(violation(
                     "no-gaps",
-                    format!("{what}: offset {} follows {}", record.offset, next - 1),
+                    format!("{what}: record at {} outside every batch", record.offset),
                 ));
             }
+            last_record = record.offset;
             digest = fnv1a(digest, &record.offset.to_le_bytes());
             digest = fnv1a(digest, record.value.as_deref().unwrap_or(b"<null>"));
             records.push(record);
-            next += 1;
-            new += 1;
         }
+        let progressed = covered_to > next;
+        next = covered_to;
         if next >= hw {
-            if next > hw {
-                return Err(violation(
-                    "fetch-within-high-watermark",
-                    format!("{label}: read up to {next} past the high watermark {hw}"),
-                ));
-            }
             shared.event(format!(
                 "{label}: offsets 0..{next} hw={hw} records={digest:016x}"
             ));
@@ -911,10 +966,10 @@ async fn fetch_all(client: &mut Client, shared: &Shared, label: &str) -> Result<
                 high_watermark: hw,
             });
         }
-        if new == 0 {
+        if !progressed {
             return Err(violation(
                 "fetch-makes-progress",
-                format!("{what}: no records although the high watermark is {hw}"),
+                format!("{what}: no batch although the high watermark is {hw}"),
             ));
         }
     }

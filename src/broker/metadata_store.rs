@@ -1,9 +1,8 @@
 //! Durable broker-level files in the data directory, all written atomically
 //! (temporary file, fsync, rename, fsync directory) through the storage trait:
 //!
-//! - `meta.toml`: cluster id and node id of this data directory;
-//! - `topics.toml`: every topic with its id, partition count and config overrides;
-//! - `recovery-point-offset-checkpoint`: per partition, the offset below which the log is
+//! - `meta.toml`: the node id this data directory belongs to;
+//! - `recovery-point-offset-checkpoint`: per replica, the offset below which the log is
 //!   known to be fsynced (recovery scans only what lies after it);
 //! - `.clean-shutdown`: present only after a clean shutdown; recovery then skips the scan.
 
@@ -14,32 +13,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub const META_FILE: &str = "meta.toml";
-pub const TOPICS_FILE: &str = "topics.toml";
 pub const CHECKPOINT_FILE: &str = "recovery-point-offset-checkpoint";
 pub const CLEAN_SHUTDOWN_FILE: &str = ".clean-shutdown";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DirMeta {
-    pub cluster_id: String,
     pub node_id: i32,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TopicMeta {
-    /// Kafka topic id, as 32 hex digits.
-    pub id: String,
-    pub partitions: i32,
-    #[serde(default)]
-    pub configs: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TopicsFile {
-    #[serde(default)]
-    pub topics: BTreeMap<String, TopicMeta>,
 }
 
 /// Reads and writes the broker-level files of one data directory.
@@ -85,16 +65,6 @@ impl<'a> MetadataStore<'a> {
         self.write_toml(META_FILE, meta)
     }
 
-    pub fn read_topics(&self) -> io::Result<TopicsFile> {
-        Ok(self.read_toml(TOPICS_FILE)?.unwrap_or_default())
-    }
-
-    pub fn write_topics(&self, topics: &TopicsFile) -> io::Result<()> {
-        self.write_toml(TOPICS_FILE, topics)
-    }
-
-    /// Recovery points by partition directory name. A missing or damaged checkpoint
-    /// yields an empty map: recovery then scans everything, which is always safe.
     pub fn read_checkpoint(&self) -> BTreeMap<String, i64> {
         let path = self.path(CHECKPOINT_FILE);
         let Ok(bytes) = read_to_vec(self.storage, &path) else {
@@ -156,20 +126,9 @@ mod tests {
             storage: &storage,
             data_dir: dir,
         };
-        assert_eq!(store.read_topics().unwrap(), TopicsFile::default());
-        let mut topics = TopicsFile::default();
-        let mut configs = BTreeMap::new();
-        configs.insert("retention.ms".to_string(), "100".to_string());
-        topics.topics.insert(
-            "a.b-c".into(),
-            TopicMeta {
-                id: "00ff".into(),
-                partitions: 3,
-                configs,
-            },
-        );
-        store.write_topics(&topics).unwrap();
-        assert_eq!(store.read_topics().unwrap(), topics);
+        assert_eq!(store.read_dir_meta().unwrap(), None);
+        store.write_dir_meta(&DirMeta { node_id: 3 }).unwrap();
+        assert_eq!(store.read_dir_meta().unwrap(), Some(DirMeta { node_id: 3 }));
         let mut points = BTreeMap::new();
         points.insert("a.b-c-0".to_string(), 42);
         store.write_checkpoint(&points).unwrap();

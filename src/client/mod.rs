@@ -46,7 +46,38 @@ pub struct FetchedPartition {
     pub error: Option<ResponseError>,
     pub high_watermark: i64,
     pub log_start_offset: i64,
+    /// The user records (control batches left out).
     pub records: Vec<SimpleRecord>,
+    /// Every whole batch of the response, control batches included, in order.
+    pub batches: Vec<BatchExtent>,
+}
+
+/// The offsets one batch of a fetch response covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchExtent {
+    pub base_offset: i64,
+    /// Offset after the batch's last offset.
+    pub next_offset: i64,
+    pub is_control: bool,
+}
+
+/// The batches of a fetch response's records, in order; a partial batch at the end
+/// (Kafka may cut the last one short) is left out.
+pub fn batch_extents(bytes: &Bytes) -> Vec<BatchExtent> {
+    let mut extents = Vec::new();
+    let mut rest = &bytes[..];
+    while let Ok(header) = crate::log::batch::BatchHeader::parse(rest) {
+        if header.size_bytes() > rest.len() {
+            break;
+        }
+        extents.push(BatchExtent {
+            base_offset: header.base_offset,
+            next_offset: header.next_offset(),
+            is_control: header.is_control(),
+        });
+        rest = &rest[header.size_bytes()..];
+    }
+    extents
 }
 
 fn str_bytes(s: &str) -> StrBytes {
@@ -119,7 +150,8 @@ pub fn decode_records(bytes: &Bytes) -> Result<Vec<SimpleRecord>> {
     let mut buf = bytes.clone();
     let mut out = Vec::new();
     for set in RecordBatchDecoder::decode_all(&mut buf)? {
-        for r in set.records {
+        // Control batches (leader changes, transaction markers) hold no user records.
+        for r in set.records.into_iter().filter(|r| !r.control) {
             out.push(SimpleRecord {
                 offset: r.offset,
                 timestamp_ms: r.timestamp,
@@ -320,15 +352,16 @@ impl Client {
             .first()
             .and_then(|t| t.partitions.first())
             .ok_or_else(|| anyhow!("empty Fetch response"))?;
-        let records = match &p.records {
-            Some(bytes) if p.error_code == 0 => decode_records(bytes)?,
-            _ => Vec::new(),
+        let (records, batches) = match &p.records {
+            Some(bytes) if p.error_code == 0 => (decode_records(bytes)?, batch_extents(bytes)),
+            _ => (Vec::new(), Vec::new()),
         };
         Ok(FetchedPartition {
             error: ResponseError::try_from_code(p.error_code),
             high_watermark: p.high_watermark,
             log_start_offset: p.log_start_offset,
             records,
+            batches,
         })
     }
 

@@ -6,7 +6,7 @@ use crate::log::config::effective_config;
 use crate::log::LogConfig;
 use crate::metadata::log_codec::{decode_batch, encode_batch};
 use crate::metadata::records::{
-    BrokerRef, MetadataRecord, PartitionChange, Record, RegisterBroker,
+    BrokerRef, ClusterIdentity, MetadataRecord, PartitionChange, Record, RegisterBroker,
 };
 use crate::metadata::{Controller, ControllerConfig, CreateTopic, MetadataImage, PlacementSeed};
 use crate::replication::driver::{
@@ -54,7 +54,32 @@ pub struct ClusterConfig {
     pub default_partitions: i32,
     pub default_replication_factor: i16,
     pub seed: u64,
+    /// Where each replica's recovery scan starts (by directory name; absent: 0, a full
+    /// scan). `i64::MAX` for every replica after a clean shutdown.
+    pub recovery_points: RecoveryPoints,
 }
+
+/// Recovery points read from the last checkpoint.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryPoints {
+    /// The last shutdown was clean: no replica needs a scan.
+    pub clean_shutdown: bool,
+    pub by_dir: BTreeMap<String, i64>,
+}
+
+impl RecoveryPoints {
+    fn get(&self, dir: &str) -> i64 {
+        if self.clean_shutdown {
+            i64::MAX
+        } else {
+            self.by_dir.get(dir).copied().unwrap_or(0)
+        }
+    }
+}
+
+/// File in each partition directory naming the topic id it belongs to, so that a
+/// directory left from a deleted topic is never taken for a new topic of the same name.
+const PARTITION_METADATA_FILE: &str = "partition.metadata";
 
 /// How long a producer waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,8 +119,11 @@ impl ProduceError {
 /// A partition replica hosted on this broker.
 pub struct Replica {
     pub topic: String,
+    pub topic_id: uuid::Uuid,
     pub partition: i32,
     pub storage: ReplicaStorage,
+    /// Corrupt batches already logged (each is logged once).
+    corruption_reported: Mutex<std::collections::BTreeSet<(i64, u64)>>,
     /// Offset after the last committed entry: consumers read below it.
     high_watermark: AtomicI64,
     leader: AtomicU64,
@@ -114,25 +142,68 @@ impl Replica {
             self.term.load(Ordering::Acquire),
         )
     }
+
+    /// The Kafka leader epoch: the Raft term (stamped as partitionLeaderEpoch on every
+    /// batch the leader of that term appended).
+    pub fn leader_epoch(&self) -> i32 {
+        i32::try_from(self.term.load(Ordering::Acquire)).unwrap_or(i32::MAX)
+    }
+
+    /// Logs a corrupt batch the first time it is seen (reads keep refusing it).
+    pub fn report_corruption(&self, segment_base_offset: i64, position: u64) {
+        let mut seen = self
+            .corruption_reported
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if seen.len() < 1024 && seen.insert((segment_base_offset, position)) {
+            tracing::error!(topic = %self.topic, partition = self.partition, segment_base_offset, position,
+                "corrupt record batch on disk: CRC32C mismatch; it will not be served");
+        }
+    }
+}
+
+/// Why a read or write cannot be served by this broker's replica of a partition.
+pub fn check_leader_epoch(
+    replica: &Replica,
+    current_leader_epoch: i32,
+) -> Result<(), ResponseError> {
+    let epoch = replica.leader_epoch();
+    match current_leader_epoch {
+        -1 => Ok(()),
+        e if e > epoch => Err(ResponseError::UnknownLeaderEpoch),
+        e if e < epoch => Err(ResponseError::FencedLeaderEpoch),
+        _ => Ok(()),
+    }
 }
 
 enum Command {
+    /// Batches of one produce request for one partition, proposed back to back.
     Propose {
         group: GroupId,
-        data: Vec<u8>,
+        batches: Vec<Bytes>,
         wait: Wait,
         reply: oneshot::Sender<Result<i64, ProduceError>>,
     },
     ProposeMetadata {
         records: Vec<MetadataRecord>,
     },
+    /// Stop the driver task (clean shutdown); answered once it stopped.
+    Stop {
+        done: oneshot::Sender<()>,
+    },
 }
 
+/// A producer waiting for the last entry of its proposal.
 struct Pending {
     term: u64,
+    /// Raft index of the proposal's first entry (its offset is the answer).
+    first_index: u64,
     wait: Wait,
     reply: oneshot::Sender<Result<i64, ProduceError>>,
 }
+
+/// A producer's place in line: await it for the base offset.
+pub type ProduceTicket = oneshot::Receiver<Result<i64, ProduceError>>;
 
 pub struct ClusterNode {
     pub config: ClusterConfig,
@@ -141,6 +212,9 @@ pub struct ClusterNode {
     image: RwLock<MetadataImage>,
     replicas: RwLock<BTreeMap<GroupId, Arc<Replica>>>,
     commands: mpsc::Sender<Command>,
+    metadata_storage: ReplicaStorage,
+    /// Leader of the metadata quorum as this broker knows it (0: none).
+    metadata_leader: AtomicU64,
     image_version: watch::Sender<i64>,
     data_version: watch::Sender<u64>,
     rng: Mutex<rand::rngs::StdRng>,
@@ -154,10 +228,12 @@ impl ClusterNode {
     /// Opens the metadata replica (rebuilding the image from its committed records) and
     /// every partition replica the image places here, then starts the driver task, the
     /// peer listener and registration.
+    ///
+    /// `raft_listener` accepts the other voters' connections; a cluster of one needs none.
     pub async fn start(
         config: ClusterConfig,
         storage: Arc<dyn Storage>,
-        raft_listener: TcpListener,
+        raft_listener: Option<TcpListener>,
     ) -> io::Result<Arc<ClusterNode>> {
         assert!(
             config.peers.contains_key(&config.node_id),
@@ -173,7 +249,7 @@ impl ClusterNode {
             storage.clone(),
             &config.data_dir.join(METADATA_GROUP),
             metadata_config,
-            0,
+            config.recovery_points.get(METADATA_GROUP),
             &voters,
         )?;
         let mut image = MetadataImage::new();
@@ -184,9 +260,11 @@ impl ClusterNode {
         driver
             .add_group(METADATA_GROUP.to_string(), metadata_replica)
             .map_err(to_io)?;
-        if fresh_metadata && config.node_id == voters[0] {
+        // The first voter starts the first election; a voter alone needs no timeout.
+        if (fresh_metadata && config.node_id == voters[0]) || voters.len() == 1 {
             driver.campaign(METADATA_GROUP).map_err(to_io)?;
         }
+        let metadata_storage = driver.storage(METADATA_GROUP).expect("just added").clone();
         let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let node = Arc::new(ClusterNode {
             incarnation_id: rng.gen(),
@@ -194,15 +272,20 @@ impl ClusterNode {
             image: RwLock::new(image),
             replicas: RwLock::new(BTreeMap::new()),
             commands,
+            metadata_storage,
+            metadata_leader: AtomicU64::new(0),
             image_version: watch::channel(-1).0,
             data_version: watch::channel(0).0,
             rng: Mutex::new(rng),
             config,
         });
         node.reconcile(&mut driver)?;
+        node.remove_orphan_dirs()?;
         let transport = Transport::start(node.config.node_id, &node.config.peers);
         let (inbox_tx, inbox) = mpsc::channel(1024);
-        tokio::spawn(serve_peers(raft_listener, inbox_tx));
+        if let Some(listener) = raft_listener {
+            tokio::spawn(serve_peers(listener, inbox_tx));
+        }
         tokio::spawn(node.clone().run(driver, transport, inbox, command_rx));
         tokio::spawn(node.clone().register());
         Ok(node)
@@ -218,6 +301,11 @@ impl ClusterNode {
             .unwrap()
             .get(&group_of(topic, partition))
             .cloned()
+    }
+
+    /// Leader of the metadata quorum as this broker knows it (0: none known).
+    pub fn metadata_leader(&self) -> u64 {
+        self.metadata_leader.load(Ordering::Acquire)
     }
 
     pub fn subscribe_image(&self) -> watch::Receiver<i64> {
@@ -236,10 +324,25 @@ impl ClusterNode {
         batch: Bytes,
         wait: Wait,
     ) -> Result<i64, ProduceError> {
+        let ticket = self.submit(topic, partition, vec![batch], wait).await?;
+        ticket.await.map_err(|_| ProduceError::Stopped)?
+    }
+
+    /// Queues validated batches for the partition's Raft group, proposed back to back in
+    /// the order given (and after anything submitted before). Returns once queued; the
+    /// ticket answers with the first batch's base offset when `wait` is met.
+    pub async fn submit(
+        &self,
+        topic: &str,
+        partition: i32,
+        batches: Vec<Bytes>,
+        wait: Wait,
+    ) -> Result<ProduceTicket, ProduceError> {
+        assert!(!batches.is_empty(), "a proposal carries at least one batch");
         let (reply, answer) = oneshot::channel();
         let command = Command::Propose {
             group: group_of(topic, partition),
-            data: batch.to_vec(),
+            batches,
             wait,
             reply,
         };
@@ -247,7 +350,80 @@ impl ClusterNode {
             .send(command)
             .await
             .map_err(|_| ProduceError::Stopped)?;
-        answer.await.map_err(|_| ProduceError::Stopped)?
+        Ok(answer)
+    }
+
+    /// Stops the driver task: no round runs after this returns, so every log can be
+    /// closed. Producers still waiting are answered with `Stopped`.
+    pub async fn stop(&self) {
+        let (done, stopped) = oneshot::channel();
+        if self.commands.send(Command::Stop { done }).await.is_ok() {
+            let _ = stopped.await;
+        }
+    }
+
+    /// Every hosted replica, the metadata log's included, by directory name.
+    pub fn replica_storages(&self) -> Vec<(String, ReplicaStorage)> {
+        let mut all = vec![(METADATA_GROUP.to_string(), self.metadata_storage.clone())];
+        for (group, replica) in self.replicas.read().unwrap().iter() {
+            all.push((group.clone(), replica.storage.clone()));
+        }
+        all
+    }
+
+    /// Each replica's recovery point (for the checkpoint file).
+    pub fn recovery_points(&self) -> BTreeMap<String, i64> {
+        self.replica_storages()
+            .into_iter()
+            .map(|(dir, storage)| {
+                let point = storage.lock().log().recovery_point();
+                (dir, point)
+            })
+            .collect()
+    }
+
+    /// Deletes segments past retention on every hosted replica (only committed data).
+    pub fn apply_retention(&self, now_ms: i64) {
+        let replicas: Vec<Arc<Replica>> = self.replicas.read().unwrap().values().cloned().collect();
+        for replica in replicas {
+            match replica.storage.lock().apply_retention(now_ms) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(topic = %replica.topic, partition = replica.partition, entries = n, "retention deleted segments")
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %replica.topic, partition = replica.partition, error = %e, "retention failed")
+                }
+            }
+        }
+    }
+
+    /// The replica that serves reads and writes of a partition here: this broker must
+    /// host it and lead it, and the client's leader epoch (-1: unchecked) must match.
+    pub fn leader_replica(
+        &self,
+        topic: &str,
+        partition: i32,
+        current_leader_epoch: i32,
+    ) -> Result<Arc<Replica>, ResponseError> {
+        let Some(replica) = self.replica(topic, partition) else {
+            let known = self
+                .image
+                .read()
+                .unwrap()
+                .partition(topic, partition)
+                .is_some();
+            return Err(if known {
+                ResponseError::NotLeaderOrFollower
+            } else {
+                ResponseError::UnknownTopicOrPartition
+            });
+        };
+        check_leader_epoch(&replica, current_leader_epoch)?;
+        if replica.leader().0 != self.config.node_id {
+            return Err(ResponseError::NotLeaderOrFollower);
+        }
+        Ok(replica)
     }
 
     async fn propose_metadata(&self, records: Vec<MetadataRecord>) -> Result<(), ApiError> {
@@ -298,16 +474,8 @@ impl ClusterNode {
     /// Creates a topic through the metadata log; returns once this broker applied it.
     pub async fn create_topic(&self, request: CreateTopic) -> Result<uuid::Uuid, ApiError> {
         let image = self.image();
-        let (topic_id, seed) = {
-            let mut rng = self.rng.lock().unwrap();
-            (
-                uuid::Uuid::from_bytes(rng.gen()),
-                PlacementSeed {
-                    start_index: rng.gen_range(0..1024),
-                    shift: rng.gen_range(0..1024),
-                },
-            )
-        };
+        let topic_id = uuid::Uuid::from_bytes(self.rng.lock().unwrap().gen());
+        let seed = self.placement_seed();
         let record = self
             .controller(&image)
             .create_topic(&image, &request, topic_id, seed)?;
@@ -325,6 +493,139 @@ impl ClusterNode {
             Some(vec![record]),
         )
         .await?
+    }
+
+    /// Checks a topic creation without making it.
+    pub fn validate_create_topic(&self, request: &CreateTopic) -> Result<(), ApiError> {
+        let image = self.image();
+        self.controller(&image)
+            .create_topic(&image, request, uuid::Uuid::nil(), PlacementSeed::default())
+            .map(|_| ())
+    }
+
+    /// Waits (bounded) until every partition of a topic has a leader recorded.
+    pub async fn await_leaders(&self, topic: &str, timeout: Duration) -> bool {
+        let done = |image: &MetadataImage| {
+            image
+                .topics
+                .get(topic)
+                .filter(|t| t.partitions.iter().all(|p| p.leader_epoch > 0))
+                .map(|_| ())
+        };
+        tokio::time::timeout(timeout, self.await_image(done, None))
+            .await
+            .map(|r| r.is_ok())
+            .unwrap_or(false)
+    }
+
+    /// Deletes a topic through the metadata log; every replica of it is then dropped.
+    pub async fn delete_topic(&self, name: &str) -> Result<uuid::Uuid, ApiError> {
+        let image = self.image();
+        let record = self.controller(&image).delete_topic(&image, name)?;
+        let topic_id = image.topics[name].topic_id;
+        self.propose_metadata(vec![record.clone()]).await?;
+        self.await_image(
+            move |image| match image.topics.get(name) {
+                Some(t) if t.topic_id == topic_id => None,
+                _ => Some(topic_id),
+            },
+            Some(vec![record]),
+        )
+        .await
+    }
+
+    /// Raises a topic's partition count (or only checks that it could be raised).
+    pub async fn create_partitions(
+        &self,
+        name: &str,
+        count: i32,
+        validate_only: bool,
+    ) -> Result<(), ApiError> {
+        let image = self.image();
+        let seed = self.placement_seed();
+        let record = self
+            .controller(&image)
+            .create_partitions(&image, name, count, seed)?;
+        if validate_only {
+            return Ok(());
+        }
+        self.propose_metadata(vec![record.clone()]).await?;
+        let topic_id = image.topics[name].topic_id;
+        self.await_image(
+            move |image| match image.topics.get(name) {
+                Some(t) if t.topic_id == topic_id && t.partitions.len() as i32 >= count => {
+                    Some(Ok(()))
+                }
+                Some(t) if t.topic_id == topic_id => None,
+                _ => Some(Err(ApiError::new(
+                    ResponseError::UnknownTopicOrPartition,
+                    format!("topic {name} was deleted"),
+                ))),
+            },
+            Some(vec![record]),
+        )
+        .await?
+    }
+
+    /// Replaces a topic's config overrides (or only checks them).
+    pub async fn set_topic_configs(
+        &self,
+        name: &str,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<(), ApiError> {
+        let image = self.image();
+        let record = self
+            .controller(&image)
+            .set_topic_configs(&image, name, configs.clone())?;
+        effective_config(&self.config.log_defaults, &configs)
+            .map_err(|e| ApiError::new(ResponseError::InvalidConfig, e.to_string()))?;
+        if validate_only {
+            return Ok(());
+        }
+        self.propose_metadata(vec![record.clone()]).await?;
+        self.await_image(
+            move |image| match image.topics.get(name) {
+                Some(t) if t.configs == configs => Some(Ok(())),
+                Some(_) => None,
+                None => Some(Err(ApiError::new(
+                    ResponseError::UnknownTopicOrPartition,
+                    format!("topic {name} was deleted"),
+                ))),
+            },
+            Some(vec![record]),
+        )
+        .await?
+    }
+
+    fn placement_seed(&self) -> PlacementSeed {
+        let mut rng = self.rng.lock().unwrap();
+        PlacementSeed {
+            start_index: rng.gen_range(0..1024),
+            shift: rng.gen_range(0..1024),
+        }
+    }
+
+    /// Waits until this broker is registered and the cluster has an id.
+    pub async fn wait_ready(&self) -> Result<(), ApiError> {
+        let node_id = self.config.node_id as i32;
+        let incarnation = self.incarnation_id;
+        loop {
+            let ready = |image: &MetadataImage| {
+                let registered = image
+                    .brokers
+                    .get(&node_id)
+                    .is_some_and(|b| b.incarnation_id == incarnation && !b.fenced);
+                (registered && image.cluster_id.is_some()).then_some(())
+            };
+            match self.await_image(ready, None).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.code == ResponseError::RequestTimedOut => {
+                    tracing::info!("waiting for the metadata quorum");
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     fn controller(&self, image: &MetadataImage) -> Controller {
@@ -348,10 +649,17 @@ impl ClusterNode {
         let me = BrokerRef {
             node_id: self.config.node_id as i32,
         };
-        let records = vec![
+        let mut records = vec![
             MetadataRecord::new(Record::RegisterBroker(registration)),
             MetadataRecord::new(Record::UnfenceBroker(me)),
         ];
+        if self.image.read().unwrap().cluster_id.is_none() {
+            let cluster_id = random_cluster_id(&mut *self.rng.lock().unwrap());
+            records.insert(
+                0,
+                MetadataRecord::new(Record::ClusterIdentity(ClusterIdentity { cluster_id })),
+            );
+        }
         let incarnation = self.incarnation_id;
         let node_id = self.config.node_id as i32;
         loop {
@@ -365,6 +673,7 @@ impl ClusterNode {
                             .brokers
                             .get(&node_id)
                             .filter(|b| b.incarnation_id == incarnation && !b.fenced)
+                            .filter(|_| image.cluster_id.is_some())
                             .map(|_| ())
                     },
                     Some(records.clone()),
@@ -377,25 +686,58 @@ impl ClusterNode {
         }
     }
 
-    /// Hosts a replica for every partition the image places here, drops the others.
+    /// Hosts a replica for every partition the image places here, drops the others
+    /// (and the replicas of a deleted topic whose name came back with a new id), and
+    /// passes topic config changes on to the hosted logs.
     fn reconcile(&self, driver: &mut Driver) -> io::Result<()> {
         let image = self.image.read().unwrap().clone();
         let me = self.config.node_id as i32;
         let mut replicas = self.replicas.write().unwrap();
+        let gone: Vec<GroupId> = replicas
+            .iter()
+            .filter(|(_, r)| {
+                let placed_here = image
+                    .partition(&r.topic, r.partition)
+                    .is_some_and(|p| p.replicas.contains(&me));
+                let same_topic = image
+                    .topics
+                    .get(&r.topic)
+                    .is_some_and(|t| t.topic_id == r.topic_id);
+                !(placed_here && same_topic)
+            })
+            .map(|(group, _)| group.clone())
+            .collect();
+        for group in gone {
+            replicas.remove(&group);
+            driver.remove_group(&group);
+            let dir = self.config.data_dir.join(&group);
+            if let Err(e) = self.storage.remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove a dropped replica; it is removed at next start");
+            }
+        }
         for topic in image.topics.values() {
             let log_config = effective_config(&self.config.log_defaults, &topic.configs)
                 .unwrap_or_else(|_| self.config.log_defaults.clone());
             for (index, p) in topic.partitions.iter().enumerate() {
                 let group = group_of(&topic.name, index as i32);
-                if !p.replicas.contains(&me) || replicas.contains_key(&group) {
+                if !p.replicas.contains(&me) {
                     continue;
                 }
+                if let Some(replica) = replicas.get(&group) {
+                    let mut log = replica.storage.lock();
+                    if *log.log().config() != log_config {
+                        log.set_log_config(log_config.clone());
+                    }
+                    continue;
+                }
+                let dir = self.config.data_dir.join(&group);
+                self.claim_partition_dir(&dir, topic.topic_id)?;
                 let voters: Vec<u64> = p.replicas.iter().map(|b| *b as u64).collect();
                 let replica_log = ReplicaLog::open(
                     self.storage.clone(),
-                    &self.config.data_dir.join(&group),
+                    &dir,
                     log_config.clone(),
-                    0,
+                    self.config.recovery_points.get(&group),
                     &voters,
                 )?;
                 let fresh = replica_log.last_index() == 0;
@@ -403,15 +745,18 @@ impl ClusterNode {
                 driver
                     .add_group(group.clone(), replica_log)
                     .map_err(to_io)?;
-                // The preferred replica starts the first election, so leaders follow placement.
-                if fresh && p.replicas[0] == me {
+                // The preferred replica starts the first election, so leaders follow
+                // placement; a replica alone needs no election timeout.
+                if (fresh && p.replicas[0] == me) || voters.len() == 1 {
                     driver.campaign(&group).map_err(to_io)?;
                 }
                 let storage = driver.storage(&group).expect("just added").clone();
                 let replica = Replica {
                     topic: topic.name.clone(),
+                    topic_id: topic.topic_id,
                     partition: index as i32,
                     storage,
+                    corruption_reported: Mutex::default(),
                     high_watermark: AtomicI64::new(high_watermark),
                     leader: AtomicU64::new(0),
                     term: AtomicU64::new(0),
@@ -419,22 +764,49 @@ impl ClusterNode {
                 replicas.insert(group, Arc::new(replica));
             }
         }
-        let gone: Vec<GroupId> = replicas
-            .values()
-            .filter(|r| {
-                image
-                    .partition(&r.topic, r.partition)
-                    .map(|p| !p.replicas.contains(&me))
-                    .unwrap_or(true)
-            })
-            .map(|r| group_of(&r.topic, r.partition))
-            .collect();
-        for group in gone {
-            replicas.remove(&group);
-            driver.remove_group(&group);
-            let dir = self.config.data_dir.join(&group);
-            if let Err(e) = self.storage.remove_dir_all(&dir) {
-                tracing::warn!(dir = %dir.display(), error = %e, "could not remove a dropped replica");
+        Ok(())
+    }
+
+    /// Makes `dir` the directory of `topic_id`'s partition: a directory left by an
+    /// earlier topic of the same name (deleted while this broker was away) is wiped.
+    fn claim_partition_dir(&self, dir: &std::path::Path, topic_id: uuid::Uuid) -> io::Result<()> {
+        let file = dir.join(PARTITION_METADATA_FILE);
+        let wanted = format!("topic_id = \"{}\"\n", topic_id.simple());
+        match crate::storage::read_to_vec(self.storage.as_ref(), &file) {
+            Ok(found) if found == wanted.as_bytes() => return Ok(()),
+            Ok(_) => {
+                tracing::info!(dir = %dir.display(), "removing the replica of an earlier topic of the same name");
+                self.storage.remove_dir_all(dir)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if self.storage.list_dir(dir).is_ok() {
+                    // A directory without the file: written by no finished creation.
+                    self.storage.remove_dir_all(dir)?;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        self.storage.create_dir_all(dir)?;
+        crate::storage::write_atomic(self.storage.as_ref(), &file, wanted.as_bytes())
+    }
+
+    /// Removes partition directories that no hosted replica owns (a crash while a
+    /// replica was being dropped, or a topic deleted while this broker was down).
+    fn remove_orphan_dirs(&self) -> io::Result<()> {
+        let data_dir = &self.config.data_dir;
+        let hosted = self.replicas.read().unwrap();
+        for name in self.storage.list_dir(data_dir)? {
+            let looks_like_partition = name
+                .rsplit_once('-')
+                .is_some_and(|(_, p)| p.parse::<i32>().is_ok());
+            let path = data_dir.join(&name);
+            if looks_like_partition
+                && name != METADATA_GROUP
+                && !hosted.contains_key(&name)
+                && self.storage.list_dir(&path).is_ok()
+            {
+                tracing::info!(dir = %path.display(), "removing the files of a replica this broker no longer hosts");
+                self.storage.remove_dir_all(&path)?;
             }
         }
         Ok(())
@@ -465,6 +837,10 @@ impl ClusterNode {
                     }
                 }
                 command = commands.recv() => match command {
+                    Some(Command::Stop { done }) => {
+                        stop(pending, done);
+                        return;
+                    }
                     Some(command) => self.handle(&mut driver, &mut pending, command),
                     None => return,
                 },
@@ -478,8 +854,13 @@ impl ClusterNode {
                                 let _ = driver.step(message);
                             }
                         }
-                        if let Ok(command) = command {
-                            self.handle(&mut driver, &mut pending, command);
+                        match command {
+                            Ok(Command::Stop { done }) => {
+                                stop(pending, done);
+                                return;
+                            }
+                            Ok(command) => self.handle(&mut driver, &mut pending, command),
+                            Err(_) => {}
                         }
                     }
                 }
@@ -530,15 +911,22 @@ impl ClusterNode {
         command: Command,
     ) {
         match command {
+            Command::Stop { .. } => unreachable!("handled by the driver loop"),
             Command::Propose {
                 group,
-                data,
+                batches,
                 wait,
                 reply,
-            } => match driver.propose(&group, data) {
-                Ok(index) => {
+            } => match propose_all(driver, &group, batches) {
+                Ok((first_index, last_index)) => {
                     let term = driver.leader(&group).map(|(_, term)| term).unwrap_or(0);
-                    pending.insert((group, index), Pending { term, wait, reply });
+                    let p = Pending {
+                        term,
+                        first_index,
+                        wait,
+                        reply,
+                    };
+                    pending.insert((group, last_index), p);
                 }
                 Err(DriverError::NotLeader { leader, .. }) => {
                     let _ = reply.send(Err(ProduceError::NotLeader { leader }));
@@ -589,7 +977,15 @@ impl ClusterNode {
                 data_changed = true;
             }
             if let Some(p) = pending.remove(&(c.group.clone(), c.index)) {
-                p.answer(c.term, c.base_offset);
+                let base_offset = if p.first_index == c.index {
+                    Some(c.base_offset)
+                } else {
+                    driver
+                        .storage(&c.group)
+                        .and_then(|s| s.lock().position(p.first_index))
+                        .map(|position| position.base_offset)
+                };
+                p.answer(c.term, base_offset);
             }
         }
         for installed in &output.snapshots {
@@ -606,16 +1002,21 @@ impl ClusterNode {
             .map(|(k, _)| k.clone())
             .collect();
         for (group, index) in local {
-            let position = driver
-                .storage(&group)
-                .and_then(|s| s.lock().position(index));
-            if let Some(position) = position {
-                let p = pending.remove(&(group, index)).expect("listed above");
-                p.answer(position.term, position.base_offset);
+            let Some(storage) = driver.storage(&group) else {
+                continue;
+            };
+            let log = storage.lock();
+            if let Some(position) = log.position(index) {
+                let p = pending
+                    .remove(&(group.clone(), index))
+                    .expect("listed above");
+                let first = log.position(p.first_index).map(|f| f.base_offset);
+                p.answer(position.term, first);
             }
         }
         for change in &output.leader_changes {
             if change.group == METADATA_GROUP {
+                self.metadata_leader.store(change.leader, Ordering::Release);
                 continue;
             }
             let Some(replica) = self.replicas.read().unwrap().get(&change.group).cloned() else {
@@ -686,16 +1087,50 @@ fn apply_metadata_batch(
 }
 
 impl Pending {
-    /// Answers the producer: its entry committed (or persisted) at `base_offset` in
-    /// `term`; an entry of another term took the index, so the batch was replaced.
-    fn answer(self, term: u64, base_offset: i64) {
-        let result = if self.term == term {
-            Ok(base_offset)
-        } else {
-            Err(ProduceError::Superseded)
+    /// Answers the producer: its last entry committed (or persisted) in `term`, and its
+    /// first entry sits at `base_offset`. An entry of another term at the last index
+    /// means the proposal was replaced after a leader change. (Same term at the last
+    /// index means the same leader appended every entry of the proposal: log matching.)
+    fn answer(self, term: u64, base_offset: Option<i64>) {
+        let result = match base_offset {
+            Some(base_offset) if self.term == term => Ok(base_offset),
+            _ => Err(ProduceError::Superseded),
         };
         let _ = self.reply.send(result);
     }
+}
+
+/// Proposes every batch in order; returns the Raft indexes of the first and last.
+/// When a later batch fails after an earlier one was proposed, the whole request fails
+/// (the earlier batches may still commit, as a retried Kafka produce may duplicate).
+fn propose_all(
+    driver: &mut Driver,
+    group: &str,
+    batches: Vec<Bytes>,
+) -> Result<(u64, u64), DriverError> {
+    let mut first = None;
+    let mut last = 0;
+    for batch in batches {
+        last = driver.propose(group, batch.to_vec())?;
+        first.get_or_insert(last);
+    }
+    Ok((first.expect("at least one batch"), last))
+}
+
+/// Answers every waiting producer with `Stopped`, then the stop request.
+fn stop(pending: BTreeMap<(GroupId, u64), Pending>, done: oneshot::Sender<()>) {
+    for (_, p) in pending {
+        let _ = p.reply.send(Err(ProduceError::Stopped));
+    }
+    let _ = done.send(());
+}
+
+/// Kafka cluster ids are 16 random bytes in URL-safe base64 (22 characters).
+fn random_cluster_id(rng: &mut impl Rng) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    (0..22)
+        .map(|_| ALPHABET[rng.gen_range(0..64)] as char)
+        .collect()
 }
 
 /// Offset after the last committed entry of a replica (its high watermark at start).

@@ -12,7 +12,10 @@
 
 mod engine;
 
-pub use engine::{ClusterConfig, ClusterNode, ProduceError, Replica, Wait, METADATA_GROUP};
+pub use engine::{
+    check_leader_epoch, ClusterConfig, ClusterNode, ProduceError, ProduceTicket, RecoveryPoints,
+    Replica, Wait, METADATA_GROUP,
+};
 
 #[cfg(test)]
 mod tests;

@@ -38,8 +38,9 @@ async fn start_cluster() -> BTreeMap<u64, Arc<ClusterNode>> {
             default_partitions: 1,
             default_replication_factor: 3,
             seed: id,
+            recovery_points: Default::default(),
         };
-        let node = ClusterNode::start(config, Arc::new(MemoryStorage::new()), listener)
+        let node = ClusterNode::start(config, Arc::new(MemoryStorage::new()), Some(listener))
             .await
             .unwrap();
         nodes.insert(id, node);

@@ -133,6 +133,17 @@ impl BatchHeader {
     pub fn is_control(&self) -> bool {
         self.attributes & 0x20 != 0
     }
+
+    /// The batch's max timestamp as timestamp lookups, the time index and time-based
+    /// retention see it: -1 for a control batch, whose records no consumer sees (a
+    /// leader's LEADER_CHANGE carries the time of its election, not of any record).
+    pub fn record_max_timestamp(&self) -> i64 {
+        if self.is_control() {
+            -1
+        } else {
+            self.max_timestamp
+        }
+    }
 }
 
 /// Checks that `batch` (exactly one whole batch) carries a correct CRC32C.

@@ -417,7 +417,12 @@ impl PartitionLog {
         }
         let retention_ms = self.config.retention_ms;
         let expired = |s: &Segment| {
-            retention_ms >= 0 && !s.is_empty() && now_ms - s.max_timestamp_ms() > retention_ms
+            // A segment holding only control batches has no record time (-1): it goes
+            // by size only, never as if it were infinitely old.
+            retention_ms >= 0
+                && !s.is_empty()
+                && s.max_timestamp_ms() >= 0
+                && now_ms - s.max_timestamp_ms() > retention_ms
         };
         if expired(self.active()) && self.log_end_offset <= upper_offset {
             self.roll()?;

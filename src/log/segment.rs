@@ -254,7 +254,7 @@ impl Segment {
                 self.index_batch(&header, position)?;
             }
             self.next_offset = header.next_offset();
-            self.max_timestamp_ms = self.max_timestamp_ms.max(header.max_timestamp);
+            self.max_timestamp_ms = self.max_timestamp_ms.max(header.record_max_timestamp());
             report.valid_batches += 1;
             position += size;
         }
@@ -313,7 +313,7 @@ impl Segment {
         self.index_batch(header, position)?;
         self.log.append(batch)?;
         self.next_offset = header.next_offset();
-        self.max_timestamp_ms = self.max_timestamp_ms.max(header.max_timestamp);
+        self.max_timestamp_ms = self.max_timestamp_ms.max(header.record_max_timestamp());
         self.first_batch_ms.get_or_insert(now_ms);
         Ok(())
     }
@@ -423,7 +423,7 @@ impl Segment {
             return Ok(None);
         };
         while let Some(header) = self.read_header(position)? {
-            if header.max_timestamp >= timestamp_ms {
+            if header.record_max_timestamp() >= timestamp_ms {
                 return Ok(Some((position, header)));
             }
             position += header.size_bytes() as u64;

@@ -49,6 +49,8 @@ pub enum ApplyError {
 pub struct MetadataImage {
     pub brokers: BTreeMap<i32, BrokerInfo>,
     pub topics: BTreeMap<String, TopicInfo>,
+    /// Set by the first committed `ClusterIdentity` record, never changed after.
+    pub cluster_id: Option<String>,
     /// Offset of the last record applied (-1 for none).
     pub last_applied_offset: i64,
 }
@@ -103,6 +105,13 @@ impl MetadataImage {
         match record.record.as_ref().ok_or(ApplyError::Empty)? {
             Record::RegisterBroker(r) => {
                 self.register(r);
+                Ok(())
+            }
+            Record::ClusterIdentity(c) => {
+                if c.cluster_id.is_empty() {
+                    return Err(ApplyError::Invalid("empty cluster id".into()));
+                }
+                self.cluster_id.get_or_insert_with(|| c.cluster_id.clone());
                 Ok(())
             }
             Record::FenceBroker(b) => self.set_fenced(b.node_id, true),

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 /// One entry of the metadata log.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct MetadataRecord {
-    #[prost(oneof = "Record", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
+    #[prost(oneof = "Record", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
     pub record: Option<Record>,
 }
 
@@ -31,6 +31,16 @@ pub enum Record {
     SetTopicConfigs(SetTopicConfigs),
     #[prost(message, tag = "8")]
     PartitionChange(PartitionChange),
+    #[prost(message, tag = "9")]
+    ClusterIdentity(ClusterIdentity),
+}
+
+/// The cluster's id (Metadata, DescribeCluster). Every broker proposes one until the
+/// image has it; the first to commit wins and later ones change nothing.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ClusterIdentity {
+    #[prost(string, tag = "1")]
+    pub cluster_id: String,
 }
 
 /// A broker joining (or rejoining after a restart) the cluster.

@@ -88,20 +88,25 @@ pub async fn dispatch(
             reason: e.to_string(),
         })?;
     let reply = match request {
-        RequestKind::Produce(r) => api::produce::handle(broker, version, r),
+        RequestKind::Produce(r) => api::produce::handle(broker, version, r).await,
         RequestKind::Fetch(r) => api::fetch::handle(broker, version, r),
         RequestKind::ListOffsets(r) => api::list_offsets::handle(broker, version, r),
-        RequestKind::Metadata(r) => api::metadata::handle(broker, version, r),
+        RequestKind::Metadata(r) => api::metadata::handle(broker, version, r).await,
         RequestKind::FindCoordinator(r) => api::find_coordinator::handle(broker, version, r),
-        RequestKind::CreateTopics(r) => api::create_topics::handle(broker, version, r),
-        RequestKind::DeleteTopics(r) => api::delete_topics::handle(broker, version, r),
-        RequestKind::CreatePartitions(r) => api::create_partitions::handle(broker, version, r),
+        RequestKind::CreateTopics(r) => api::create_topics::handle(broker, version, r).await,
+        RequestKind::DeleteTopics(r) => api::delete_topics::handle(broker, version, r).await,
+        RequestKind::CreatePartitions(r) => {
+            api::create_partitions::handle(broker, version, r).await
+        }
         RequestKind::DescribeConfigs(r) => api::describe_configs::handle(broker, version, r),
-        RequestKind::AlterConfigs(r) => api::alter_configs::handle(broker, version, r),
+        RequestKind::AlterConfigs(r) => api::alter_configs::handle(broker, version, r).await,
         RequestKind::IncrementalAlterConfigs(r) => {
-            api::incremental_alter_configs::handle(broker, version, r)
+            api::incremental_alter_configs::handle(broker, version, r).await
         }
         RequestKind::DescribeCluster(r) => api::describe_cluster::handle(broker, version, r),
+        RequestKind::OffsetForLeaderEpoch(r) => {
+            api::offset_for_leader_epoch::handle(broker, version, r)
+        }
         _ => return Err(DispatchError::UnsupportedVersion { api_key, version }),
     };
     Ok(pending(version, reply))

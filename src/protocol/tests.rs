@@ -19,16 +19,21 @@ fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
 }
 
-fn test_broker() -> Arc<Broker> {
+async fn test_broker() -> Arc<Broker> {
     let config = BrokerConfig {
         data_dir: "/data".into(),
         seed: Some(7),
         ..BrokerConfig::default()
     };
-    let broker = Broker::open(config, Arc::new(MemoryStorage::new())).unwrap();
-    broker
-        .create_topic("existing", 2, Default::default(), false)
+    let broker = Broker::open(config, Arc::new(MemoryStorage::new()), None)
+        .await
         .unwrap();
+    let existing = crate::metadata::CreateTopic {
+        name: "existing".into(),
+        partitions: Some(2),
+        ..Default::default()
+    };
+    broker.create_topic(existing, false).await.unwrap();
     broker
 }
 
@@ -262,8 +267,24 @@ fn request_for(key: ApiKey, version: i16) -> RequestKind {
             RequestKind::DescribeCluster(DescribeClusterRequest::default().with_endpoint_type(1))
         }
         ApiKey::ApiVersions => RequestKind::ApiVersions(ApiVersionsRequest::default()),
+        ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch_request(1, -1),
         other => panic!("no test request for {other:?}"),
     }
+}
+
+fn offset_for_leader_epoch_request(leader_epoch: i32, current_leader_epoch: i32) -> RequestKind {
+    use offset_for_leader_epoch_request::*;
+    let partitions = vec![OffsetForLeaderPartition::default()
+        .with_partition(0)
+        .with_current_leader_epoch(current_leader_epoch)
+        .with_leader_epoch(leader_epoch)];
+    RequestKind::OffsetForLeaderEpoch(
+        OffsetForLeaderEpochRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![OffsetForLeaderTopic::default()
+                .with_topic(TopicName(s("existing")))
+                .with_partitions(partitions)]),
+    )
 }
 
 async fn resolve(reply: Reply) -> Option<ResponseKind> {
@@ -283,7 +304,7 @@ fn decode_response(key: ApiKey, version: i16, mut bytes: Bytes) -> i32 {
 
 #[tokio::test]
 async fn every_api_at_every_advertised_version_answers() {
-    let broker = test_broker();
+    let broker = test_broker().await;
     let mut correlation_id = 100;
     for supported in SUPPORTED {
         let min = if supported.key == ApiKey::Produce {
@@ -324,7 +345,7 @@ async fn every_api_at_every_advertised_version_answers() {
 
 #[tokio::test]
 async fn produce_then_fetch_returns_the_stored_batch() {
-    let broker = test_broker();
+    let broker = test_broker().await;
     let request = request_for(ApiKey::Produce, 9);
     let pending = dispatch(&broker, frame(ApiKey::Produce, 9, 1, &request))
         .await
@@ -333,10 +354,10 @@ async fn produce_then_fetch_returns_the_stored_batch() {
         panic!("not a produce response")
     };
     let partitions = &response.responses[0].partition_responses;
-    assert_eq!(
-        (partitions[0].error_code, partitions[0].base_offset),
-        (0, 0)
-    );
+    assert_eq!(partitions[0].error_code, 0);
+    // Offsets below it hold the leader's control batch (LEADER_CHANGE) of its election.
+    let base_offset = partitions[0].base_offset;
+    assert!(base_offset >= 1, "{base_offset}");
     assert_eq!(
         partitions[1].error_code,
         kafka_protocol::ResponseError::UnknownTopicOrPartition.code()
@@ -351,9 +372,10 @@ async fn produce_then_fetch_returns_the_stored_batch() {
         panic!("not a fetch response")
     };
     let p0 = &response.responses[0].partitions[0];
-    assert_eq!((p0.error_code, p0.high_watermark), (0, 1));
+    assert_eq!((p0.error_code, p0.high_watermark), (0, base_offset + 1));
     let records = crate::client::decode_records(p0.records.as_ref().unwrap()).unwrap();
     assert_eq!(records.len(), 1);
+    assert_eq!(records[0].offset, base_offset);
     assert_eq!(records[0].value.as_deref(), Some(&b"v"[..]));
     let p1 = &response.responses[0].partitions[1];
     assert_eq!(
@@ -368,7 +390,7 @@ async fn produce_then_fetch_returns_the_stored_batch() {
 
 #[tokio::test]
 async fn unsupported_api_versions_gets_error_35_with_v0_body() {
-    let broker = test_broker();
+    let broker = test_broker().await;
     // Newer clients use the flexible header (v2) for ApiVersions v3+; older ones v1.
     for header_version in [1, 2] {
         let header = RequestHeader::default()
@@ -394,7 +416,7 @@ async fn unsupported_api_versions_gets_error_35_with_v0_body() {
 
 #[tokio::test]
 async fn bad_requests_close_the_connection() {
-    let broker = test_broker();
+    let broker = test_broker().await;
     // Old Produce versions (magic 0/1 message sets) are advertised but refused.
     let old = frame(ApiKey::Produce, 3, 1, &request_for(ApiKey::Produce, 3));
     let mut patched = old.to_vec();
@@ -420,4 +442,75 @@ async fn bad_requests_close_the_connection() {
     assert!(dispatch(&broker, Bytes::from_static(b"\x00\x01"))
         .await
         .is_err());
+}
+
+/// Leader epochs are Raft terms: OffsetForLeaderEpoch ends the current epoch at the high
+/// watermark (for a consumer), knows no epoch older than the log, and a client's epoch
+/// that differs from the leader's is fenced (older) or unknown (newer) on every read.
+#[tokio::test]
+async fn leader_epochs_are_raft_terms() {
+    let broker = test_broker().await;
+    let request = request_for(ApiKey::Produce, 9);
+    let pending = dispatch(&broker, frame(ApiKey::Produce, 9, 1, &request))
+        .await
+        .unwrap();
+    let Some(ResponseKind::Produce(produced)) = resolve(pending.reply).await else {
+        panic!("not a produce response")
+    };
+    let base_offset = produced.responses[0].partition_responses[0].base_offset;
+    let term = broker.node.replica("existing", 0).unwrap().leader_epoch();
+    assert!(term >= 1);
+    let ask = |leader_epoch, current| {
+        let broker = broker.clone();
+        async move {
+            let request = offset_for_leader_epoch_request(leader_epoch, current);
+            let pending = dispatch(&broker, frame(ApiKey::OffsetForLeaderEpoch, 4, 7, &request))
+                .await
+                .unwrap();
+            let Some(ResponseKind::OffsetForLeaderEpoch(r)) = resolve(pending.reply).await else {
+                panic!("not an OffsetForLeaderEpoch response")
+            };
+            let p = &r.topics[0].partitions[0];
+            (p.error_code, p.leader_epoch, p.end_offset)
+        }
+    };
+    assert_eq!(ask(term, -1).await, (0, term, base_offset + 1));
+    assert_eq!(ask(term, term).await, (0, term, base_offset + 1));
+    assert_eq!(ask(0, -1).await, (0, -1, -1), "no epoch older than the log");
+    assert_eq!(
+        ask(term + 1, -1).await,
+        (0, -1, -1),
+        "no epoch newer than the leader's"
+    );
+    let fenced = kafka_protocol::ResponseError::FencedLeaderEpoch.code();
+    let unknown = kafka_protocol::ResponseError::UnknownLeaderEpoch.code();
+    assert_eq!(ask(term, term - 1).await.0, fenced);
+    assert_eq!(ask(term, term + 1).await.0, unknown);
+
+    for (current, expected) in [(term - 1, fenced), (term + 1, unknown), (term, 0)] {
+        use fetch_request::*;
+        let partitions = vec![FetchPartition::default()
+            .with_partition(0)
+            .with_current_leader_epoch(current)
+            .with_fetch_offset(base_offset)
+            .with_partition_max_bytes(1 << 20)];
+        let request = RequestKind::Fetch(
+            FetchRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_max_bytes(1 << 20)
+                .with_topics(vec![FetchTopic::default()
+                    .with_topic(TopicName(s("existing")))
+                    .with_partitions(partitions)]),
+        );
+        let pending = dispatch(&broker, frame(ApiKey::Fetch, 12, 8, &request))
+            .await
+            .unwrap();
+        let Some(ResponseKind::Fetch(r)) = resolve(pending.reply).await else {
+            panic!("not a fetch response")
+        };
+        assert_eq!(
+            r.responses[0].partitions[0].error_code, expected,
+            "fetch with leader epoch {current} (leader's {term})"
+        );
+    }
 }

@@ -36,6 +36,11 @@ pub const SUPPORTED: &[Supported] = &[
         max: 12,
     },
     Supported {
+        key: ApiKey::OffsetForLeaderEpoch,
+        min: 2,
+        max: 4,
+    },
+    Supported {
         key: ApiKey::FindCoordinator,
         min: 0,
         max: 4,
@@ -128,6 +133,7 @@ mod tests {
                 ApiKey::CreatePartitions => range::<CreatePartitionsRequest>(),
                 ApiKey::IncrementalAlterConfigs => range::<IncrementalAlterConfigsRequest>(),
                 ApiKey::DescribeCluster => range::<DescribeClusterRequest>(),
+                ApiKey::OffsetForLeaderEpoch => range::<OffsetForLeaderEpochRequest>(),
                 other => panic!("no decoder check for {other:?}"),
             };
             let handled_min = if s.key == ApiKey::Produce {

@@ -232,8 +232,10 @@ impl Driver {
         let Some(mut group) = self.groups.remove(&message.group) else {
             return Err(DriverError::UnknownGroup(message.group));
         };
-        if let Err(reason) = check_peer_message(self.node_id, &group, &message.message) {
-            let from = message.message.from;
+        let mut raft_message = message.message;
+        survive_lost_log(&message.group, &mut group.raw, &mut raft_message);
+        if let Err(reason) = check_peer_message(self.node_id, &group, &raft_message) {
+            let from = raft_message.from;
             self.groups.insert(message.group.clone(), group);
             return Err(DriverError::Refused {
                 group: message.group,
@@ -241,7 +243,7 @@ impl Driver {
                 reason,
             });
         }
-        let result = group.raw.step(message.message);
+        let result = group.raw.step(raft_message);
         self.after_step(&mut group);
         self.groups.insert(message.group, group);
         result.map_err(DriverError::from)
@@ -449,7 +451,9 @@ fn route(outgoing: &mut BTreeMap<u64, Vec<GroupMessage>>, group: &str, messages:
 ///   (see `entry_codec`; otherwise the next round fails and the broker stops); in a
 ///   MsgAppend they follow `index` one by one with terms from `log_term` (never 0 after
 ///   index 0) to the message's term, never going back;
-/// - a MsgHeartbeat's commit within this replica's log (raft-rs commits to it blindly);
+/// - (a MsgHeartbeat's commit beyond this replica's log, which raft-rs commits to
+///   blindly, is clamped before these checks by [`survive_lost_log`]: a follower that
+///   lost its disk receives exactly that);
 /// - a snapshot only in MsgSnapshot, and one that passes [`check_snapshot`].
 fn check_peer_message(node_id: u64, group: &Group, m: &Message) -> Result<(), &'static str> {
     use MessageType::*;
@@ -535,9 +539,6 @@ fn check_peer_message(node_id: u64, group: &Group, m: &Message) -> Result<(), &'
             return Err("an entry this replica cannot store");
         }
     }
-    if m.get_msg_type() == MsgHeartbeat && m.commit > group.raw.raft.raft_log.last_index() {
-        return Err("a heartbeat commit beyond this replica's log");
-    }
     if m.get_msg_type() == MsgPropose && m.entries.is_empty() {
         return Err("a forwarded proposal without entries");
     }
@@ -599,4 +600,45 @@ fn check_snapshot(group: &Group, m: &Message) -> Result<(), &'static str> {
         return Err("a snapshot offset beyond MAX_SNAPSHOT_OFFSET");
     }
     Ok(())
+}
+
+/// Lets a replica whose disk lost its log (a wiped data directory, a restored old
+/// backup) rejoin instead of crashing or stalling. raft-rs assumes a follower keeps
+/// what it acknowledged: a leader's heartbeat carries a commit index up to what it
+/// believes the follower matched (raft-rs panics when that is past the follower's log),
+/// and the leader ignores a rejection below that point as stale (the follower would
+/// never catch up). So such a heartbeat commits nothing (its commit becomes the local
+/// commit index), and a leader
+/// that sees a follower reject while holding less than it matched starts probing from
+/// the follower's actual end. Both are safe for entries already committed elsewhere:
+/// commit never moves back, and a lower match index only delays commits.
+///
+/// Not covered: a wiped replica also lost its vote for the current term, so in the
+/// rare case it had voted in an election still running it could vote again (Kafka's
+/// KRaft closes that with directory ids, KIP-853).
+fn survive_lost_log(group: &str, raw: &mut RawNode<ReplicaStorage>, message: &mut Message) {
+    let raft = &mut raw.raft;
+    match message.get_msg_type() {
+        MessageType::MsgHeartbeat => {
+            // Past the log, the leader's idea of this replica is wrong, so its commit
+            // says nothing about what is here: commit nothing more (a restored backup
+            // may hold entries the leader never had; they must not become committed).
+            if message.commit > raft.raft_log.last_index() {
+                message.commit = raft.raft_log.committed;
+            }
+        }
+        MessageType::MsgAppendResponse if message.reject && raft.state == StateRole::Leader => {
+            let from = message.from;
+            let hint = message.reject_hint;
+            if let Some(progress) = raft.mut_prs().get_mut(from) {
+                if hint < progress.matched {
+                    tracing::warn!(group, replica = from, matched = progress.matched, follower_last_index = hint,
+                        "a follower holds less than it acknowledged (lost its disk?); replicating to it again from its end");
+                    progress.matched = hint;
+                    progress.become_probe();
+                }
+            }
+        }
+        _ => {}
+    }
 }

@@ -194,6 +194,16 @@ impl ReplicaLog {
         &self.log
     }
 
+    /// Applies a topic config change (segment size, retention, ...) to the log.
+    pub fn set_log_config(&mut self, config: crate::log::LogConfig) {
+        self.log.set_config(config);
+    }
+
+    /// Clean shutdown: fsyncs the log and its indexes.
+    pub fn close(&mut self) -> io::Result<()> {
+        self.log.close()
+    }
+
     pub fn last_index(&self) -> u64 {
         self.first_index + self.entries.len() as u64 - 1
     }

@@ -1,5 +1,7 @@
 //! raft-rs logs through `slog`; this drain forwards every record to `tracing`, so one
-//! log stream (and one filter) covers the whole broker.
+//! log stream (and one filter) covers the whole broker. raft-rs logs every role change
+//! of every group at info; with a group per partition that drowns the broker's own
+//! messages, so its info becomes debug (`log-level = "info,raft=debug"` shows it).
 
 use slog::{Drain, Level, OwnedKVList, Record, KV};
 use std::fmt::Write as _;
@@ -42,8 +44,7 @@ impl Drain for TracingDrain {
         match record.level() {
             Level::Critical | Level::Error => tracing::error!(target: "raft", "{message}{}", kv.0),
             Level::Warning => tracing::warn!(target: "raft", "{message}{}", kv.0),
-            Level::Info => tracing::info!(target: "raft", "{message}{}", kv.0),
-            Level::Debug => tracing::debug!(target: "raft", "{message}{}", kv.0),
+            Level::Info | Level::Debug => tracing::debug!(target: "raft", "{message}{}", kv.0),
             Level::Trace => tracing::trace!(target: "raft", "{message}{}", kv.0),
         }
         Ok(())

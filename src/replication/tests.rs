@@ -1050,12 +1050,6 @@ mod driver {
                 follower,
                 with(&|m| m.entries = vec![entry(last_index + 1, term, batch("a", 1))].into()),
             ),
-            // raft-rs: "to_commit .. is out of range".
-            (
-                "heartbeat commit beyond",
-                follower,
-                with(&|m| m.commit = last_index + 1),
-            ),
             (
                 "snapshot in a message that carries none",
                 follower,
@@ -1156,6 +1150,30 @@ mod driver {
             )
         };
         assert_eq!(before, after, "a refused message changed the replica");
+        // A heartbeat committing past this replica's log (raft-rs: "to_commit .. is out
+        // of range") is what a follower that lost its disk receives: taken, committing
+        // nothing.
+        net.drivers
+            .get_mut(&follower)
+            .unwrap()
+            .step_from(
+                leader,
+                GroupMessage {
+                    group: "t-0".into(),
+                    message: with(&|m| m.commit = last_index + 5),
+                },
+            )
+            .unwrap();
+        let commit_after = net.drivers[&follower]
+            .storage("t-0")
+            .unwrap()
+            .lock()
+            .hard_state()
+            .commit;
+        assert_eq!(
+            commit_after, before.0.commit,
+            "a heartbeat past the log committed"
+        );
         // The real heartbeat is taken, and the group goes on committing.
         net.drivers
             .get_mut(&follower)

@@ -77,6 +77,13 @@ class StoredBatch:
     def last_offset(self) -> int:
         return self.base_offset + self.last_offset_delta
 
+    @property
+    def is_control(self) -> bool:
+        """A control batch: the LEADER_CHANGE a new partition leader writes (Strand's
+        Raft no-op), Raft configuration changes, later transaction markers. Consumers
+        skip them, but they take offsets."""
+        return bool(self.attributes & 0x20)
+
 
 def parse_log_file(path: Path, check_crc=True) -> list:
     """Every batch in one .log file; asserts the file is a whole number of batches.
@@ -111,6 +118,25 @@ def stored_batches(partition_dir: Path, check_crc=True) -> list:
     for f in log_files(partition_dir):
         batches.extend(parse_log_file(f, check_crc))
     return batches
+
+
+def data_batches(partition_dir: Path, check_crc=True) -> list:
+    """The stored batches that hold records (control batches left out)."""
+    return [b for b in stored_batches(partition_dir, check_crc) if not b.is_control]
+
+
+def contiguous(offsets) -> int:
+    """Asserts `offsets` run without gaps (no leader changed while they were written)
+    and returns the first. The first record of a new topic is not at offset 0: the
+    partition leader's election takes an offset with its control batch."""
+    offsets = list(offsets)
+    assert offsets, "no offsets"
+    base = offsets[0]
+    assert base >= 0, f"offset {base}"
+    assert offsets == list(range(base, base + len(offsets))), (
+        f"offsets not contiguous from {base}: first differences at "
+        f"{[(i, o) for i, o in enumerate(offsets) if o != base + i][:5]}")
+    return base
 
 
 # ---------------------------------------------------------------------------------------

@@ -25,11 +25,10 @@ pub(crate) fn not_a_topic(resource_type: i8) -> ApiError {
     }
 }
 
-pub fn handle(broker: &Arc<Broker>, _version: i16, request: AlterConfigsRequest) -> Reply {
-    let responses = request
-        .resources
-        .iter()
-        .map(|resource| {
+pub async fn handle(broker: &Arc<Broker>, _version: i16, request: AlterConfigsRequest) -> Reply {
+    let mut responses = Vec::with_capacity(request.resources.len());
+    for resource in &request.resources {
+        {
             let outcome = if resource.resource_type == RESOURCE_TOPIC {
                 let configs: BTreeMap<String, String> = resource
                     .configs
@@ -40,21 +39,24 @@ pub fn handle(broker: &Arc<Broker>, _version: i16, request: AlterConfigsRequest)
                             .map(|v| (c.name.to_string(), v.to_string()))
                     })
                     .collect();
-                broker.set_topic_configs(&resource.resource_name, configs, request.validate_only)
+                broker
+                    .node
+                    .set_topic_configs(&resource.resource_name, configs, request.validate_only)
+                    .await
             } else {
                 Err(not_a_topic(resource.resource_type))
             };
             let response = AlterConfigsResourceResponse::default()
                 .with_resource_type(resource.resource_type)
                 .with_resource_name(resource.resource_name.clone());
-            match outcome {
+            responses.push(match outcome {
                 Ok(()) => response,
                 Err(e) => response
                     .with_error_code(code(Some(e.code)))
                     .with_error_message(Some(str_bytes(&e.message))),
-            }
-        })
-        .collect();
+            });
+        }
+    }
     Reply::Now(ResponseKind::AlterConfigs(
         AlterConfigsResponse::default().with_responses(responses),
     ))

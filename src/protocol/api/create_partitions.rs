@@ -8,34 +8,32 @@ use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse
 use kafka_protocol::ResponseError;
 use std::sync::Arc;
 
-pub fn handle(broker: &Arc<Broker>, _version: i16, request: CreatePartitionsRequest) -> Reply {
-    let node = broker.config.node_id;
-    let results = request
-        .topics
-        .iter()
-        .map(|topic| {
-            let misplaced = topic
-                .assignments
-                .iter()
-                .flatten()
-                .any(|a| a.broker_ids.iter().any(|b| b.0 != node));
-            let outcome = if misplaced {
-                Err(ApiError::new(
-                    ResponseError::InvalidReplicaAssignment,
-                    format!("replicas can only be placed on broker {node}"),
-                ))
-            } else {
-                broker.create_partitions(&topic.name.0, topic.count, request.validate_only)
-            };
-            let result = CreatePartitionsTopicResult::default().with_name(topic.name.clone());
-            match outcome {
-                Ok(()) => result,
-                Err(e) => result
-                    .with_error_code(code(Some(e.code)))
-                    .with_error_message(Some(str_bytes(&e.message))),
-            }
-        })
-        .collect();
+pub async fn handle(
+    broker: &Arc<Broker>,
+    _version: i16,
+    request: CreatePartitionsRequest,
+) -> Reply {
+    let mut results = Vec::with_capacity(request.topics.len());
+    for topic in &request.topics {
+        let outcome = if topic.assignments.is_some() {
+            Err(ApiError::new(
+                ResponseError::InvalidReplicaAssignment,
+                "explicit assignments of new partitions are not supported: Strand places them",
+            ))
+        } else {
+            broker
+                .node
+                .create_partitions(&topic.name.0, topic.count, request.validate_only)
+                .await
+        };
+        let result = CreatePartitionsTopicResult::default().with_name(topic.name.clone());
+        results.push(match outcome {
+            Ok(()) => result,
+            Err(e) => result
+                .with_error_code(code(Some(e.code)))
+                .with_error_message(Some(str_bytes(&e.message))),
+        });
+    }
     Reply::Now(ResponseKind::CreatePartitions(
         CreatePartitionsResponse::default().with_results(results),
     ))

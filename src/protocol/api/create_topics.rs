@@ -1,9 +1,11 @@
-//! CreateTopics: validates names, partition counts, replication factor (this cluster has
-//! one broker) and configs; `validate_only` checks without creating.
+//! CreateTopics: through the metadata quorum. Names, partition counts, replication
+//! factors (at most the live brokers), explicit assignments and configs are checked by
+//! the controller; `validate_only` checks without creating.
 
 use super::{code, str_bytes};
 use crate::broker::{ApiError, Broker};
 use crate::log::config::{describe, effective_config, TOPIC_CONFIG_KEYS};
+use crate::metadata::CreateTopic;
 use crate::protocol::dispatch::Reply;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::create_topics_response::{
@@ -18,95 +20,103 @@ use std::sync::Arc;
 pub(crate) const SOURCE_DYNAMIC_TOPIC: i8 = 1;
 pub(crate) const SOURCE_DEFAULT: i8 = 5;
 
-pub fn handle(broker: &Arc<Broker>, version: i16, request: CreateTopicsRequest) -> Reply {
+pub async fn handle(broker: &Arc<Broker>, version: i16, request: CreateTopicsRequest) -> Reply {
     let mut seen = BTreeMap::new();
     for topic in &request.topics {
         *seen.entry(topic.name.0.to_string()).or_insert(0) += 1;
     }
-    let results = request
-        .topics
-        .iter()
-        .map(|topic| {
-            let name = topic.name.0.to_string();
-            let base = CreatableTopicResult::default().with_name(topic.name.clone());
-            if seen[&name] > 1 {
-                return base
-                    .with_error_code(code(Some(ResponseError::InvalidRequest)))
-                    .with_error_message(Some(str_bytes("topic listed more than once")));
-            }
-            match create(broker, topic, request.validate_only) {
-                Ok((id, partitions, configs)) => {
-                    let mut result = base;
-                    if version >= 5 {
-                        result = result
-                            .with_num_partitions(partitions)
-                            .with_replication_factor(1)
-                            .with_configs(Some(describe_all(broker, &configs)));
-                    }
-                    if version >= 7 {
-                        result = result.with_topic_id(id);
-                    }
-                    result
+    let mut results = Vec::with_capacity(request.topics.len());
+    for topic in &request.topics {
+        let name = topic.name.0.to_string();
+        let base = CreatableTopicResult::default().with_name(topic.name.clone());
+        if seen[&name] > 1 {
+            results.push(
+                base.with_error_code(code(Some(ResponseError::InvalidRequest)))
+                    .with_error_message(Some(str_bytes("topic listed more than once"))),
+            );
+            continue;
+        }
+        let result = match create(broker, topic, request.validate_only).await {
+            Ok(id) => {
+                let mut result = base;
+                let configs: BTreeMap<String, String> = topic
+                    .configs
+                    .iter()
+                    .filter_map(|c| {
+                        c.value
+                            .as_ref()
+                            .map(|v| (c.name.to_string(), v.to_string()))
+                    })
+                    .collect();
+                if version >= 5 {
+                    let (partitions, factor) = match broker.topic(&name) {
+                        Some(t) if !request.validate_only => (
+                            t.partitions.len() as i32,
+                            t.partitions[0].replicas.len() as i16,
+                        ),
+                        _ => (topic.num_partitions, topic.replication_factor),
+                    };
+                    result = result
+                        .with_num_partitions(partitions)
+                        .with_replication_factor(factor)
+                        .with_configs(Some(describe_all(broker, &configs)));
                 }
-                Err(e) => base
-                    .with_error_code(code(Some(e.code)))
-                    .with_error_message(Some(str_bytes(&e.message))),
+                if version >= 7 {
+                    result = result.with_topic_id(id);
+                }
+                result
             }
-        })
-        .collect();
+            Err(e) => base
+                .with_error_code(code(Some(e.code)))
+                .with_error_message(Some(str_bytes(&e.message))),
+        };
+        results.push(result);
+    }
     Reply::Now(ResponseKind::CreateTopics(
         CreateTopicsResponse::default().with_topics(results),
     ))
 }
 
-fn create(
+async fn create(
     broker: &Broker,
     topic: &CreatableTopic,
     validate_only: bool,
-) -> Result<(uuid::Uuid, i32, BTreeMap<String, String>), ApiError> {
-    let node = broker.config.node_id;
-    let partitions = if !topic.assignments.is_empty() {
-        if topic.num_partitions != -1 || topic.replication_factor != -1 {
-            return Err(ApiError::new(
-                ResponseError::InvalidRequest,
-                "give either assignments or partition count and replication factor",
-            ));
-        }
-        for (i, a) in topic.assignments.iter().enumerate() {
-            if a.partition_index != i as i32
-                || a.broker_ids.iter().map(|b| b.0).collect::<Vec<_>>() != vec![node]
-            {
-                return Err(ApiError::new(
-                    ResponseError::InvalidReplicaAssignment,
-                    format!("partitions must be numbered from 0 and placed on broker {node}"),
-                ));
-            }
-        }
-        topic.assignments.len() as i32
-    } else {
-        if !(topic.replication_factor == -1 || topic.replication_factor == 1) {
-            return Err(ApiError::new(
-                ResponseError::InvalidReplicationFactor,
-                format!(
-                    "replication factor {} is larger than the 1 available broker",
-                    topic.replication_factor
-                ),
-            ));
-        }
-        if topic.num_partitions == -1 {
-            broker.config.default_partitions
-        } else {
-            topic.num_partitions
-        }
-    };
+) -> Result<uuid::Uuid, ApiError> {
     let mut configs = BTreeMap::new();
     for c in &topic.configs {
         if let Some(value) = &c.value {
             configs.insert(c.name.to_string(), value.to_string());
         }
     }
-    let created = broker.create_topic(&topic.name.0, partitions, configs.clone(), validate_only)?;
-    Ok((created.id, partitions, configs))
+    let assignments = (!topic.assignments.is_empty()).then(|| {
+        let mut sorted: Vec<_> = topic.assignments.iter().collect();
+        sorted.sort_by_key(|a| a.partition_index);
+        sorted
+            .iter()
+            .map(|a| a.broker_ids.iter().map(|b| b.0).collect::<Vec<i32>>())
+            .collect::<Vec<_>>()
+    });
+    if let Some(lists) = &assignments {
+        let numbered = topic
+            .assignments
+            .iter()
+            .map(|a| a.partition_index)
+            .collect::<std::collections::BTreeSet<_>>();
+        if numbered.len() != lists.len() || numbered.last() != Some(&(lists.len() as i32 - 1)) {
+            return Err(ApiError::new(
+                ResponseError::InvalidReplicaAssignment,
+                "partitions must be numbered from 0 without gaps",
+            ));
+        }
+    }
+    let request = CreateTopic {
+        name: topic.name.0.to_string(),
+        partitions: (topic.num_partitions != -1).then_some(topic.num_partitions),
+        replication_factor: (topic.replication_factor != -1).then_some(topic.replication_factor),
+        assignments,
+        configs,
+    };
+    broker.create_topic(request, validate_only).await
 }
 
 fn describe_all(

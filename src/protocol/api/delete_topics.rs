@@ -10,7 +10,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::ResponseError;
 use std::sync::Arc;
 
-pub fn handle(broker: &Arc<Broker>, version: i16, request: DeleteTopicsRequest) -> Reply {
+pub async fn handle(broker: &Arc<Broker>, version: i16, request: DeleteTopicsRequest) -> Reply {
     // (name, id) pairs to delete; v6 may give either.
     let targets: Vec<(Option<String>, uuid::Uuid)> = if version >= 6 {
         request
@@ -25,43 +25,39 @@ pub fn handle(broker: &Arc<Broker>, version: i16, request: DeleteTopicsRequest) 
             .map(|n| (Some(n.0.to_string()), uuid::Uuid::nil()))
             .collect()
     };
-    let responses = targets
-        .into_iter()
-        .map(|(name, id)| {
-            let name = name.or_else(|| {
-                broker
-                    .topics()
-                    .iter()
-                    .find(|t| t.id == id && !id.is_nil())
-                    .map(|t| t.name.clone())
-            });
-            let mut result = DeletableTopicResult::default()
-                .with_name(Some(TopicName(str_bytes(name.as_deref().unwrap_or("")))));
-            if version >= 6 {
-                result = result
-                    .with_name(name.as_ref().map(|n| TopicName(str_bytes(n))))
-                    .with_topic_id(id);
-            }
-            let outcome = match &name {
-                Some(name) => {
-                    let topic_id = broker.topic(name).map(|t| t.id);
-                    broker.delete_topic(name).map(|_| topic_id.unwrap_or(id))
-                }
-                None => Err(ApiError::new(
-                    ResponseError::UnknownTopicId,
-                    "unknown topic id",
-                )),
-            };
-            match outcome {
-                Ok(id) if version >= 6 => result.with_topic_id(id),
-                Ok(_) => result,
-                Err(e) if version >= 5 => result
-                    .with_error_code(code(Some(e.code)))
-                    .with_error_message(Some(str_bytes(&e.message))),
-                Err(e) => result.with_error_code(code(Some(e.code))),
-            }
-        })
-        .collect();
+    let mut responses = Vec::with_capacity(targets.len());
+    for (name, id) in targets {
+        let name = name.or_else(|| {
+            broker
+                .image()
+                .topics
+                .values()
+                .find(|t| t.topic_id == id && !id.is_nil())
+                .map(|t| t.name.clone())
+        });
+        let mut result = DeletableTopicResult::default()
+            .with_name(Some(TopicName(str_bytes(name.as_deref().unwrap_or("")))));
+        if version >= 6 {
+            result = result
+                .with_name(name.as_ref().map(|n| TopicName(str_bytes(n))))
+                .with_topic_id(id);
+        }
+        let outcome = match &name {
+            Some(name) => broker.node.delete_topic(name).await,
+            None => Err(ApiError::new(
+                ResponseError::UnknownTopicId,
+                "unknown topic id",
+            )),
+        };
+        responses.push(match outcome {
+            Ok(id) if version >= 6 => result.with_topic_id(id),
+            Ok(_) => result,
+            Err(e) if version >= 5 => result
+                .with_error_code(code(Some(e.code)))
+                .with_error_message(Some(str_bytes(&e.message))),
+            Err(e) => result.with_error_code(code(Some(e.code))),
+        });
+    }
     Reply::Now(ResponseKind::DeleteTopics(
         DeleteTopicsResponse::default().with_responses(responses),
     ))

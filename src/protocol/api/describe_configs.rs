@@ -91,11 +91,6 @@ fn broker_entries(broker: &Broker) -> Vec<Entry> {
             TYPE_INT,
         ),
         entry(
-            "log.flush.interval.ms",
-            c.flush_interval_ms.to_string(),
-            TYPE_LONG,
-        ),
-        entry(
             "log.retention.check.interval.ms",
             c.retention_check_interval_ms.to_string(),
             TYPE_LONG,

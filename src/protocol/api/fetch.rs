@@ -5,7 +5,6 @@
 //! response's session id 0 tells clients to send full fetches.
 
 use super::code;
-use crate::broker::partition::SINGLE_NODE_LEADER_EPOCH;
 use crate::broker::Broker;
 use crate::log::ReadError;
 use crate::protocol::dispatch::Reply;
@@ -24,7 +23,7 @@ pub fn handle(broker: &Arc<Broker>, version: i16, request: FetchRequest) -> Repl
             .with_error_code(code(Some(ResponseError::FetchSessionIdNotFound)));
         return Reply::Now(ResponseKind::Fetch(response));
     }
-    let mut data_version = broker.subscribe_data();
+    let mut data_version = broker.node.subscribe_data();
     let (response, ready) = read_once(broker, version, &request);
     let max_wait_ms = (request.max_wait_ms.max(0) as u64).min(MAX_WAIT_MS_LIMIT);
     if ready || max_wait_ms == 0 {
@@ -68,20 +67,21 @@ fn read_once(broker: &Broker, version: i16, request: &FetchRequest) -> (FetchRes
                 .with_last_stable_offset(-1)
                 .with_log_start_offset(-1)
                 .with_aborted_transactions(read_committed.then(Vec::new));
-            let Some(partition) = broker.partition(&name, wanted.partition) else {
-                any_error = true;
-                partitions
-                    .push(data.with_error_code(code(Some(ResponseError::UnknownTopicOrPartition))));
-                continue;
+            let replica = match broker.node.leader_replica(
+                &name,
+                wanted.partition,
+                wanted.current_leader_epoch,
+            ) {
+                Ok(replica) => replica,
+                Err(e) => {
+                    any_error = true;
+                    partitions.push(data.with_error_code(code(Some(e))));
+                    continue;
+                }
             };
-            if wanted.current_leader_epoch > SINGLE_NODE_LEADER_EPOCH {
-                any_error = true;
-                partitions
-                    .push(data.with_error_code(code(Some(ResponseError::UnknownLeaderEpoch))));
-                continue;
-            }
-            let log = partition.log();
-            let high_watermark = log.log_end_offset();
+            let high_watermark = replica.high_watermark();
+            let storage = replica.storage.lock();
+            let log = storage.log();
             data = data
                 .with_high_watermark(high_watermark)
                 .with_last_stable_offset(high_watermark);
@@ -104,8 +104,8 @@ fn read_once(broker: &Broker, version: i16, request: &FetchRequest) -> (FetchRes
                     segment_base_offset,
                     position,
                 }) => {
-                    drop(log);
-                    partition.report_corruption(segment_base_offset, position);
+                    drop(storage);
+                    replica.report_corruption(segment_base_offset, position);
                     any_error = true;
                     data = data.with_error_code(code(Some(ResponseError::KafkaStorageError)));
                 }

@@ -17,33 +17,32 @@ use std::sync::Arc;
 const OP_SET: i8 = 0;
 const OP_DELETE: i8 = 1;
 
-pub fn handle(
+pub async fn handle(
     broker: &Arc<Broker>,
     _version: i16,
     request: IncrementalAlterConfigsRequest,
 ) -> Reply {
-    let responses = request
-        .resources
-        .iter()
-        .map(|resource| {
-            let outcome = apply(broker, resource, request.validate_only);
+    let mut responses = Vec::with_capacity(request.resources.len());
+    for resource in &request.resources {
+        {
+            let outcome = apply(broker, resource, request.validate_only).await;
             let response = AlterConfigsResourceResponse::default()
                 .with_resource_type(resource.resource_type)
                 .with_resource_name(resource.resource_name.clone());
-            match outcome {
+            responses.push(match outcome {
                 Ok(()) => response,
                 Err(e) => response
                     .with_error_code(code(Some(e.code)))
                     .with_error_message(Some(str_bytes(&e.message))),
-            }
-        })
-        .collect();
+            });
+        }
+    }
     Reply::Now(ResponseKind::IncrementalAlterConfigs(
         IncrementalAlterConfigsResponse::default().with_responses(responses),
     ))
 }
 
-fn apply(
+async fn apply(
     broker: &Broker,
     resource: &AlterConfigsResource,
     validate_only: bool,
@@ -82,5 +81,8 @@ fn apply(
             }
         }
     }
-    broker.set_topic_configs(&name, configs, validate_only)
+    broker
+        .node
+        .set_topic_configs(&name, configs, validate_only)
+        .await
 }

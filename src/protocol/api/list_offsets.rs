@@ -2,7 +2,6 @@
 //! or the first offset whose timestamp is at or after a given time (via `.timeindex`).
 
 use super::code;
-use crate::broker::partition::SINGLE_NODE_LEADER_EPOCH;
 use crate::broker::Broker;
 use crate::log::ReadError;
 use crate::protocol::dispatch::Reply;
@@ -31,9 +30,6 @@ pub fn handle(broker: &Arc<Broker>, version: i16, request: ListOffsetsRequest) -
                         .with_partition_index(p.partition_index)
                         .with_timestamp(-1)
                         .with_offset(-1);
-                    if version >= 4 {
-                        base = base.with_leader_epoch(SINGLE_NODE_LEADER_EPOCH);
-                    }
                     match lookup(
                         broker,
                         &name,
@@ -41,10 +37,17 @@ pub fn handle(broker: &Arc<Broker>, version: i16, request: ListOffsetsRequest) -
                         p.current_leader_epoch,
                         p.timestamp,
                     ) {
-                        Ok(Some((offset, timestamp))) => {
-                            base.with_offset(offset).with_timestamp(timestamp)
+                        Ok((found, leader_epoch)) => {
+                            if version >= 4 {
+                                base = base.with_leader_epoch(leader_epoch);
+                            }
+                            match found {
+                                Some((offset, timestamp)) => {
+                                    base.with_offset(offset).with_timestamp(timestamp)
+                                }
+                                None => base,
+                            }
                         }
-                        Ok(None) => base,
                         Err(e) => base.with_error_code(code(Some(e))),
                     }
                 })
@@ -59,35 +62,39 @@ pub fn handle(broker: &Arc<Broker>, version: i16, request: ListOffsetsRequest) -
     ))
 }
 
+/// The offset (and its timestamp) a partition's leader answers, among committed records
+/// only (below the high watermark), with the leader's epoch.
+#[allow(clippy::type_complexity)]
 fn lookup(
     broker: &Broker,
     topic: &str,
     index: i32,
     current_leader_epoch: i32,
     timestamp: i64,
-) -> Result<Option<(i64, i64)>, ResponseError> {
-    let partition = broker
-        .partition(topic, index)
-        .ok_or(ResponseError::UnknownTopicOrPartition)?;
-    if current_leader_epoch > SINGLE_NODE_LEADER_EPOCH {
-        return Err(ResponseError::UnknownLeaderEpoch);
-    }
-    let log = partition.log();
+) -> Result<(Option<(i64, i64)>, i32), ResponseError> {
+    let replica = broker
+        .node
+        .leader_replica(topic, index, current_leader_epoch)?;
+    let high_watermark = replica.high_watermark();
+    let storage = replica.storage.lock();
+    let log = storage.log();
+    let committed =
+        |found: Option<(i64, i64)>| found.filter(|(offset, _)| *offset < high_watermark);
     let found = match timestamp {
-        LATEST_TIMESTAMP => Ok(Some((log.log_end_offset(), -1))),
+        LATEST_TIMESTAMP => Ok(Some((high_watermark, -1))),
         EARLIEST_TIMESTAMP => Ok(Some((log.log_start_offset(), -1))),
-        MAX_TIMESTAMP => log.max_timestamp_offset(),
-        t if t >= 0 => log.offset_for_timestamp(t),
+        MAX_TIMESTAMP => log.max_timestamp_offset().map(committed),
+        t if t >= 0 => log.offset_for_timestamp(t).map(committed),
         _ => return Err(ResponseError::InvalidRequest),
     };
     match found {
-        Ok(found) => Ok(found),
+        Ok(found) => Ok((found, replica.leader_epoch())),
         Err(ReadError::Corrupt {
             segment_base_offset,
             position,
         }) => {
-            drop(log);
-            partition.report_corruption(segment_base_offset, position);
+            drop(storage);
+            replica.report_corruption(segment_base_offset, position);
             Err(ResponseError::KafkaStorageError)
         }
         Err(_) => Err(ResponseError::KafkaStorageError),

@@ -13,6 +13,7 @@ pub mod find_coordinator;
 pub mod incremental_alter_configs;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_for_leader_epoch;
 pub mod produce;
 
 use kafka_protocol::protocol::StrBytes;

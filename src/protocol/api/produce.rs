@@ -1,13 +1,13 @@
-//! Produce: validate each partition's record batches, append them, and answer by acks:
-//! acks=0 never answers, acks=1 answers after the append, acks=-1 (all) answers after the
-//! group-commit fsync that covers the append. Nothing is appended from a batch that fails
-//! validation.
+//! Produce: validate each partition's record batches and propose them to the
+//! partition's Raft group on its leader; answer by acks: acks=0 never answers, acks=1
+//! answers once the leader persisted the batches, acks=-1 (all) once a quorum persisted
+//! and committed them. Nothing is proposed from a batch that fails validation.
 
 use super::{code, str_bytes};
-use crate::broker::partition::{Partition, SINGLE_NODE_LEADER_EPOCH};
 use crate::broker::Broker;
-use crate::clock;
+use crate::cluster::{ProduceTicket, Wait};
 use crate::log::batch::validate_produce_records;
+use crate::log::config::effective_config;
 use crate::protocol::dispatch::Reply;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind, TopicName};
@@ -15,14 +15,13 @@ use kafka_protocol::ResponseError;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Outcome for one partition before the durability wait.
-struct PartitionOutcome {
-    index: i32,
-    result: Result<i64, (ResponseError, String)>,
-    log_start_offset: i64,
+/// Outcome for one partition: refused now, or waiting for its ticket.
+enum PartitionOutcome {
+    Refused(ResponseError, String),
+    Waiting(ProduceTicket),
 }
 
-pub fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest) -> Reply {
+pub async fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest) -> Reply {
     let acks = request.acks;
     let refuse_all = if request.transactional_id.is_some() {
         Some((
@@ -42,133 +41,141 @@ pub fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest) -> Re
     } else {
         None
     };
-    let now_ms = clock::now_ms();
-    let mut ticket = None;
-    let mut appended = false;
+    let wait = if acks == -1 {
+        Wait::Commit
+    } else {
+        Wait::LocalAppend
+    };
     let mut topics = Vec::with_capacity(request.topic_data.len());
     for topic_data in request.topic_data {
         let name = topic_data.name.0.to_string();
-        let topic = broker.topic_or_auto_create(&name, true);
+        let topic = if refuse_all.is_some() {
+            None
+        } else {
+            broker.topic_or_auto_create(&name, true).await.ok()
+        };
         let mut outcomes = Vec::with_capacity(topic_data.partition_data.len());
         for data in topic_data.partition_data {
-            let fail = |e: ResponseError, m: &str| PartitionOutcome {
-                index: data.index,
-                result: Err((e, m.to_string())),
-                log_start_offset: -1,
-            };
-            if let Some((e, m)) = refuse_all {
-                outcomes.push(fail(e, m));
-                continue;
-            }
-            let partition = match &topic {
-                Ok(t) => usize::try_from(data.index)
-                    .ok()
-                    .and_then(|i| t.partitions.get(i))
-                    .cloned(),
-                Err(_) => None,
-            };
-            let Some(partition) = partition else {
-                outcomes.push(fail(
+            let outcome = match (&refuse_all, &topic) {
+                (Some((e, m)), _) => PartitionOutcome::Refused(*e, m.to_string()),
+                (None, None) => PartitionOutcome::Refused(
                     ResponseError::UnknownTopicOrPartition,
-                    "unknown topic or partition",
-                ));
-                continue;
-            };
-            let outcome = append(&partition, data.records, now_ms);
-            if outcome.is_ok() {
-                appended = true;
-                if acks == -1 {
-                    ticket = Some(broker.group_commit.request(&partition));
-                } else {
-                    broker.group_commit.mark_dirty(&partition);
+                    "unknown topic or partition".into(),
+                ),
+                (None, Some(topic)) => {
+                    let max_message_bytes =
+                        effective_config(&broker.config.log_defaults, &topic.configs)
+                            .map(|c| c.max_message_bytes)
+                            .unwrap_or(broker.config.log_defaults.max_message_bytes);
+                    propose(
+                        broker,
+                        &name,
+                        data.index,
+                        data.records,
+                        max_message_bytes as usize,
+                        wait,
+                    )
+                    .await
                 }
-            }
-            let log_start_offset = partition.log().log_start_offset();
-            outcomes.push(PartitionOutcome {
-                index: data.index,
-                result: outcome,
-                log_start_offset,
-            });
+            };
+            outcomes.push((data.index, outcome));
         }
         topics.push((name, outcomes));
     }
-    if appended {
-        broker.data_appended();
+    if acks == 0 {
+        return Reply::Nothing;
     }
-    match (acks, ticket) {
-        (0, _) => Reply::Nothing,
-        (-1, Some(ticket)) => {
-            let broker = broker.clone();
-            let timeout_ms = request.timeout_ms.max(0) as u64;
-            Reply::Later(Box::pin(async move {
-                let waited = tokio::time::timeout(
-                    Duration::from_millis(timeout_ms),
-                    broker.group_commit.wait(ticket),
-                )
-                .await;
-                let failure = match waited {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some((ResponseError::KafkaStorageError, e.to_string())),
-                    Err(_) => Some((
-                        ResponseError::RequestTimedOut,
-                        "fsync did not complete in time".to_string(),
-                    )),
+    let broker = broker.clone();
+    let timeout_ms = request.timeout_ms.max(0) as u64;
+    Reply::Later(Box::pin(async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+        let mut answered = Vec::with_capacity(topics.len());
+        for (name, outcomes) in topics {
+            let mut partitions = Vec::with_capacity(outcomes.len());
+            for (index, outcome) in outcomes {
+                let result = match outcome {
+                    PartitionOutcome::Refused(e, m) => Err((e, m)),
+                    PartitionOutcome::Waiting(ticket) => {
+                        let remaining =
+                            deadline.saturating_duration_since(tokio::time::Instant::now());
+                        match tokio::time::timeout(remaining, ticket).await {
+                            Ok(Ok(Ok(offset))) => Ok(offset),
+                            Ok(Ok(Err(e))) => Err((e.kafka_error(), e.to_string())),
+                            Ok(Err(_)) => Err((
+                                ResponseError::NotLeaderOrFollower,
+                                "the broker is stopping".to_string(),
+                            )),
+                            Err(_) => Err((
+                                ResponseError::RequestTimedOut,
+                                "not replicated in time".to_string(),
+                            )),
+                        }
+                    }
                 };
-                ResponseKind::Produce(response(version, topics, failure))
-            }))
+                let log_start_offset = broker
+                    .node
+                    .replica(&name, index)
+                    .map(|r| r.storage.lock().log().log_start_offset())
+                    .unwrap_or(-1);
+                partitions.push((index, result, log_start_offset));
+            }
+            answered.push((name, partitions));
         }
-        _ => Reply::Now(ResponseKind::Produce(response(version, topics, None))),
-    }
+        ResponseKind::Produce(response(version, answered))
+    }))
 }
 
-fn append(
-    partition: &Arc<Partition>,
+/// Validates one partition's records and queues them on its leader.
+async fn propose(
+    broker: &Broker,
+    topic: &str,
+    partition: i32,
     records: Option<bytes::Bytes>,
-    now_ms: i64,
-) -> Result<i64, (ResponseError, String)> {
+    max_message_bytes: usize,
+    wait: Wait,
+) -> PartitionOutcome {
+    use PartitionOutcome::Refused;
+    if let Err(e) = broker.node.leader_replica(topic, partition, -1) {
+        return Refused(e, "this broker does not lead the partition".into());
+    }
     let Some(records) = records else {
-        return Err((ResponseError::InvalidRecord, "null records".into()));
+        return Refused(ResponseError::InvalidRecord, "null records".into());
     };
-    // Validation decompresses and decodes: do it outside the partition lock.
-    let max_message_bytes = partition.log().config().max_message_bytes as usize;
-    let batches = validate_produce_records(&records, max_message_bytes).map_err(|e| {
-        tracing::debug!(topic = %partition.topic, partition = partition.index, error = %e, "refused a record batch");
-        (e.kafka_error(), e.to_string())
-    })?;
+    let batches = match validate_produce_records(&records, max_message_bytes) {
+        Ok(batches) => batches,
+        Err(e) => {
+            tracing::debug!(topic, partition, error = %e, "refused a record batch");
+            return Refused(e.kafka_error(), e.to_string());
+        }
+    };
     if batches.iter().any(|(h, _)| h.producer_id != -1) {
         // Idempotent and transactional producers need producer ids this broker never issued.
-        return Err((
+        return Refused(
             ResponseError::UnknownProducerId,
             "idempotent producers are not supported yet".into(),
-        ));
+        );
     }
-    let info = partition.log().append(&batches, SINGLE_NODE_LEADER_EPOCH, now_ms).map_err(|e| {
-        tracing::error!(topic = %partition.topic, partition = partition.index, error = %e, "append failed");
-        (ResponseError::KafkaStorageError, e.to_string())
-    })?;
-    Ok(info.base_offset)
+    let batches = batches.into_iter().map(|(_, bytes)| bytes).collect();
+    match broker.node.submit(topic, partition, batches, wait).await {
+        Ok(ticket) => PartitionOutcome::Waiting(ticket),
+        Err(e) => Refused(e.kafka_error(), e.to_string()),
+    }
 }
 
-fn response(
-    version: i16,
-    topics: Vec<(String, Vec<PartitionOutcome>)>,
-    failure: Option<(ResponseError, String)>,
-) -> ProduceResponse {
+type Answered = (i32, Result<i64, (ResponseError, String)>, i64);
+
+fn response(version: i16, topics: Vec<(String, Vec<Answered>)>) -> ProduceResponse {
     let responses = topics
         .into_iter()
         .map(|(name, outcomes)| {
             let partition_responses = outcomes
                 .into_iter()
-                .map(|o| {
-                    let result = match (&o.result, &failure) {
-                        (Ok(_), Some(f)) => Err(f.clone()),
-                        _ => o.result,
-                    };
+                .map(|(index, result, log_start_offset)| {
                     let mut base = PartitionProduceResponse::default()
-                        .with_index(o.index)
+                        .with_index(index)
                         .with_log_append_time_ms(-1);
                     if version >= 5 {
-                        base = base.with_log_start_offset(o.log_start_offset);
+                        base = base.with_log_start_offset(log_start_offset);
                     }
                     match result {
                         Ok(base_offset) => base.with_base_offset(base_offset),

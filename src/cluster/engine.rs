@@ -821,6 +821,7 @@ impl ClusterNode {
     ) {
         let mut pending: BTreeMap<(GroupId, u64), Pending> = BTreeMap::new();
         let mut ticker = tokio::time::interval(Duration::from_millis(self.config.tick_ms));
+        let mut refusals_logged = 0u32;
         let mut ticks = 0u64;
         loop {
             tokio::select! {
@@ -831,10 +832,8 @@ impl ClusterNode {
                         self.balance_leaders(&mut driver);
                     }
                 }
-                Some((_, batch)) = inbox.recv() => {
-                    for message in batch {
-                        let _ = driver.step(message);
-                    }
+                Some((sender, batch)) = inbox.recv() => {
+                    step_batch(&mut driver, sender, batch, &mut refusals_logged);
                 }
                 command = commands.recv() => match command {
                     Some(Command::Stop { done }) => {
@@ -849,10 +848,8 @@ impl ClusterNode {
                 match (inbox.try_recv(), commands.try_recv()) {
                     (Err(_), Err(_)) => break,
                     (batch, command) => {
-                        if let Ok((_, batch)) = batch {
-                            for message in batch {
-                                let _ = driver.step(message);
-                            }
+                        if let Ok((sender, batch)) = batch {
+                            step_batch(&mut driver, sender, batch, &mut refusals_logged);
                         }
                         match command {
                             Ok(Command::Stop { done }) => {
@@ -1115,6 +1112,27 @@ fn propose_all(
         first.get_or_insert(last);
     }
     Ok((first.expect("at least one batch"), last))
+}
+
+/// Refused peer messages logged at warn before the rest go to debug.
+const REFUSALS_LOGGED: u32 = 16;
+
+/// Steps a batch of Raft messages that arrived from broker `sender`. A message the
+/// driver refuses (a shape raft-rs cannot take, or not from its frame's sender) is
+/// dropped; the first few are logged at warn, the rest at debug.
+fn step_batch(driver: &mut Driver, sender: u64, batch: Vec<GroupMessage>, logged: &mut u32) {
+    for message in batch {
+        match driver.step_from(sender, message) {
+            Err(e @ DriverError::Refused { .. }) if *logged < REFUSALS_LOGGED => {
+                *logged += 1;
+                tracing::warn!(sender, error = %e, "refused a peer's Raft message");
+            }
+            Err(e @ DriverError::Refused { .. }) => {
+                tracing::debug!(sender, error = %e, "refused a peer's Raft message");
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Answers every waiting producer with `Stopped`, then the stop request.

@@ -454,6 +454,7 @@ fn route(outgoing: &mut BTreeMap<u64, Vec<GroupMessage>>, group: &str, messages:
 /// - (a MsgHeartbeat's commit beyond this replica's log, which raft-rs commits to
 ///   blindly, is clamped before these checks by [`survive_lost_log`]: a follower that
 ///   lost its disk receives exactly that);
+/// - no request for a snapshot (`RawNode::request_snapshot`, which Strand never calls);
 /// - a snapshot only in MsgSnapshot, and one that passes [`check_snapshot`].
 fn check_peer_message(node_id: u64, group: &Group, m: &Message) -> Result<(), &'static str> {
     use MessageType::*;
@@ -506,6 +507,11 @@ fn check_peer_message(node_id: u64, group: &Group, m: &Message) -> Result<(), &'
     }
     if m.get_snapshot().get_metadata().term > MAX_PEER_TERM {
         return Err("a snapshot term beyond MAX_PEER_TERM");
+    }
+    // raft-rs answers a request for a snapshot with one from storage, and panics when that
+    // is empty (a log whose start retention never moved). Strand never requests one.
+    if m.request_snapshot != 0 {
+        return Err("a request for a snapshot");
     }
     let is_append = m.get_msg_type() == MsgAppend;
     // Only the empty log's index 0 has term 0, and raft-rs takes an append after an entry

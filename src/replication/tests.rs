@@ -1050,6 +1050,21 @@ mod driver {
                 follower,
                 with(&|m| m.entries = vec![entry(last_index + 1, term, batch("a", 1))].into()),
             ),
+            // (fuzz) raft-rs: "need non-empty snapshot" (the leader answers with its
+            // storage's snapshot, empty while retention never moved the log start).
+            (
+                "request for a snapshot",
+                leader,
+                with(&|m| {
+                    m.set_msg_type(MsgAppendResponse);
+                    m.from = follower;
+                    m.to = leader;
+                    m.reject = true;
+                    m.index = last_index;
+                    m.reject_hint = last_index;
+                    m.request_snapshot = 1;
+                }),
+            ),
             (
                 "snapshot in a message that carries none",
                 follower,

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# acks=all produce throughput and latency, single broker vs. a three-broker RF=3 cluster,
+# with 1 and 100 partitions, next to the disk's fdatasync limit measured in the same run:
+#   1. fio: sequential writes of one request's size, fdatasync after each, one job;
+#   2. one broker (a cluster of one voter): strand bench, 1 and 100 partitions;
+#   3. `strand dev cluster --brokers 3` on loopback (every partition RF=3; the three
+#      brokers share this machine's cores and disk): strand bench, 1 and 100 partitions.
+# Usage: bench/replication.sh [DIR] (default: a new directory under /var/tmp)
+# Environment: RECORDS (default 300000), RECORD_SIZE (1024), RECORDS_PER_BATCH (64),
+#              PRODUCERS (4), PARTITIONS ("1 100").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir=${1:-$(mktemp -d /var/tmp/strand-bench-repl.XXXXXX)}
+records=${RECORDS:-300000}
+record_size=${RECORD_SIZE:-1024}
+per_batch=${RECORDS_PER_BATCH:-64}
+producers=${PRODUCERS:-4}
+partitions_list=${PARTITIONS:-1 100}
+single_port=19792
+cluster_port=19892
+write_kib=$(( (per_batch * (record_size + 10) + 61 + 1023) / 1024 ))
+
+command -v fio >/dev/null || { echo "fio is needed: apt-get install -y fio" >&2; exit 1; }
+cargo build --release --quiet
+mkdir -p "$dir/fio"
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$dir"
+}
+trap cleanup EXIT
+wait_port() {
+    for _ in $(seq 1 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
+    echo "nothing listens on port $1" >&2; return 1
+}
+bench() { # bench PORT LABEL
+    for partitions in $partitions_list; do
+        echo "-- $2, $partitions partition(s)"
+        target/release/strand bench --broker "127.0.0.1:$1" --topic "bench-$partitions" \
+            --records "$records" --record-size-bytes "$record_size" \
+            --records-per-batch "$per_batch" --producers "$producers" \
+            --partitions "$partitions" --acks -1
+    done
+}
+
+echo "== fio: ${write_kib} KiB sequential writes, fdatasync after each, 20 s"
+fio --name=seqsync --directory="$dir/fio" --rw=write --bs="${write_kib}k" --size=1g \
+    --fdatasync=1 --runtime=20 --time_based --ioengine=psync --numjobs=1 --group_reporting \
+    --output-format=json > "$dir/fio.json"
+python3 - "$dir/fio.json" <<'PY'
+import json, sys
+job = json.load(open(sys.argv[1]))["jobs"][0]
+w, sync = job["write"], job["sync"]["lat_ns"]["percentile"]
+print(f"fio write_MB_per_s={w['bw_bytes'] / 1e6:.1f} writes_per_s={w['iops']:.0f} "
+      f"fdatasync_us_p50={sync['50.000000'] / 1e3:.0f} fdatasync_us_p99={sync['99.000000'] / 1e3:.0f}")
+PY
+rm -rf "$dir/fio"
+
+echo "== one broker: acks=all, $records records of $record_size B, $per_batch per request, $producers producers"
+target/release/strand broker --listen "127.0.0.1:$single_port" --data-dir "$dir/single" --log-level warn &
+pids+=($!)
+wait_port "$single_port"
+sleep 1
+bench "$single_port" "one broker"
+kill "${pids[0]}"; wait "${pids[0]}" || true
+pids=()
+
+echo "== three brokers, RF=3: same load"
+target/release/strand dev cluster --brokers 3 --base-port "$cluster_port" \
+    --data-dir "$dir/cluster" --log-level warn &
+pids+=($!)
+for i in 0 1 2; do wait_port $((cluster_port + i)); done
+sleep 2
+bench "$cluster_port" "three brokers, RF=3"

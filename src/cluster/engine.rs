@@ -36,6 +36,8 @@ const COMMAND_QUEUE: usize = 4096;
 const INPUTS_PER_ROUND: usize = 256;
 /// Ticks between two runs of the leader balancer.
 const BALANCE_EVERY_TICKS: u64 = 50;
+/// Ticks between two checks of the in-sync replicas of the partitions led here.
+const ISR_CHECK_EVERY_TICKS: u64 = 10;
 /// How long an admin change waits for its record to be applied.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -831,6 +833,9 @@ impl ClusterNode {
                     if ticks.is_multiple_of(BALANCE_EVERY_TICKS) {
                         self.balance_leaders(&mut driver);
                     }
+                    if ticks.is_multiple_of(ISR_CHECK_EVERY_TICKS) {
+                        self.record_isr_changes(&mut driver);
+                    }
                 }
                 Some((sender, batch)) = inbox.recv() => {
                     step_batch(&mut driver, sender, batch, &mut refusals_logged);
@@ -883,20 +888,65 @@ impl ClusterNode {
         }
     }
 
-    /// Moves leadership back to preferred replicas that are registered and unfenced.
+    /// For every partition led here, records its in-sync replicas in the metadata log
+    /// when they differ from what the image says (Metadata's ISR then shows which
+    /// replicas are caught up).
+    fn record_isr_changes(&self, driver: &mut Driver) {
+        let image = self.image.read().unwrap().clone();
+        let replicas: Vec<Arc<Replica>> = self.replicas.read().unwrap().values().cloned().collect();
+        let me = self.config.node_id as i32;
+        let controller = self.controller(&image);
+        let mut records = Vec::new();
+        for replica in replicas {
+            let group = group_of(&replica.topic, replica.partition);
+            let Some(in_sync) = driver.in_sync_replicas(&group) else {
+                continue;
+            };
+            let Some(p) = image.partition(&replica.topic, replica.partition) else {
+                continue;
+            };
+            // In the order of the replica list, as Kafka shows it.
+            let isr: Vec<i32> = p
+                .replicas
+                .iter()
+                .copied()
+                .filter(|r| in_sync.contains(&(*r as u64)))
+                .collect();
+            let (_, term) = replica.leader();
+            let epoch = i32::try_from(term).unwrap_or(i32::MAX);
+            if p.leader == me && p.leader_epoch == epoch && p.isr != isr {
+                if let Some(record) = controller.leader_elected(
+                    &image,
+                    &replica.topic,
+                    replica.partition,
+                    me,
+                    epoch,
+                    isr,
+                ) {
+                    records.push(record);
+                }
+            }
+        }
+        if !records.is_empty() {
+            let batch = encode_batch(&records, clock::now_ms());
+            let _ = driver.propose_anywhere(METADATA_GROUP, batch.to_vec());
+        }
+    }
+
+    /// Moves leadership back to preferred replicas that are registered, unfenced and in
+    /// sync.
     fn balance_leaders(&self, driver: &mut Driver) {
         let image = self.image.read().unwrap().clone();
         let replicas = self.replicas.read().unwrap().clone();
         driver.balance_leaders(|group| {
             let replica = replicas.get(group)?;
-            let preferred = *image
-                .partition(&replica.topic, replica.partition)?
-                .replicas
-                .first()?;
+            let partition = image.partition(&replica.topic, replica.partition)?;
+            let preferred = *partition.replicas.first()?;
+            // Only to a preferred replica that is registered, unfenced and caught up.
             image
                 .brokers
                 .get(&preferred)
-                .filter(|b| !b.fenced)
+                .filter(|b| !b.fenced && partition.isr.contains(&preferred))
                 .map(|_| preferred as u64)
         });
     }

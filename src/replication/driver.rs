@@ -128,7 +128,14 @@ pub struct Driver {
     config: DriverConfig,
     groups: BTreeMap<GroupId, Group>,
     rng: rand::rngs::StdRng,
+    /// Ticks so far (the driver's clock for liveness).
+    ticks: u64,
+    /// Tick of the last message taken from each peer broker (any group).
+    last_heard_tick: BTreeMap<u64, u64>,
 }
+
+/// A follower more than this many entries behind its leader's log is out of sync.
+pub const MAX_IN_SYNC_LAG_ENTRIES: u64 = 256;
 
 impl Driver {
     pub fn new(node_id: u64, config: DriverConfig, seed: u64) -> Driver {
@@ -139,6 +146,8 @@ impl Driver {
             config,
             groups: BTreeMap::new(),
             rng: rand::rngs::StdRng::seed_from_u64(seed),
+            ticks: 0,
+            last_heard_tick: BTreeMap::new(),
         }
     }
 
@@ -193,6 +202,35 @@ impl Driver {
             .map(|g| (g.raw.raft.leader_id, g.raw.raft.term))
     }
 
+    /// On a group's leader: the voters in sync with it, in ascending id order (the leader,
+    /// and every follower heard from within an election timeout that is at most
+    /// [`MAX_IN_SYNC_LAG_ENTRIES`] behind the leader's log). None elsewhere.
+    pub fn in_sync_replicas(&self, group: &str) -> Option<Vec<u64>> {
+        let g = self.groups.get(group)?;
+        let raft = &g.raw.raft;
+        if raft.state != StateRole::Leader {
+            return None;
+        }
+        let last_index = raft.raft_log.last_index();
+        let recent = self.config.election_tick as u64;
+        let mut in_sync: Vec<u64> = raft
+            .prs()
+            .iter()
+            .filter(|(id, progress)| {
+                **id == self.node_id
+                    || (progress.matched + MAX_IN_SYNC_LAG_ENTRIES >= last_index
+                        && self
+                            .last_heard_tick
+                            .get(id)
+                            .is_some_and(|heard| self.ticks.saturating_sub(*heard) <= recent))
+            })
+            .map(|(id, _)| *id)
+            .filter(|id| raft.prs().conf().voters().contains(*id))
+            .collect();
+        in_sync.sort_unstable();
+        Some(in_sync)
+    }
+
     fn reseed_timeout(&mut self, group: &mut Group) {
         let election = self.config.election_tick;
         let timeout = self.rng.gen_range(election..2 * election);
@@ -208,6 +246,7 @@ impl Driver {
 
     /// Advances every group's logical clock by one tick.
     pub fn tick(&mut self) {
+        self.ticks += 1;
         let names: Vec<GroupId> = self.groups.keys().cloned().collect();
         for name in names {
             let mut group = self.groups.remove(&name).expect("listed above");
@@ -243,6 +282,7 @@ impl Driver {
                 reason,
             });
         }
+        self.last_heard_tick.insert(raft_message.from, self.ticks);
         let result = group.raw.step(raft_message);
         self.after_step(&mut group);
         self.groups.insert(message.group, group);

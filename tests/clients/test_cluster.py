@@ -248,7 +248,9 @@ def test_paused_broker_resumes_without_a_leadership_storm(cluster):
     loader.start()
     try:
         cluster[victim].signal(signal.SIGSTOP)
-        time.sleep(20)
+        time.sleep(10)
+        during = partitions_of(cluster, topic)
+        time.sleep(10)
         cluster[victim].signal(signal.SIGCONT)
         # Give it time to rejoin and for leadership to go back to preferred replicas.
         time.sleep(10)
@@ -262,8 +264,15 @@ def test_paused_broker_resumes_without_a_leadership_storm(cluster):
         # preferred replica after. A storm would show as many more terms.
         assert bumps <= 3, f"partition {p}: leader epoch went {epochs_before[p]} -> " \
                            f"{epochs_after[p]} over one 20 s pause"
-    after = {p: leader for p, (leader, _, _) in partitions_of(cluster, topic).items()}
+    # While paused the broker dropped out of every in-sync set and led nothing.
+    for p, (leader, replicas, isrs) in during.items():
+        assert leader != victim and victim not in isrs and sorted(isrs) == \
+            sorted(r for r in replicas if r != victim), f"partition {p} while paused: {during[p]}"
+    after_metadata = partitions_of(cluster, topic)
+    after = {p: leader for p, (leader, _, _) in after_metadata.items()}
     assert after == before, f"leaders {before} before the pause, {after} after"
+    for p, (_, replicas, isrs) in after_metadata.items():
+        assert sorted(isrs) == sorted(replicas), f"partition {p} after the resume: {isrs}"
     produce_n(cluster, topic, 100, b"after")
 
 

@@ -73,8 +73,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         match admin.create_topic(&args.topic, args.partitions, &[]).await {
             Ok(()) => break,
             Err(e) if e.to_string().contains("TopicAlreadyExists") => break,
-            Err(e) if e.to_string().contains("InvalidReplicationFactor")
-                && Instant::now() < deadline =>
+            Err(e)
+                if e.to_string().contains("InvalidReplicationFactor")
+                    && Instant::now() < deadline =>
             {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -99,8 +100,11 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     for i in 0..args.producers {
         let (topic, batch, acks, bootstrap) =
             (args.topic.clone(), batch.clone(), args.acks, args.broker);
-        let (mut leaders, producers, partitions) =
-            (leaders.clone(), args.producers as u64, args.partitions as u64);
+        let (mut leaders, producers, partitions) = (
+            leaders.clone(),
+            args.producers as u64,
+            args.partitions as u64,
+        );
         tasks.push(tokio::spawn(async move {
             let mut clients: BTreeMap<SocketAddr, Client> = BTreeMap::new();
             let mut latencies = Vec::with_capacity(per_producer as usize);

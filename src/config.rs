@@ -46,6 +46,8 @@ pub struct BrokerConfig {
     pub default_replication_factor: i16,
     /// Raft tick: heartbeats every 2 ticks, elections after 10 to 20 silent ticks.
     pub raft_tick_ms: u64,
+    /// `broker.session.timeout.ms`: a broker silent this long is fenced.
+    pub broker_session_timeout_ms: u64,
 }
 
 /// Most brokers a cluster may list in `peers` (all of them metadata voters).
@@ -73,6 +75,7 @@ impl Default for BrokerConfig {
             raft_listen: None,
             default_replication_factor: 1,
             raft_tick_ms: 100,
+            broker_session_timeout_ms: 9_000,
         }
     }
 }
@@ -105,6 +108,7 @@ pub struct ConfigFile {
     pub raft_listen: Option<String>,
     pub default_replication_factor: Option<i16>,
     pub raft_tick_ms: Option<u64>,
+    pub broker_session_timeout_ms: Option<u64>,
     /// Topic config defaults by their Kafka names, e.g. `"retention.ms" = "3600000"`.
     #[serde(default)]
     pub topic_defaults: BTreeMap<String, String>,
@@ -290,6 +294,14 @@ impl BrokerConfig {
                 return Err(format!("raft-tick-ms: must be in 1..=10000, got {v}"));
             }
             config.raft_tick_ms = v;
+        }
+        if let Some(v) = file.broker_session_timeout_ms {
+            if !(1_000..=3_600_000).contains(&v) {
+                return Err(format!(
+                    "broker-session-timeout-ms: must be in 1000..=3600000, got {v}"
+                ));
+            }
+            config.broker_session_timeout_ms = v;
         }
         Ok(config)
     }

@@ -145,6 +145,7 @@ async fn broker_main(
         driver: DriverConfig::default(),
         default_partitions: 1,
         default_replication_factor: 3,
+        session_timeout_ms: 9_000,
         seed: splitmix64(seed ^ (id << 32) ^ incarnation.fetch_add(1, Ordering::Relaxed)),
         recovery_points: Default::default(),
     };

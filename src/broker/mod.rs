@@ -270,6 +270,7 @@ fn cluster_config(config: &BrokerConfig, recovery_points: RecoveryPoints) -> Clu
         driver: DriverConfig::default(),
         default_partitions: config.default_partitions,
         default_replication_factor: config.default_replication_factor,
+        session_timeout_ms: config.broker_session_timeout_ms,
         seed: config.seed.unwrap_or_else(|| rand::rngs::OsRng.next_u64()),
         recovery_points,
     }

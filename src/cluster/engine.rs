@@ -55,6 +55,9 @@ pub struct ClusterConfig {
     pub driver: DriverConfig,
     pub default_partitions: i32,
     pub default_replication_factor: i16,
+    /// A broker the metadata leader has not heard from for this long is fenced: Metadata
+    /// stops naming it and nothing new is placed on it, until it is heard from again.
+    pub session_timeout_ms: u64,
     pub seed: u64,
     /// Where each replica's recovery scan starts (by directory name; absent: 0, a full
     /// scan). `i64::MAX` for every replica after a clean shutdown.
@@ -824,6 +827,8 @@ impl ClusterNode {
         let mut pending: BTreeMap<(GroupId, u64), Pending> = BTreeMap::new();
         let mut ticker = tokio::time::interval(Duration::from_millis(self.config.tick_ms));
         let mut refusals_logged = 0u32;
+        // Tick at which this broker became the metadata leader (None: it is not).
+        let mut metadata_leader_since: Option<u64> = None;
         let mut ticks = 0u64;
         loop {
             tokio::select! {
@@ -835,6 +840,7 @@ impl ClusterNode {
                     }
                     if ticks.is_multiple_of(ISR_CHECK_EVERY_TICKS) {
                         self.record_isr_changes(&mut driver);
+                        self.check_broker_sessions(&mut driver, &mut metadata_leader_since);
                     }
                 }
                 Some((sender, batch)) = inbox.recv() => {
@@ -885,6 +891,56 @@ impl ClusterNode {
                 tracing::error!(error = %e, "applying committed entries failed; this broker stops replicating");
                 return;
             }
+        }
+    }
+
+    /// On the metadata leader: fences registered brokers it has not heard from (over any
+    /// Raft group) within the session timeout, and unfences fenced ones heard from again.
+    /// A new leader waits one session timeout first, so it has heard from everyone alive.
+    fn check_broker_sessions(&self, driver: &mut Driver, leader_since: &mut Option<u64>) {
+        let me = self.config.node_id;
+        let leads = driver
+            .leader(METADATA_GROUP)
+            .is_some_and(|(leader, _)| leader == me)
+            && driver.in_sync_replicas(METADATA_GROUP).is_some();
+        if !leads {
+            *leader_since = None;
+            return;
+        }
+        let since = *leader_since.get_or_insert(driver.ticks());
+        let session_ticks = (self.config.session_timeout_ms / self.config.tick_ms.max(1)).max(1);
+        if driver.ticks().saturating_sub(since) < session_ticks {
+            return;
+        }
+        let image = self.image.read().unwrap().clone();
+        let mut records = Vec::new();
+        for broker in image.brokers.values() {
+            if broker.node_id as u64 == me {
+                continue;
+            }
+            let heard = driver
+                .ticks_since_heard(broker.node_id as u64)
+                .is_some_and(|ticks| ticks < session_ticks);
+            let node = BrokerRef {
+                node_id: broker.node_id,
+            };
+            if !broker.fenced && !heard {
+                tracing::warn!(
+                    node_id = broker.node_id,
+                    "broker session expired: fencing it"
+                );
+                records.push(MetadataRecord::new(Record::FenceBroker(node)));
+            } else if broker.fenced && heard {
+                tracing::info!(
+                    node_id = broker.node_id,
+                    "fenced broker heard from again: unfencing it"
+                );
+                records.push(MetadataRecord::new(Record::UnfenceBroker(node)));
+            }
+        }
+        if !records.is_empty() {
+            let batch = encode_batch(&records, clock::now_ms());
+            let _ = driver.propose_anywhere(METADATA_GROUP, batch.to_vec());
         }
     }
 

@@ -37,6 +37,7 @@ async fn start_cluster() -> BTreeMap<u64, Arc<ClusterNode>> {
             driver: DriverConfig::default(),
             default_partitions: 1,
             default_replication_factor: 3,
+            session_timeout_ms: 9_000,
             seed: id,
             recovery_points: Default::default(),
         };

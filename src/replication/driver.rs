@@ -202,6 +202,18 @@ impl Driver {
             .map(|g| (g.raw.raft.leader_id, g.raw.raft.term))
     }
 
+    /// Ticks since the driver started.
+    pub fn ticks(&self) -> u64 {
+        self.ticks
+    }
+
+    /// Ticks since a message from `peer` was last taken (None: never).
+    pub fn ticks_since_heard(&self, peer: u64) -> Option<u64> {
+        self.last_heard_tick
+            .get(&peer)
+            .map(|heard| self.ticks.saturating_sub(*heard))
+    }
+
     /// On a group's leader: the voters in sync with it, in ascending id order (the leader,
     /// and every follower heard from within an election timeout that is at most
     /// [`MAX_IN_SYNC_LAG_ENTRIES`] behind the leader's log). None elsewhere.

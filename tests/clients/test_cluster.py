@@ -190,6 +190,10 @@ def replica_logs_agree(cluster, topic, below):
     return all(v == first for v in views.values()) and first
 
 
+def listed_brokers(cluster):
+    return sorted(admin(cluster).list_topics(timeout=T).brokers)
+
+
 def produce_n(cluster, topic, n, tag):
     reports = []
     p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all", "linger.ms": 5,
@@ -210,7 +214,10 @@ def test_wiped_broker_rejoins_and_catches_up(cluster):
     shutil.rmtree(cluster[victim].data_dir)
     cluster[victim].data_dir.mkdir()
     produce_n(cluster, topic, 2000, b"while-away")
+    # Its session expires (broker-session-timeout-ms, 9 s): Metadata stops naming it.
+    wait_for(lambda: listed_brokers(cluster) == [1, 2], "the dead broker to be fenced", 30)
     cluster[victim].start()
+    wait_for(lambda: listed_brokers(cluster) == [1, 2, 3], "the broker to be listed again", 30)
     produce_n(cluster, topic, 1000, b"after")
     hw = high_watermark(cluster, topic)
     wait_for(lambda: replica_logs_agree(cluster, topic, hw),

@@ -77,6 +77,8 @@ pub struct ReplicaLog {
     entries: VecDeque<EntryPosition>,
     hard_state: HardState,
     conf_state: ConfState,
+    /// Set once a corrupt batch was logged (reads keep refusing it; the log says it once).
+    corruption_logged: std::sync::atomic::AtomicBool,
 }
 
 fn frame(record: &PersistedState) -> Vec<u8> {
@@ -170,6 +172,7 @@ impl ReplicaLog {
             entries,
             hard_state,
             conf_state,
+            corruption_logged: Default::default(),
         };
         if fresh {
             replica.write_state()?;
@@ -455,9 +458,22 @@ impl ReplicaLog {
             let position = self.position(index).ok_or(StorageError::Unavailable)?;
             let stored = match self.log.read_batch(position.base_offset) {
                 Ok(bytes) => bytes,
-                Err(ReadError::Corrupt { .. }) | Err(ReadError::OffsetOutOfRange { .. }) => {
-                    return Err(StorageError::Unavailable)
+                // raft-rs treats Unavailable as fatal when it reads entries to send; a
+                // batch that rotted on disk must not stop the broker. "Temporarily
+                // unavailable" makes raft-rs skip sending it (the follower waits; see
+                // ARCHITECTURE.md for the repair still to come).
+                Err(ReadError::Corrupt {
+                    segment_base_offset,
+                    position,
+                }) => {
+                    use std::sync::atomic::Ordering;
+                    if !self.corruption_logged.swap(true, Ordering::Relaxed) {
+                        tracing::error!(index, segment_base_offset, position,
+                            "corrupt batch in a replica log (CRC32C mismatch): not sent to followers");
+                    }
+                    return Err(StorageError::LogTemporarilyUnavailable);
                 }
+                Err(ReadError::OffsetOutOfRange { .. }) => return Err(StorageError::Unavailable),
                 Err(ReadError::Io(e)) => return Err(StorageError::Other(Box::new(e))),
             };
             size += stored.len() as u64;

@@ -489,7 +489,7 @@ mod driver {
     use crate::log::LogConfig;
     use crate::replication::driver::*;
     use crate::replication::ReplicaLog;
-    use crate::storage::MemoryStorage;
+    use crate::storage::{read_to_vec, MemoryStorage};
     use std::collections::{BTreeMap, BTreeSet};
     use std::path::Path;
     use std::sync::Arc;
@@ -712,6 +712,113 @@ mod driver {
         assert!(logs[0].len() >= 5);
         assert_eq!(logs[0], logs[1]);
         assert_eq!(logs[1], logs[2]);
+    }
+
+    /// Committed data of the partition group as (offset, batch) on replica `id`.
+    fn committed_log(net: &Net, id: u64) -> Vec<(i64, bytes::Bytes)> {
+        let storage = net.drivers[&id].storage("t-0").unwrap().lock();
+        (storage.first_index()..=storage.hard_state().commit)
+            .map(|i| {
+                let p = storage.position(i).unwrap();
+                (
+                    p.base_offset,
+                    storage.log().read_batch(p.base_offset).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// A follower whose disk was wiped while it was away (it lost what it had
+    /// acknowledged): raft-rs would panic on the leader's heartbeat ("to_commit .. is out
+    /// of range") and its leader would ignore its rejections as stale; it catches up.
+    #[test]
+    fn a_follower_with_a_wiped_disk_catches_up() {
+        let mut net = Net::new(4);
+        net.tick(40);
+        let leader = net.leader_of("t-0").unwrap();
+        let victim = (1..=3).find(|id| *id != leader).unwrap();
+        for i in 0..3 {
+            net.drivers
+                .get_mut(&leader)
+                .unwrap()
+                .propose("t-0", batch(&format!("before{i}"), 2).to_vec())
+                .unwrap();
+            net.settle();
+        }
+        assert_eq!(committed_log(&net, victim), committed_log(&net, leader));
+        net.down.insert(victim);
+        net.drivers
+            .get_mut(&leader)
+            .unwrap()
+            .propose("t-0", batch("while-away", 1).to_vec())
+            .unwrap();
+        net.settle();
+        let wiped = MemoryStorage::new();
+        net.disks.insert(victim, wiped.clone());
+        net.drivers.insert(victim, driver(victim, &wiped, 4));
+        net.down.clear();
+        net.tick(30);
+        assert_eq!(
+            net.leader_of("t-0"),
+            Some(leader),
+            "the wiped replica disrupted the leader"
+        );
+        let expected = committed_log(&net, leader);
+        assert!(expected.len() >= 5);
+        assert_eq!(committed_log(&net, victim), expected);
+    }
+
+    /// A batch that rots on the leader's disk after it committed: sending it to a
+    /// follower that needs it must not kill the driver (raft-rs treats an entry the
+    /// storage calls unavailable as fatal); the group keeps committing with the other
+    /// follower.
+    #[test]
+    fn a_corrupt_batch_on_the_leader_does_not_stop_its_groups() {
+        let mut net = Net::new(5);
+        net.tick(40);
+        let leader = net.leader_of("t-0").unwrap();
+        let lagging = (1..=3).find(|id| *id != leader).unwrap();
+        net.down.insert(lagging);
+        for i in 0..3 {
+            net.drivers
+                .get_mut(&leader)
+                .unwrap()
+                .propose("t-0", batch(&format!("rots{i}"), 2).to_vec())
+                .unwrap();
+            net.settle();
+        }
+        // Flip a byte inside the last committed batch's records (covered by its CRC).
+        let (segment, position, size) = {
+            let storage = net.drivers[&leader].storage("t-0").unwrap().lock();
+            let p = storage.position(storage.hard_state().commit).unwrap();
+            let bytes = storage.log().read_batch(p.base_offset).unwrap();
+            let path = net.disks[&leader]
+                .file_paths()
+                .into_iter()
+                .find(|f| f.starts_with("/data/t-0") && f.extension().is_some_and(|e| e == "log"))
+                .unwrap();
+            let data = read_to_vec(&net.disks[&leader], &path).unwrap();
+            let at = data
+                .windows(bytes.len())
+                .position(|w| w == &bytes[..])
+                .unwrap();
+            (path, at, bytes.len())
+        };
+        assert!(net.disks[&leader].corrupt(&segment, position + size - 3, &[0xff]));
+        net.down.clear();
+        net.tick(30);
+        let index = net
+            .drivers
+            .get_mut(&leader)
+            .unwrap()
+            .propose("t-0", batch("after", 1).to_vec())
+            .unwrap();
+        net.settle();
+        net.tick(3);
+        let healthy = (1..=3).find(|id| *id != leader && *id != lagging).unwrap();
+        assert!(net.committed[&healthy]
+            .iter()
+            .any(|c| c.group == "t-0" && c.index == index));
     }
 
     #[test]

@@ -152,11 +152,14 @@ impl Broker {
     }
 
     pub fn cluster_id(&self) -> String {
-        self.node.image().cluster_id.unwrap_or_default()
+        self.node
+            .with_image(|image| image.cluster_id.clone())
+            .unwrap_or_default()
     }
 
     pub fn topic(&self, name: &str) -> Option<TopicInfo> {
-        self.node.image().topics.get(name).cloned()
+        self.node
+            .with_image(|image| image.topics.get(name).cloned())
     }
 
     /// The broker clients should send controller requests to: the metadata quorum's
@@ -164,10 +167,13 @@ impl Broker {
     /// changes to the quorum, so either works).
     pub fn controller_id(&self) -> i32 {
         let leader = self.node.metadata_leader() as i32;
-        let image = self.node.image();
-        match image.brokers.get(&leader) {
-            Some(b) if !b.fenced => leader,
-            _ => self.config.node_id,
+        let live = self
+            .node
+            .with_image(|image| image.brokers.get(&leader).is_some_and(|b| !b.fenced));
+        if live {
+            leader
+        } else {
+            self.config.node_id
         }
     }
 

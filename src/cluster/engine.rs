@@ -296,8 +296,14 @@ impl ClusterNode {
         Ok(node)
     }
 
+    /// A copy of the whole metadata image (admin and Metadata answers).
     pub fn image(&self) -> MetadataImage {
         self.image.read().unwrap().clone()
+    }
+
+    /// Reads the metadata image in place (hot paths: copy only what they need).
+    pub fn with_image<T>(&self, read: impl FnOnce(&MetadataImage) -> T) -> T {
+        read(&self.image.read().unwrap())
     }
 
     pub fn replica(&self, topic: &str, partition: i32) -> Option<Arc<Replica>> {

@@ -54,6 +54,8 @@ pub enum BatchError {
     CrcMismatch { stored: u32, computed: u32 },
     #[error("invalid records: {0}")]
     InvalidRecords(String),
+    #[error("batch of {size} bytes exceeds max.message.bytes {max}")]
+    TooLarge { size: usize, max: usize },
 }
 
 impl BatchError {
@@ -63,6 +65,7 @@ impl BatchError {
         match self {
             BatchError::UnsupportedMagic(_) => ResponseError::UnsupportedVersion,
             BatchError::InvalidRecords(_) => ResponseError::InvalidRecord,
+            BatchError::TooLarge { .. } => ResponseError::MessageTooLarge,
             _ => ResponseError::CorruptMessage,
         }
     }
@@ -196,9 +199,10 @@ pub fn validate_produce_records(
         let header = parse_whole(rest)?;
         let size = header.size_bytes();
         if size > max_batch_bytes {
-            return Err(BatchError::InvalidRecords(format!(
-                "batch of {size} bytes exceeds message.max.bytes {max_batch_bytes}"
-            )));
+            return Err(BatchError::TooLarge {
+                size,
+                max: max_batch_bytes,
+            });
         }
         let bytes = records.slice(position..position + size);
         verify_crc(&bytes, &header)?;
@@ -485,7 +489,7 @@ pub(crate) mod tests {
         ));
         assert!(matches!(
             validate_produce_records(&batch, 10),
-            Err(BatchError::InvalidRecords(_))
+            Err(BatchError::TooLarge { max: 10, .. })
         ));
         assert!(validate_produce_records(&Bytes::new(), 1 << 20).is_err());
     }

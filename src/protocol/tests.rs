@@ -514,3 +514,51 @@ async fn leader_epochs_are_raft_terms() {
         );
     }
 }
+
+/// max.message.bytes is the topic's (from its config in the metadata log, applied to the
+/// leader's log): a larger batch gets MESSAGE_TOO_LARGE, and nothing of it is stored.
+#[tokio::test]
+async fn batches_above_the_topics_max_message_bytes_are_refused() {
+    let broker = test_broker().await;
+    let small = crate::metadata::CreateTopic {
+        name: "small".into(),
+        partitions: Some(1),
+        configs: [("max.message.bytes".to_string(), "1000".to_string())].into(),
+        ..Default::default()
+    };
+    broker.create_topic(small, false).await.unwrap();
+    let produce = |value: Vec<u8>| {
+        let broker = broker.clone();
+        async move {
+            use produce_request::*;
+            let batch = encode_batch(
+                &[(None, Some(Bytes::from(value)))],
+                1_000,
+                Compression::None,
+            )
+            .unwrap();
+            let request = RequestKind::Produce(
+                ProduceRequest::default()
+                    .with_acks(-1)
+                    .with_timeout_ms(5000)
+                    .with_topic_data(vec![TopicProduceData::default()
+                        .with_name(TopicName(s("small")))
+                        .with_partition_data(vec![PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(batch))])]),
+            );
+            let pending = dispatch(&broker, frame(ApiKey::Produce, 9, 3, &request))
+                .await
+                .unwrap();
+            let Some(ResponseKind::Produce(r)) = resolve(pending.reply).await else {
+                panic!("not a produce response")
+            };
+            r.responses[0].partition_responses[0].error_code
+        }
+    };
+    assert_eq!(
+        produce(vec![b'x'; 2000]).await,
+        kafka_protocol::ResponseError::MessageTooLarge.code()
+    );
+    assert_eq!(produce(vec![b'x'; 100]).await, 0);
+}

@@ -7,7 +7,6 @@ use super::{code, str_bytes};
 use crate::broker::Broker;
 use crate::cluster::{ProduceTicket, Wait};
 use crate::log::batch::validate_produce_records;
-use crate::log::config::effective_config;
 use crate::protocol::dispatch::Reply;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind, TopicName};
@@ -62,21 +61,7 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest)
                     ResponseError::UnknownTopicOrPartition,
                     "unknown topic or partition".into(),
                 ),
-                (None, Some(topic)) => {
-                    let max_message_bytes =
-                        effective_config(&broker.config.log_defaults, &topic.configs)
-                            .map(|c| c.max_message_bytes)
-                            .unwrap_or(broker.config.log_defaults.max_message_bytes);
-                    propose(
-                        broker,
-                        &name,
-                        data.index,
-                        data.records,
-                        max_message_bytes as usize,
-                        wait,
-                    )
-                    .await
-                }
+                (None, Some(_)) => propose(broker, &name, data.index, data.records, wait).await,
             };
             outcomes.push((data.index, outcome));
         }
@@ -131,13 +116,14 @@ async fn propose(
     topic: &str,
     partition: i32,
     records: Option<bytes::Bytes>,
-    max_message_bytes: usize,
     wait: Wait,
 ) -> PartitionOutcome {
     use PartitionOutcome::Refused;
-    if let Err(e) = broker.node.leader_replica(topic, partition, -1) {
-        return Refused(e, "this broker does not lead the partition".into());
-    }
+    let max_message_bytes = match broker.node.leader_replica(topic, partition, -1) {
+        // The log's config is the topic's effective config (kept up to date).
+        Ok(replica) => replica.storage.lock().log().config().max_message_bytes as usize,
+        Err(e) => return Refused(e, "this broker does not lead the partition".into()),
+    };
     let Some(records) = records else {
         return Refused(ResponseError::InvalidRecord, "null records".into());
     };

@@ -337,3 +337,50 @@ def test_produce_to_a_follower_gets_not_leader_and_metadata_finds_the_leader(clu
     assert meta.offset >= 0
     messages = confluent_consume_all(cluster.bootstrap, topic, 1, settle_s=0.5)
     assert [m.value() for m in messages] == [b"found-the-leader"]
+
+
+# ---------------------------------------------------------------------------------------
+# 5. strand dev cluster
+
+def test_dev_cluster_starts_three_brokers_and_stops_them_cleanly(tmp_path):
+    import random
+    import socket
+    import subprocess
+    from conftest import port_accepts, strand_bin
+
+    def free(port):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return True
+            except OSError:
+                return False
+
+    rng = random.Random()
+    for _ in range(100):
+        base = rng.randrange(20000, 40000)
+        if all(free(p) for p in (base, base + 1, base + 2, base + 1000, base + 1001, base + 1002)):
+            break
+    log = open(tmp_path / "dev.log", "wb")
+    proc = subprocess.Popen([str(strand_bin()), "dev", "cluster", "--brokers", "3",
+                             "--base-port", str(base), "--data-dir", str(tmp_path / "dev")],
+                            stdout=log, stderr=log)
+    try:
+        bootstrap = ",".join(f"127.0.0.1:{base + i}" for i in range(3))
+        wait_for(lambda: all(port_accepts(base + i) for i in range(3)), "the three listeners", 30)
+        out = wait_for(lambda: (lambda o: o if " 3 brokers:" in o else None)(
+            kcat(bootstrap, "-L", check=False).stdout.decode()), "3 brokers in Metadata", 30)
+        for i in range(3):
+            assert f"broker {i + 1} at 127.0.0.1:{base + i}" in out, out
+        assert sorted(p.name for p in (tmp_path / "dev").iterdir()) == ["1", "2", "3"]
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True)
+        assert len(children.stdout.split()) == 3, children
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+        log.close()
+    assert code == 0, (tmp_path / "dev.log").read_text(errors="replace")[-3000:]
+    # Every broker shut down cleanly (each logs it) and no process is left.
+    text = (tmp_path / "dev.log").read_text(errors="replace")
+    assert text.count("clean shutdown complete") == 3, text[-3000:]
+    assert not any(port_accepts(base + i) for i in range(3))

@@ -950,8 +950,8 @@ impl ClusterNode {
         }
     }
 
-    /// For every partition led here, records its in-sync replicas in the metadata log
-    /// when they differ from what the image says (Metadata's ISR then shows which
+    /// For every partition led here, records its leadership and in-sync replicas in the
+    /// metadata log when the image says otherwise (Metadata's ISR then shows which
     /// replicas are caught up).
     fn record_isr_changes(&self, driver: &mut Driver) {
         let image = self.image.read().unwrap().clone();
@@ -976,17 +976,13 @@ impl ClusterNode {
                 .collect();
             let (_, term) = replica.leader();
             let epoch = i32::try_from(term).unwrap_or(i32::MAX);
-            if p.leader == me && p.leader_epoch == epoch && p.isr != isr {
-                if let Some(record) = controller.leader_elected(
-                    &image,
-                    &replica.topic,
-                    replica.partition,
-                    me,
-                    epoch,
-                    isr,
-                ) {
-                    records.push(record);
-                }
+            // Also records this leadership itself when the image lacks it: the record
+            // proposed at the election is dropped if the metadata group had no leader
+            // at that moment (a broker leading both just died).
+            if let Some(record) =
+                controller.leader_elected(&image, &replica.topic, replica.partition, me, epoch, isr)
+            {
+                records.push(record);
             }
         }
         if !records.is_empty() {

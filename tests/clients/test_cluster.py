@@ -259,8 +259,11 @@ def test_paused_broker_resumes_without_a_leadership_storm(cluster):
         during = partitions_of(cluster, topic)
         time.sleep(10)
         cluster[victim].signal(signal.SIGCONT)
-        # Give it time to rejoin and for leadership to go back to preferred replicas.
-        time.sleep(10)
+        # It rejoins (unfenced, back in the in-sync sets), then the balancer (every 5 s)
+        # hands leadership back to the preferred replicas.
+        wait_for(lambda: {p: leader for p, (leader, _, _) in
+                          partitions_of(cluster, topic).items()} == before,
+                 "leaders back on the preferred replicas", 45)
     finally:
         stop.set()
         loader.join(90)

@@ -261,9 +261,12 @@ def test_paused_broker_resumes_without_a_leadership_storm(cluster):
         cluster[victim].signal(signal.SIGCONT)
         # It rejoins (unfenced, back in the in-sync sets), then the balancer (every 5 s)
         # hands leadership back to the preferred replicas.
-        wait_for(lambda: {p: leader for p, (leader, _, _) in
-                          partitions_of(cluster, topic).items()} == before,
-                 "leaders back on the preferred replicas", 45)
+        def settled():
+            now = partitions_of(cluster, topic)
+            return ({p: leader for p, (leader, _, _) in now.items()} == before
+                    and all(sorted(isrs) == sorted(replicas)
+                            for _, replicas, isrs in now.values()))
+        wait_for(settled, "leaders back on the preferred replicas, every replica in sync", 45)
     finally:
         stop.set()
         loader.join(90)

@@ -1184,7 +1184,13 @@ fn apply_metadata_batch(
 ) -> io::Result<()> {
     let records = decode_batch(stored).map_err(|e| io::Error::other(e.to_string()))?;
     for (i, record) in records.iter().enumerate() {
-        if let Err(e) = image.apply(base_offset + i as i64, record) {
+        let offset = base_offset + i as i64;
+        if offset <= image.last_applied_offset {
+            // Committed again after this replica repaired a corrupt entry: records
+            // never change once committed, and this one is applied already.
+            continue;
+        }
+        if let Err(e) = image.apply(offset, record) {
             tracing::debug!(error = %e, "metadata record refused (identically on every broker)");
         }
     }

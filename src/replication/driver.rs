@@ -121,6 +121,27 @@ struct Group {
     observed: (u64, StateRole, u64),
     /// (term, role) the election timeout was last drawn for.
     timeout_drawn_for: (u64, StateRole),
+    /// Set after this replica dropped entries it had acknowledged (a repair): the last
+    /// index it held before. Until its log reaches it again the replica neither votes
+    /// nor campaigns, so it can never help elect a leader that lacks a committed entry.
+    vote_barrier: Option<u64>,
+}
+
+impl Group {
+    /// Outgoing messages, without vote requests while the vote barrier stands.
+    fn outgoing(&self, mut messages: Vec<Message>) -> Vec<Message> {
+        if self.vote_barrier.is_some() {
+            messages.retain(|m| !is_vote_request(m));
+        }
+        messages
+    }
+}
+
+fn is_vote_request(m: &Message) -> bool {
+    matches!(
+        m.get_msg_type(),
+        MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+    )
 }
 
 pub struct Driver {
@@ -157,8 +178,15 @@ impl Driver {
 
     /// Starts hosting a replica of `group`.
     pub fn add_group(&mut self, group: GroupId, replica: ReplicaLog) -> Result<(), DriverError> {
-        let applied = replica.hard_state().commit;
-        let storage = ReplicaStorage::new(replica);
+        self.add_group_storage(group, ReplicaStorage::new(replica))
+    }
+
+    fn add_group_storage(
+        &mut self,
+        group: GroupId,
+        storage: ReplicaStorage,
+    ) -> Result<(), DriverError> {
+        let applied = storage.lock().hard_state().commit;
         let config = Config {
             id: self.node_id,
             election_tick: self.config.election_tick,
@@ -177,6 +205,7 @@ impl Driver {
             timeout_drawn_for: (observed.0, observed.1),
             raw,
             storage,
+            vote_barrier: None,
         };
         self.reseed_timeout(&mut entry);
         self.groups.insert(group, entry);
@@ -200,6 +229,50 @@ impl Driver {
         self.groups
             .get(group)
             .map(|g| (g.raw.raft.leader_id, g.raw.raft.term))
+    }
+
+    /// Repairs every group whose log a read found corrupt: the replica drops the corrupt
+    /// entry and everything after it and rejoins as a follower (a fresh raft-rs node on
+    /// the same storage), so the group's leader (another replica, if this one led)
+    /// replicates those entries to it again. The next round reports its leader change.
+    fn repair_corrupt_groups(&mut self) -> Result<(), DriverError> {
+        let corrupt: Vec<(GroupId, u64)> = self
+            .groups
+            .iter()
+            .filter_map(|(name, g)| g.storage.corrupt_index().map(|i| (name.clone(), i)))
+            // A replica alone has no peer to repair from: it keeps refusing to serve the
+            // batch instead of dropping everything after it.
+            .filter(|(name, _)| self.groups[name].raw.raft.prs().conf().voters().ids().len() > 1)
+            .collect();
+        for (name, index) in corrupt {
+            let group = self.groups.remove(&name).expect("listed above");
+            let storage = group.storage.clone();
+            let held = group.vote_barrier;
+            drop(group);
+            let last_index = {
+                let mut log = storage.lock();
+                let last_index = log.last_index();
+                tracing::warn!(group = %name, index, last_index,
+                    "repairing a corrupt entry: dropping it and what follows, to be replicated again");
+                log.truncate_for_repair(index)?;
+                last_index
+            };
+            self.add_group_storage(name.clone(), storage)?;
+            if let Some(g) = self.groups.get_mut(&name) {
+                // Not what the new node observes: its first round reports its leader.
+                g.observed = (0, StateRole::Follower, u64::MAX);
+                g.vote_barrier = Some(held.unwrap_or(0).max(last_index));
+            }
+        }
+        for (name, group) in self.groups.iter_mut() {
+            if let Some(barrier) = group.vote_barrier {
+                if group.storage.lock().last_index() >= barrier {
+                    tracing::info!(group = %name, "caught up after a repair: votes again");
+                    group.vote_barrier = None;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Ticks since the driver started.
@@ -295,6 +368,11 @@ impl Driver {
             });
         }
         self.last_heard_tick.insert(raft_message.from, self.ticks);
+        if group.vote_barrier.is_some() && is_vote_request(&raft_message) {
+            // No vote until caught up again (see `Group::vote_barrier`): dropped unanswered.
+            self.groups.insert(message.group, group);
+            return Ok(());
+        }
         let result = group.raw.step(raft_message);
         self.after_step(&mut group);
         self.groups.insert(message.group, group);
@@ -379,6 +457,7 @@ impl Driver {
     /// One round over every group with a `Ready` (see the module comment). `now_ms` only
     /// stamps segment rolls.
     pub fn round(&mut self, now_ms: i64) -> Result<RoundOutput, DriverError> {
+        self.repair_corrupt_groups()?;
         let mut output = RoundOutput::default();
         let mut readies = Vec::new();
         let mut handles = Vec::new();
@@ -387,7 +466,11 @@ impl Driver {
                 continue;
             }
             let mut ready = group.raw.ready();
-            route(&mut output.outgoing, name, ready.take_messages());
+            route(
+                &mut output.outgoing,
+                name,
+                group.outgoing(ready.take_messages()),
+            );
             let mut replica = group.storage.lock();
             if !ready.snapshot().is_empty() {
                 replica.apply_snapshot(ready.snapshot())?;
@@ -423,7 +506,8 @@ impl Driver {
                 .groups
                 .get_mut(&name)
                 .expect("ready came from this group");
-            route(&mut output.outgoing, &name, ready.take_persisted_messages());
+            let persisted = group.outgoing(ready.take_persisted_messages());
+            route(&mut output.outgoing, &name, persisted);
             let mut committed = ready.take_committed_entries();
             let mut light = group.raw.advance(ready);
             if let Some(commit) = light.commit_index() {
@@ -432,7 +516,8 @@ impl Driver {
                 hs.commit = commit;
                 replica.set_hard_state(hs);
             }
-            route(&mut output.outgoing, &name, light.take_messages());
+            let messages = group.outgoing(light.take_messages());
+            route(&mut output.outgoing, &name, messages);
             committed.extend(light.take_committed_entries());
             {
                 let replica = group.storage.lock();

@@ -79,6 +79,9 @@ pub struct ReplicaLog {
     conf_state: ConfState,
     /// Set once a corrupt batch was logged (reads keep refusing it; the log says it once).
     corruption_logged: std::sync::atomic::AtomicBool,
+    /// Lowest Raft index found corrupt by a read (0: none), shared with the
+    /// [`ReplicaStorage`] so the driver sees it without taking the lock.
+    corrupt_index: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn frame(record: &PersistedState) -> Vec<u8> {
@@ -173,6 +176,7 @@ impl ReplicaLog {
             hard_state,
             conf_state,
             corruption_logged: Default::default(),
+            corrupt_index: Default::default(),
         };
         if fresh {
             replica.write_state()?;
@@ -195,6 +199,53 @@ impl ReplicaLog {
 
     pub fn log(&self) -> &PartitionLog {
         &self.log
+    }
+
+    /// Records that the entry at `index` failed its CRC check (the driver repairs it).
+    pub fn mark_corrupt(&self, index: u64) {
+        use std::sync::atomic::Ordering;
+        let _ = self
+            .corrupt_index
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+                (current == 0 || index < current).then_some(index)
+            });
+    }
+
+    /// Records that a read at `offset` (a consumer's fetch) met a corrupt batch at or
+    /// after it: the entry holding `offset` is where a repair starts (a few healthy
+    /// entries before the corrupt one may go too; they are replicated again).
+    pub fn mark_corrupt_from_offset(&self, offset: i64) {
+        let k = self
+            .entries
+            .partition_point(|e| e.next_offset <= offset)
+            .min(self.entries.len().saturating_sub(1));
+        if !self.entries.is_empty() {
+            self.mark_corrupt(self.first_index + k as u64);
+        }
+    }
+
+    /// Repair of a corrupt entry: drops it and every entry after it (fsynced), lowering
+    /// the commit index below it. The replica then holds less than it acknowledged,
+    /// as after a lost disk; its group rejoins as a follower and the leader sends the
+    /// dropped entries again (`driver::survive_lost_log`). Raft's "committed entries
+    /// never change" holds for the group: a quorum of other replicas still holds them.
+    pub fn truncate_for_repair(&mut self, from_index: u64) -> io::Result<()> {
+        use std::sync::atomic::Ordering;
+        assert!(
+            from_index >= self.first_index && from_index <= self.last_index(),
+            "repair inside the log"
+        );
+        let offset = self.entries[(from_index - self.first_index) as usize].base_offset;
+        self.log.truncate_to(offset)?;
+        self.entries
+            .truncate((from_index - self.first_index) as usize);
+        self.hard_state.commit = self.hard_state.commit.min(from_index - 1);
+        self.write_state()?;
+        self.state_file.sync()?;
+        self.corrupt_index.store(0, Ordering::Release);
+        self.corruption_logged.store(false, Ordering::Relaxed);
+        self.check_invariants();
+        Ok(())
     }
 
     /// Applies a topic config change (segment size, retention, ...) to the log.
@@ -469,8 +520,9 @@ impl ReplicaLog {
                     use std::sync::atomic::Ordering;
                     if !self.corruption_logged.swap(true, Ordering::Relaxed) {
                         tracing::error!(index, segment_base_offset, position,
-                            "corrupt batch in a replica log (CRC32C mismatch): not sent to followers");
+                            "corrupt batch in a replica log (CRC32C mismatch): not sent; the replica repairs from a peer");
                     }
+                    self.mark_corrupt(index);
                     return Err(StorageError::LogTemporarilyUnavailable);
                 }
                 Err(ReadError::OffsetOutOfRange { .. }) => return Err(StorageError::Unavailable),
@@ -490,12 +542,25 @@ impl ReplicaLog {
 #[derive(Clone)]
 pub struct ReplicaStorage {
     inner: Arc<Mutex<ReplicaLog>>,
+    corrupt_index: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ReplicaStorage {
     pub fn new(log: ReplicaLog) -> ReplicaStorage {
         ReplicaStorage {
+            corrupt_index: log.corrupt_index.clone(),
             inner: Arc::new(Mutex::new(log)),
+        }
+    }
+
+    /// The lowest Raft index a read found corrupt since the last repair.
+    pub fn corrupt_index(&self) -> Option<u64> {
+        match self
+            .corrupt_index
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            0 => None,
+            index => Some(index),
         }
     }
 

@@ -104,6 +104,7 @@ fn read_once(broker: &Broker, version: i16, request: &FetchRequest) -> (FetchRes
                     segment_base_offset,
                     position,
                 }) => {
+                    storage.mark_corrupt_from_offset(wanted.fetch_offset);
                     drop(storage);
                     replica.report_corruption(segment_base_offset, position);
                     any_error = true;

@@ -20,9 +20,7 @@ single_port=19792
 cluster_port=19892
 write_kib=$(( (per_batch * (record_size + 10) + 61 + 1023) / 1024 ))
 
-command -v fio >/dev/null || { echo "fio is needed: apt-get install -y fio" >&2; exit 1; }
 cargo build --release --quiet
-mkdir -p "$dir/fio"
 pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -44,18 +42,7 @@ bench() { # bench PORT LABEL
     done
 }
 
-echo "== fio: ${write_kib} KiB sequential writes, fdatasync after each, 20 s"
-fio --name=seqsync --directory="$dir/fio" --rw=write --bs="${write_kib}k" --size=1g \
-    --fdatasync=1 --runtime=20 --time_based --ioengine=psync --numjobs=1 --group_reporting \
-    --output-format=json > "$dir/fio.json"
-python3 - "$dir/fio.json" <<'PY'
-import json, sys
-job = json.load(open(sys.argv[1]))["jobs"][0]
-w, sync = job["write"], job["sync"]["lat_ns"]["percentile"]
-print(f"fio write_MB_per_s={w['bw_bytes'] / 1e6:.1f} writes_per_s={w['iops']:.0f} "
-      f"fdatasync_us_p50={sync['50.000000'] / 1e3:.0f} fdatasync_us_p99={sync['99.000000'] / 1e3:.0f}")
-PY
-rm -rf "$dir/fio"
+bench/fio-limit.sh "$dir/fio" "$write_kib"
 
 echo "== one broker: acks=all, $records records of $record_size B, $per_batch per request, $producers producers"
 target/release/strand broker --listen "127.0.0.1:$single_port" --data-dir "$dir/single" --log-level warn &

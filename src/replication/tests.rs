@@ -695,20 +695,7 @@ mod driver {
         net.drivers.insert(victim, driver(victim, &disk, 2));
         net.down.clear();
         net.tick(30);
-        let logs: Vec<Vec<(i64, bytes::Bytes)>> = (1..=3)
-            .map(|id| {
-                let storage = net.drivers[&id].storage("t-0").unwrap().lock();
-                (storage.first_index()..=storage.hard_state().commit)
-                    .map(|i| {
-                        let p = storage.position(i).unwrap();
-                        (
-                            p.base_offset,
-                            storage.log().read_batch(p.base_offset).unwrap(),
-                        )
-                    })
-                    .collect()
-            })
-            .collect();
+        let logs: Vec<_> = (1..=3).map(|id| committed_log(&net, id)).collect();
         assert!(logs[0].len() >= 5);
         assert_eq!(logs[0], logs[1]);
         assert_eq!(logs[1], logs[2]);

@@ -589,6 +589,19 @@ mod driver {
             }
         }
 
+        /// Proposes `n` batches of two records ("{tag}{i}") to `t-0` on `leader`, one at a
+        /// time, settling after each.
+        fn propose_each(&mut self, leader: u64, tag: &str, n: usize) {
+            for i in 0..n {
+                self.drivers
+                    .get_mut(&leader)
+                    .unwrap()
+                    .propose("t-0", batch(&format!("{tag}{i}"), 2).to_vec())
+                    .unwrap();
+                self.settle();
+            }
+        }
+
         fn leader_of(&self, group: &str) -> Option<u64> {
             let leaders: BTreeSet<u64> = self
                 .drivers
@@ -724,14 +737,7 @@ mod driver {
         net.tick(40);
         let leader = net.leader_of("t-0").unwrap();
         let victim = (1..=3).find(|id| *id != leader).unwrap();
-        for i in 0..3 {
-            net.drivers
-                .get_mut(&leader)
-                .unwrap()
-                .propose("t-0", batch(&format!("before{i}"), 2).to_vec())
-                .unwrap();
-            net.settle();
-        }
+        net.propose_each(leader, "before", 3);
         assert_eq!(committed_log(&net, victim), committed_log(&net, leader));
         net.down.insert(victim);
         net.drivers
@@ -767,14 +773,7 @@ mod driver {
         let leader = net.leader_of("t-0").unwrap();
         let lagging = (1..=3).find(|id| *id != leader).unwrap();
         net.down.insert(lagging);
-        for i in 0..3 {
-            net.drivers
-                .get_mut(&leader)
-                .unwrap()
-                .propose("t-0", batch(&format!("rots{i}"), 2).to_vec())
-                .unwrap();
-            net.settle();
-        }
+        net.propose_each(leader, "rots", 3);
         // Flip a byte inside the last committed batch's records (covered by its CRC).
         let (segment, position, size) = {
             let storage = net.drivers[&leader].storage("t-0").unwrap().lock();
@@ -831,14 +830,7 @@ mod driver {
         let leader = net.leader_of("t-0").unwrap();
         let victim = (1..=3).find(|id| *id != leader).unwrap();
         net.down.insert(victim);
-        for i in 0..40 {
-            net.drivers
-                .get_mut(&leader)
-                .unwrap()
-                .propose("t-0", batch(&format!("s{i}"), 2).to_vec())
-                .unwrap();
-            net.settle();
-        }
+        net.propose_each(leader, "s", 40);
         for id in (1..=3).filter(|id| *id != victim) {
             let dropped = net.drivers[&id]
                 .storage("t-0")
@@ -917,14 +909,7 @@ mod driver {
         let mut net = Net::new(5);
         net.tick(40);
         let leader = net.leader_of("t-0").unwrap();
-        for i in 0..3 {
-            net.drivers
-                .get_mut(&leader)
-                .unwrap()
-                .propose("t-0", batch(&format!("p{i}"), 2).to_vec())
-                .unwrap();
-            net.settle();
-        }
+        net.propose_each(leader, "p", 3);
         net.tick(3);
         let follower = (1..=3).find(|id| *id != leader).unwrap();
         let (_, term) = net.drivers[&follower].leader("t-0").unwrap();

@@ -2,7 +2,7 @@
 //! factors (at most the live brokers), explicit assignments and configs are checked by
 //! the controller; `validate_only` checks without creating.
 
-use super::{code, str_bytes};
+use super::{code, config_map, str_bytes};
 use crate::broker::{ApiError, Broker};
 use crate::log::config::{describe, effective_config, TOPIC_CONFIG_KEYS};
 use crate::metadata::CreateTopic;
@@ -39,15 +39,7 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: CreateTopicsReq
         let result = match create(broker, topic, request.validate_only).await {
             Ok(id) => {
                 let mut result = base;
-                let configs: BTreeMap<String, String> = topic
-                    .configs
-                    .iter()
-                    .filter_map(|c| {
-                        c.value
-                            .as_ref()
-                            .map(|v| (c.name.to_string(), v.to_string()))
-                    })
-                    .collect();
+                let configs = requested_configs(topic);
                 if version >= 5 {
                     let (partitions, factor) = match broker.topic(&name) {
                         Some(t) if !request.validate_only => (
@@ -82,12 +74,7 @@ async fn create(
     topic: &CreatableTopic,
     validate_only: bool,
 ) -> Result<uuid::Uuid, ApiError> {
-    let mut configs = BTreeMap::new();
-    for c in &topic.configs {
-        if let Some(value) = &c.value {
-            configs.insert(c.name.to_string(), value.to_string());
-        }
-    }
+    let configs = requested_configs(topic);
     let assignments = (!topic.assignments.is_empty()).then(|| {
         let mut sorted: Vec<_> = topic.assignments.iter().collect();
         sorted.sort_by_key(|a| a.partition_index);
@@ -117,6 +104,10 @@ async fn create(
         configs,
     };
     broker.create_topic(request, validate_only).await
+}
+
+fn requested_configs(topic: &CreatableTopic) -> BTreeMap<String, String> {
+    config_map(topic.configs.iter().map(|c| (&c.name, c.value.as_ref())))
 }
 
 fn describe_all(

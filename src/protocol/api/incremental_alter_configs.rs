@@ -24,18 +24,16 @@ pub async fn handle(
 ) -> Reply {
     let mut responses = Vec::with_capacity(request.resources.len());
     for resource in &request.resources {
-        {
-            let outcome = apply(broker, resource, request.validate_only).await;
-            let response = AlterConfigsResourceResponse::default()
-                .with_resource_type(resource.resource_type)
-                .with_resource_name(resource.resource_name.clone());
-            responses.push(match outcome {
-                Ok(()) => response,
-                Err(e) => response
-                    .with_error_code(code(Some(e.code)))
-                    .with_error_message(Some(str_bytes(&e.message))),
-            });
-        }
+        let outcome = apply(broker, resource, request.validate_only).await;
+        let response = AlterConfigsResourceResponse::default()
+            .with_resource_type(resource.resource_type)
+            .with_resource_name(resource.resource_name.clone());
+        responses.push(match outcome {
+            Ok(()) => response,
+            Err(e) => response
+                .with_error_code(code(Some(e.code)))
+                .with_error_message(Some(str_bytes(&e.message))),
+        });
     }
     Reply::Now(ResponseKind::IncrementalAlterConfigs(
         IncrementalAlterConfigsResponse::default().with_responses(responses),

@@ -23,6 +23,17 @@ pub(crate) fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
 }
 
+/// Config (name, value) pairs as a request carries them; entries without a value are
+/// left out.
+pub(crate) fn config_map<'a>(
+    entries: impl IntoIterator<Item = (&'a StrBytes, Option<&'a StrBytes>)>,
+) -> std::collections::BTreeMap<String, String> {
+    entries
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|v| (name.to_string(), v.to_string())))
+        .collect()
+}
+
 /// The wire error code of an optional error (0 for none).
 pub(crate) fn code(error: Option<ResponseError>) -> i16 {
     error.map(|e| e.code()).unwrap_or(0)

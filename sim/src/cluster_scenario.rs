@@ -105,7 +105,10 @@ pub fn run_seed(seed: u64, options: &Options) -> Report {
         let ns = trace.last_sim_ns;
         trace.record(ns, &format!("violation {}: {}", v.invariant, v.detail));
     }
-    let digest = shared.trace.lock().unwrap().digest();
+    let (digest, events, last_events) = {
+        let trace = shared.trace.lock().unwrap();
+        (trace.digest(), trace.events(), trace.last_events())
+    };
     if violation.is_some() {
         std::mem::forget(runtime);
     }
@@ -115,6 +118,9 @@ pub fn run_seed(seed: u64, options: &Options) -> Report {
         records_acked: shared.acked.load(Ordering::Relaxed),
         digest,
         violation,
+        events,
+        faults_injected: 0,
+        last_events,
     }
 }
 

@@ -9,6 +9,7 @@
 //! collects one result line per seed, prints the replay command of every failure and a
 //! closing `N passed, M failed` line.
 
+mod faults;
 mod trace;
 
 #[cfg(madsim)]
@@ -185,6 +186,10 @@ fn run_one(seed: u64, args: &Args) -> ExitCode {
     let options = scenario::Options {
         records: args.records,
         trace: args.trace,
+        brokers: 3,
+        sim_seconds: 0,
+        faults: faults::Faults::all(),
+        planted: None,
     };
     let report = if args.cluster {
         cluster_scenario::run_seed(seed, &options)
@@ -194,6 +199,9 @@ fn run_one(seed: u64, args: &Args) -> ExitCode {
     println!("{}", report.line());
     if let Some(v) = &report.violation {
         println!("  violated: {}: {}", v.invariant, v.detail);
+        for event in &report.last_events {
+            println!("  event: {event}");
+        }
     }
     if report.passed() {
         ExitCode::SUCCESS
@@ -286,7 +294,7 @@ fn spawn_child(seed: u64, args: &Args) -> ChildRun {
 
 fn harness_failure(seed: u64, why: &str) -> String {
     format!(
-        "seed={seed} outcome=fail sim_ms=0 records_acked=0 digest={:016x}\n  violated: harness: {why}\n",
+        "seed={seed} outcome=fail sim_ms=0 events=0 faults=0 records_acked=0 digest={:016x}\n  violated: harness: {why}\n",
         0u64
     )
 }

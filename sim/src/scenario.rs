@@ -70,7 +70,16 @@ const FETCH_MAX_BYTES: i32 = 64 * 1024;
 
 pub struct Options {
     pub records: usize,
+    /// Echo every traced event on stderr.
     pub trace: bool,
+    /// Brokers in the cluster scenario (3 or 5).
+    pub brokers: u64,
+    /// Simulated seconds of faults and load in the cluster scenario (0: its default).
+    pub sim_seconds: u64,
+    /// The fault kinds switched on.
+    pub faults: crate::faults::Faults,
+    /// The planted bug to switch on (`planted-bugs` builds only).
+    pub planted: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +101,12 @@ pub struct Report {
     pub records_acked: u64,
     pub digest: u64,
     pub violation: Option<Violation>,
+    /// Events the trace recorded.
+    pub events: u64,
+    /// Faults injected (kills, partitions, disk faults, ...).
+    pub faults_injected: u64,
+    /// The last events before the end (the failure), oldest first.
+    pub last_events: Vec<String>,
 }
 
 impl Report {
@@ -101,10 +116,12 @@ impl Report {
 
     pub fn line(&self) -> String {
         format!(
-            "seed={} outcome={} sim_ms={} records_acked={} digest={:016x}",
+            "seed={} outcome={} sim_ms={} events={} faults={} records_acked={} digest={:016x}",
             self.seed,
             if self.passed() { "pass" } else { "fail" },
             self.sim_ms,
+            self.events,
+            self.faults_injected,
             self.records_acked,
             self.digest
         )
@@ -211,7 +228,10 @@ pub fn run_seed(seed: u64, options: &Options) -> Report {
         let ns = trace.last_sim_ns;
         trace.record(ns, &text);
     }
-    let digest = shared.trace.lock().unwrap().digest();
+    let (digest, events, last_events) = {
+        let trace = shared.trace.lock().unwrap();
+        (trace.digest(), trace.events(), trace.last_events())
+    };
     // A runtime that unwound may be in any state: do not run its destructors.
     if violation.is_some() {
         std::mem::forget(runtime);
@@ -222,6 +242,9 @@ pub fn run_seed(seed: u64, options: &Options) -> Report {
         records_acked: shared.records_acked.load(Ordering::Relaxed),
         digest,
         violation,
+        events,
+        faults_injected: shared.incarnations.load(Ordering::Relaxed).saturating_sub(1),
+        last_events,
     }
 }
 

@@ -21,9 +21,13 @@ pub fn hash_bytes(bytes: &[u8]) -> u64 {
     fnv1a(FNV_OFFSET, bytes)
 }
 
+/// How many of the latest events a trace keeps for a failure report.
+pub const LAST_EVENTS: usize = 24;
+
 pub struct Trace {
     digest: u64,
     events: u64,
+    last: std::collections::VecDeque<String>,
     /// Simulated nanoseconds since the start of the run at the latest event.
     pub last_sim_ns: u128,
     echo: bool,
@@ -34,6 +38,7 @@ impl Trace {
         Trace {
             digest: FNV_OFFSET,
             events: 0,
+            last: std::collections::VecDeque::with_capacity(LAST_EVENTS),
             last_sim_ns: 0,
             echo,
         }
@@ -46,6 +51,11 @@ impl Trace {
         self.digest = fnv1a(self.digest, &sim_ns.to_le_bytes());
         self.digest = fnv1a(self.digest, event.as_bytes());
         self.digest = fnv1a(self.digest, b"\n");
+        if self.last.len() == LAST_EVENTS {
+            self.last.pop_front();
+        }
+        self.last
+            .push_back(format!("[sim {:.3} ms] {event}", sim_ns as f64 / 1e6));
         if self.echo {
             eprintln!(
                 "[sim {:>10.3} ms] #{:<5} {event}",
@@ -57,6 +67,15 @@ impl Trace {
 
     pub fn digest(&self) -> u64 {
         self.digest
+    }
+
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// The latest events (at most [`LAST_EVENTS`]), oldest first.
+    pub fn last_events(&self) -> Vec<String> {
+        self.last.iter().cloned().collect()
     }
 }
 

@@ -138,7 +138,15 @@ fn run_broker(args: BrokerArgs) -> ExitCode {
         tracing::info!(listen = %broker.config.listen, data_dir = %broker.data_dir().display(), node_id = broker.config.node_id,
             cluster_id = %broker.cluster_id(), "strand broker started");
         let server = tokio::spawn(server::serve(broker.clone(), listener));
-        wait_for_shutdown_signal().await;
+        tokio::select! {
+            _ = wait_for_shutdown_signal() => {}
+            why = broker.node.failed() => {
+                // No clean shutdown: nothing written after the failure may be trusted,
+                // and a restart recovers from what is durable (as after a power loss).
+                server.abort();
+                return fail(&format!("storage failure, exiting so that a restart recovers the logs: {why}"));
+            }
+        }
         tracing::info!("shutting down");
         server.abort();
         match broker.shutdown().await {

@@ -1,43 +1,70 @@
-//! Three brokers replicating a partition through Raft, under madsim, with brokers
-//! killed (unsynced writes dropped) and restarted while a producer writes.
+//! The standard simulation: a cluster of 3 or 5 brokers (the real `Broker` with its Kafka
+//! listener and Raft transport) under every fault kind, with Kafka clients on a node of
+//! their own, and a checker over the whole history.
 //!
-//! Exercises the replication engine directly (`strand::cluster::ClusterNode`): the
-//! brokers talk Raft to each other over simulated TCP; the workload calls the engine's
-//! produce on whichever broker leads the partition (the Kafka wire protocol is not in
-//! this scenario's path; the single-broker scenario drives it).
+//! Phases: the brokers form the metadata quorum and a topic is created; then for
+//! `--sim-seconds` one producer and one consumer per partition run while the supervisor
+//! injects the fault kinds switched on (`faults.rs`); then every fault heals (brokers
+//! restarted, links unclogged, disk faults off) and the run must become live again.
 //!
-//! Invariants:
-//! - `acked-durable`: every batch acknowledged at acks=all is, at the end, on every
-//!   replica, at its acknowledged offset, with its contents.
-//! - `replicas-agree`: every replica holds the same bytes at the same offsets below the
+//! Fault model assumptions (what Raft tolerates): a minority of brokers may be down or
+//! paused at once; faults that destroy fsynced data (wipes, bit flips, misdirected
+//! writes) hit one broker only, the seed's "disk victim", and a wiped broker is given
+//! quiet time to catch up before anything else is injected.
+//!
+//! Invariants (checked by the clients as they go, and over the history at the end):
+//! - `acked-durable`: every batch acknowledged at acks=all is in the final log at its
+//!   acknowledged offset with its values.
+//! - `no-duplicates`: a value the producer sent once appears at most once in the log.
+//! - `ack-order`: acknowledged batches found in the log lie in acknowledgement order.
+//! - `no-invented-records`: every value read (during the run or at the end) was sent;
+//!   a batch failing its CRC is never served (`corrupt-served`).
+//! - `consistent-reads`: every read of one offset returns the same value, and the final
+//!   log agrees with all of them.
+//! - `consumer-order`: one fetch returns increasing offsets at or above the position.
+//! - `one-leader-per-epoch`: no two brokers lead one partition in one epoch (from the
+//!   replicas' own state and from Metadata answers).
+//! - `replicas-agree`: after healing, every replica holds the same bytes below the
 //!   high watermark.
-//! - `progress`: with at most one broker down at a time, writes keep being acknowledged.
+//! - `liveness`: after healing, within a bounded simulated time every partition takes
+//!   acks=all writes again and every replica converges.
 //! - `no-panic`, `time-limit`.
 
+use crate::faults::{FaultKind, Faults};
 use crate::scenario::{panic_text, splitmix64, Options, Report, Violation};
-use crate::trace::{hash_bytes, Trace};
+use crate::trace::Trace;
 use bytes::Bytes;
+use madsim::net::NetSim;
 use madsim::rand::{thread_rng, Rng};
 use madsim::runtime::{Handle, NodeHandle, Runtime};
+use madsim::task::NodeId;
 use madsim::time::TimeHandle;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use strand::client::{decode_records, encode_batch};
-use strand::cluster::{ClusterConfig, ClusterNode, Wait};
+use strand::broker::Broker;
+use strand::client::{decode_records, encode_batch, Client};
+use strand::config::BrokerConfig;
 use strand::log::LogConfig;
-use strand::metadata::CreateTopic;
-use strand::replication::driver::DriverConfig;
-use strand::storage::{MemoryStorage, Storage};
+use strand::storage::{DiskFaults, MemoryStorage, Storage};
+use tokio::net::TcpListener;
 
-const BROKERS: u64 = 3;
 const RAFT_PORT: u16 = 9093;
-const TOPIC: &str = "replicated";
-const TIME_LIMIT: Duration = Duration::from_secs(900);
-const OP_TIMEOUT: Duration = Duration::from_secs(5);
+const KAFKA_PORT: u16 = 9092;
+const TOPIC: &str = "sim";
+const DATA_DIR: &str = "/data";
+const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 100);
+/// Seconds of faults and load when `--sim-seconds` is not given.
+const DEFAULT_FAULT_SECONDS: u64 = 20;
+/// After healing: how long the cluster has to become live and converge.
+const HEAL_LIMIT: Duration = Duration::from_secs(90);
+const OP_TIMEOUT: Duration = Duration::from_secs(3);
+/// The most records one seed's producers may send (bounds the history).
+const MAX_BATCHES_PER_PRODUCER: u64 = 5_000;
 
 fn violation(invariant: &'static str, detail: impl Into<String>) -> Violation {
     Violation {
@@ -46,15 +73,68 @@ fn violation(invariant: &'static str, detail: impl Into<String>) -> Violation {
     }
 }
 
-fn broker_ip(id: u64) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(10, 0, 1, id as u8))
+fn broker_ip(id: u64) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 1, id as u8)
 }
 
-/// What the brokers' init closures publish for the workload.
+fn kafka_addr(id: u64) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(broker_ip(id)), KAFKA_PORT)
+}
+
+/// One acknowledged produce.
+#[derive(Debug, Clone)]
+struct Ack {
+    /// Simulated ms it arrived at.
+    at_ms: u64,
+    partition: i32,
+    offset: i64,
+    acks: i16,
+    values: Vec<String>,
+}
+
+/// Everything the clients did and saw.
+#[derive(Default)]
+struct History {
+    /// Every value sent (each exactly once), with its partition.
+    sent: BTreeMap<String, i32>,
+    /// Acknowledgements (acks=1 and acks=all), in the order they arrived.
+    acks: Vec<Ack>,
+    /// Every (partition, offset) a consumer read, with its value.
+    reads: BTreeMap<(i32, i64), String>,
+    /// (partition, leader epoch) -> the broker seen leading it.
+    leaders: BTreeMap<(i32, i64), u64>,
+}
+
+/// Settings drawn from the seed.
+#[derive(Debug, Clone)]
+struct Settings {
+    brokers: u64,
+    partitions: i32,
+    fault_seconds: u64,
+    segment_bytes: u64,
+    index_interval_bytes: u64,
+    fetch_max_bytes: i32,
+    max_batch_records: usize,
+    /// The broker whose disk may lose fsynced data (wipes, bit flips, misdirected writes).
+    disk_victim: u64,
+}
+
 struct Shared {
     trace: Mutex<Trace>,
-    nodes: Mutex<BTreeMap<u64, Arc<ClusterNode>>>,
-    acked: AtomicU64,
+    brokers: Mutex<BTreeMap<u64, Arc<Broker>>>,
+    /// Brokers whose process ended on a storage failure, waiting to be restarted.
+    failed: Mutex<BTreeSet<u64>>,
+    history: Mutex<History>,
+    /// Each broker's view of the metadata, as last traced.
+    views: Mutex<BTreeMap<u64, String>>,
+    /// The first violation a client task found.
+    found: Mutex<Option<Violation>>,
+    records_acked: AtomicU64,
+    faults: AtomicU64,
+    stop_load: AtomicBool,
+    /// Simulated ms at which every fault was healed (0: not yet).
+    healed_at_ms: AtomicU64,
+    settings: Settings,
 }
 
 impl Shared {
@@ -63,29 +143,97 @@ impl Shared {
         self.trace.lock().unwrap().record(ns, event.as_ref());
     }
 
-    fn node(&self, id: u64) -> Option<Arc<ClusterNode>> {
-        self.nodes.lock().unwrap().get(&id).cloned()
+    fn fault(&self, event: impl AsRef<str>) {
+        self.faults.fetch_add(1, Ordering::Relaxed);
+        self.event(format!("fault: {}", event.as_ref()));
+    }
+
+    fn broker(&self, id: u64) -> Option<Arc<Broker>> {
+        self.brokers.lock().unwrap().get(&id).cloned()
+    }
+
+    fn report(&self, v: Violation) {
+        let mut found = self.found.lock().unwrap();
+        if found.is_none() {
+            self.event(format!("violation found: {}: {}", v.invariant, v.detail));
+            *found = Some(v);
+        }
+    }
+
+    fn found(&self) -> Option<Violation> {
+        self.found.lock().unwrap().clone()
+    }
+
+    /// Records who leads `partition` in `epoch`; two different leaders is a violation.
+    fn saw_leader(&self, partition: i32, epoch: i64, leader: u64, source: &str) {
+        if leader == 0 || epoch < 0 {
+            return;
+        }
+        let previous = *self
+            .history
+            .lock()
+            .unwrap()
+            .leaders
+            .entry((partition, epoch))
+            .or_insert(leader);
+        if previous != leader {
+            self.report(violation(
+                "one-leader-per-epoch",
+                format!(
+                    "partition {partition} epoch {epoch}: broker {previous} and broker {leader} ({source})"
+                ),
+            ));
+        }
+    }
+
+    fn now_ms() -> u64 {
+        TimeHandle::current().elapsed().as_millis() as u64
     }
 }
 
 pub fn run_seed(seed: u64, options: &Options) -> Report {
     let mut runtime = Runtime::with_seed_and_config(seed, madsim::Config::default());
-    runtime.set_time_limit(TIME_LIMIT);
-    let shared = Arc::new(Shared {
-        trace: Mutex::new(Trace::new(options.trace)),
-        nodes: Mutex::default(),
-        acked: AtomicU64::new(0),
-    });
-    let records = options.records;
+    crate::scenario::init_logging();
+    let fault_seconds = if options.sim_seconds == 0 {
+        DEFAULT_FAULT_SECONDS
+    } else {
+        options.sim_seconds
+    };
+    runtime.set_time_limit(Duration::from_secs(fault_seconds) + Duration::from_secs(600));
+    let shared_slot: Arc<Mutex<Option<Arc<Shared>>>> = Arc::default();
+    let faults = options.faults.clone();
+    let brokers = options.brokers.clamp(3, 5);
+    let trace_echo = options.trace;
     let outcome = {
-        let shared = shared.clone();
+        let slot = shared_slot.clone();
         std::panic::catch_unwind(AssertUnwindSafe(|| {
             runtime.block_on(async move {
-                let result = supervise(seed, records, shared.clone()).await;
+                let settings = draw_settings(brokers, fault_seconds, &faults);
+                let shared = Arc::new(Shared {
+                    trace: Mutex::new(Trace::new(trace_echo)),
+                    brokers: Mutex::default(),
+                    failed: Mutex::default(),
+                    history: Mutex::default(),
+                    views: Mutex::default(),
+                    found: Mutex::default(),
+                    records_acked: AtomicU64::new(0),
+                    faults: AtomicU64::new(0),
+                    stop_load: AtomicBool::new(false),
+                    healed_at_ms: AtomicU64::new(0),
+                    settings,
+                });
+                *slot.lock().unwrap() = Some(shared.clone());
+                shared.event(format!("settings {:?}, faults {faults}", shared.settings));
+                let result = supervise(seed, &faults, shared.clone()).await;
+                let result = match (result, shared.found()) {
+                    (Ok(()), Some(v)) => Err(v),
+                    (result, _) => result,
+                };
                 (result, TimeHandle::current().elapsed().as_millis())
             })
         }))
     };
+    let shared = shared_slot.lock().unwrap().clone();
     let (violation, sim_ms) = match outcome {
         Ok((Ok(()), ms)) => (None, ms),
         Ok((Err(v), ms)) => (Some(v), ms),
@@ -96,31 +244,70 @@ pub fn run_seed(seed: u64, options: &Options) -> Report {
             } else {
                 "no-panic"
             };
-            let ms = shared.trace.lock().unwrap().last_sim_ns / 1_000_000;
+            let ms = shared
+                .as_ref()
+                .map(|s| s.trace.lock().unwrap().last_sim_ns / 1_000_000)
+                .unwrap_or(0);
             (Some(self::violation(invariant, text)), ms)
         }
     };
-    if let Some(v) = &violation {
-        let mut trace = shared.trace.lock().unwrap();
-        let ns = trace.last_sim_ns;
-        trace.record(ns, &format!("violation {}: {}", v.invariant, v.detail));
-    }
-    let (digest, events, last_events) = {
-        let trace = shared.trace.lock().unwrap();
-        (trace.digest(), trace.events(), trace.last_events())
+    let (digest, events, last_events, acked, injected) = match &shared {
+        Some(shared) => {
+            let mut trace = shared.trace.lock().unwrap();
+            if let Some(v) = &violation {
+                let ns = trace.last_sim_ns;
+                trace.record(ns, &format!("violation {}: {}", v.invariant, v.detail));
+            }
+            (
+                trace.digest(),
+                trace.events(),
+                trace.last_events(),
+                shared.records_acked.load(Ordering::Relaxed),
+                shared.faults.load(Ordering::Relaxed),
+            )
+        }
+        None => (0, 0, Vec::new(), 0, 0),
     };
     if violation.is_some() {
+        // A runtime that unwound may be in any state: do not run its destructors.
         std::mem::forget(runtime);
     }
     Report {
         seed,
         sim_ms,
-        records_acked: shared.acked.load(Ordering::Relaxed),
+        records_acked: acked,
         digest,
         violation,
         events,
-        faults_injected: 0,
+        faults_injected: injected,
         last_events,
+    }
+}
+
+fn draw_settings(brokers: u64, fault_seconds: u64, faults: &Faults) -> Settings {
+    let mut rng = thread_rng();
+    let buggify = faults.on(FaultKind::Buggify) && rng.gen_bool(0.5);
+    Settings {
+        brokers,
+        partitions: rng.gen_range(1..=3),
+        fault_seconds,
+        segment_bytes: if buggify {
+            rng.gen_range(512..=4096)
+        } else {
+            rng.gen_range(16 * 1024..=256 * 1024)
+        },
+        index_interval_bytes: if buggify {
+            rng.gen_range(1..=256)
+        } else {
+            4096
+        },
+        fetch_max_bytes: if buggify {
+            rng.gen_range(64..=2048)
+        } else {
+            64 * 1024
+        },
+        max_batch_records: if buggify { 64 } else { 8 },
+        disk_victim: rng.gen_range(1..=brokers),
     }
 }
 
@@ -131,44 +318,109 @@ async fn broker_main(
     shared: Arc<Shared>,
     incarnation: Arc<AtomicU64>,
 ) {
-    let peers: BTreeMap<u64, SocketAddr> = (1..=BROKERS)
-        .map(|b| (b, SocketAddr::new(broker_ip(b), RAFT_PORT)))
+    let incarnation = incarnation.fetch_add(1, Ordering::Relaxed);
+    let settings = shared.settings.clone();
+    let peers = (1..=settings.brokers)
+        .map(|b| {
+            (
+                b as i32,
+                SocketAddr::new(IpAddr::V4(broker_ip(b)), RAFT_PORT),
+            )
+        })
         .collect();
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], RAFT_PORT)))
-        .await
-        .expect("bind the Raft port");
-    let config = ClusterConfig {
-        node_id: id,
-        peers,
-        data_dir: "/data".into(),
+    let config = BrokerConfig {
+        node_id: id as i32,
+        listen: SocketAddr::from(([0, 0, 0, 0], KAFKA_PORT)),
+        advertised_host: broker_ip(id).to_string(),
+        advertised_port: KAFKA_PORT as i32,
+        data_dir: PathBuf::from(DATA_DIR),
         log_defaults: LogConfig {
-            segment_bytes: 16 * 1024,
+            segment_bytes: settings.segment_bytes,
+            index_interval_bytes: settings.index_interval_bytes,
             ..LogConfig::default()
         },
-        kafka_host: broker_ip(id).to_string(),
-        kafka_port: 9092,
-        tick_ms: 50,
-        driver: DriverConfig::default(),
-        default_partitions: 1,
+        seed: Some(splitmix64(seed ^ (id << 40) ^ incarnation)),
+        peers,
+        raft_listen: Some(SocketAddr::from(([0, 0, 0, 0], RAFT_PORT))),
         default_replication_factor: 3,
-        session_timeout_ms: 9_000,
-        seed: splitmix64(seed ^ (id << 32) ^ incarnation.fetch_add(1, Ordering::Relaxed)),
-        recovery_points: Default::default(),
+        raft_tick_ms: 50,
+        broker_session_timeout_ms: 3_000,
+        ..BrokerConfig::default()
     };
-    let storage: Arc<dyn Storage> = Arc::new(storage);
-    let node = ClusterNode::start(config, storage, Some(listener))
-        .await
-        .expect("a broker restarts from its disk");
-    shared.nodes.lock().unwrap().insert(id, node);
-    std::future::pending::<()>().await;
+    let started: Result<(Arc<Broker>, TcpListener), String> = async {
+        let raft = TcpListener::bind(config.raft_listen.unwrap())
+            .await
+            .map_err(|e| format!("bind raft: {e}"))?;
+        let kafka = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| format!("bind kafka: {e}"))?;
+        let storage: Arc<dyn Storage> = Arc::new(storage);
+        let broker = Broker::open(config, storage, Some(raft))
+            .await
+            .map_err(|e| format!("open: {e}"))?;
+        Ok((broker, kafka))
+    }
+    .await;
+    let (broker, kafka) = match started {
+        Ok(started) => started,
+        Err(e) => {
+            // A process that cannot start exits; the supervisor starts it again.
+            shared.event(format!(
+                "broker {id} incarnation {incarnation} failed to start: {e}"
+            ));
+            shared.failed.lock().unwrap().insert(id);
+            return;
+        }
+    };
+    broker.start_background_tasks();
+    shared.brokers.lock().unwrap().insert(id, broker.clone());
+    shared.event(format!("broker {id} incarnation {incarnation} serving"));
+    let server = tokio::spawn(strand::protocol::server::serve(broker.clone(), kafka));
+    let why = broker.node.failed().await;
+    server.abort();
+    shared.event(format!("broker {id} exits on a storage failure: {why}"));
+    shared.brokers.lock().unwrap().remove(&id);
+    shared.failed.lock().unwrap().insert(id);
 }
 
-async fn supervise(seed: u64, records: usize, shared: Arc<Shared>) -> Result<(), Violation> {
+/// A broker's node and its disk.
+struct BrokerHost {
+    node: NodeHandle,
+    disk: MemoryStorage,
+}
+
+/// Faults in progress and when each heals (simulated ms).
+#[derive(Default)]
+struct Injected {
+    down: BTreeMap<u64, u64>,
+    paused: BTreeMap<u64, u64>,
+    clogged: Vec<(NodeId, NodeId)>,
+    clogged_until: u64,
+    /// Swizzle: nodes clogged one by one, unclogged in reverse order from `clogged_until`.
+    swizzled: Vec<NodeId>,
+    loss_until: u64,
+    latency_until: u64,
+    disk_faults: BTreeMap<u64, u64>,
+    /// A wiped broker catching up: no new faults until it has (or the deadline passes).
+    wiped_catch_up: Option<(u64, BTreeMap<String, u64>, u64)>,
+}
+
+impl Injected {
+    fn unavailable(&self) -> BTreeSet<u64> {
+        self.down
+            .keys()
+            .chain(self.paused.keys())
+            .copied()
+            .collect()
+    }
+}
+
+async fn supervise(seed: u64, faults: &Faults, shared: Arc<Shared>) -> Result<(), Violation> {
     let handle = Handle::current();
+    let settings = shared.settings.clone();
     let mut rng = thread_rng();
-    let mut disks = BTreeMap::new();
-    let mut brokers: BTreeMap<u64, NodeHandle> = BTreeMap::new();
-    for id in 1..=BROKERS {
+    let mut hosts: BTreeMap<u64, BrokerHost> = BTreeMap::new();
+    for id in 1..=settings.brokers {
         let disk = MemoryStorage::new();
         let incarnation = Arc::new(AtomicU64::new(0));
         let node = {
@@ -176,243 +428,965 @@ async fn supervise(seed: u64, records: usize, shared: Arc<Shared>) -> Result<(),
             handle
                 .create_node()
                 .name(format!("broker-{id}"))
-                .ip(broker_ip(id))
+                .ip(IpAddr::V4(broker_ip(id)))
                 .init(move || {
                     broker_main(id, seed, disk.clone(), shared.clone(), incarnation.clone())
                 })
                 .build()
         };
-        disks.insert(id, disk);
-        brokers.insert(id, node);
+        hosts.insert(id, BrokerHost { node, disk });
     }
     let client = handle
         .create_node()
         .name("client")
-        .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 100)))
+        .ip(IpAddr::V4(CLIENT_IP))
         .build();
-    // Wait for the nodes to come up and form the metadata quorum.
-    let mut created = false;
-    for _ in 0..600 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let Some(node) = shared.node(1) else { continue };
-        if node.image().live_brokers().len() as u64 == BROKERS {
-            let request = CreateTopic {
-                name: TOPIC.into(),
-                partitions: Some(1),
-                replication_factor: Some(3),
-                ..Default::default()
-            };
-            let n = node.clone();
-            let result = client
-                .spawn(async move { n.create_topic(request).await })
-                .await
-                .map_err(|e| violation("no-panic", e.to_string()))?;
-            created = result.is_ok();
-            shared.event(format!("create topic: {result:?}"));
-            if created {
-                break;
-            }
-        }
-    }
-    if !created {
-        return Err(violation(
-            "progress",
-            "the cluster never formed and created the topic",
-        ));
+
+    create_topic(&shared).await?;
+
+    let mut load = Vec::new();
+    for partition in 0..settings.partitions {
+        let s = shared.clone();
+        load.push(client.spawn(async move { produce_loop(s, partition).await }));
+        let s = shared.clone();
+        load.push(client.spawn(async move { consume_loop(s, partition).await }));
     }
 
-    // The producer: writes batches to whichever broker leads, remembering what was acked.
-    let acked: Arc<Mutex<Vec<(i64, Bytes)>>> = Arc::default();
-    let producer = {
-        let (shared, acked) = (shared.clone(), acked.clone());
-        client.spawn(async move {
-            let mut rng = thread_rng();
-            let mut n = 0usize;
-            let mut attempts = 0usize;
-            while n < records && attempts < records * 50 {
-                attempts += 1;
-                let leader = (1..=BROKERS).filter_map(|id| shared.node(id)).find(|node| {
-                    node.replica(TOPIC, 0)
-                        .map(|r| r.leader().0 == node.config.node_id)
-                        .unwrap_or(false)
-                });
-                let Some(leader) = leader else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                // Paced, so that the broker kills land in the middle of the load.
-                tokio::time::sleep(Duration::from_millis(rng.gen_range(0..=60))).await;
-                let size = rng.gen_range(1..=8);
-                let values: Vec<_> = (0..size)
-                    .map(|i| (None, Some(Bytes::from(format!("r{n}-{i}")))))
-                    .collect();
-                let batch =
-                    encode_batch(&values, 0, kafka_protocol::records::Compression::None).unwrap();
-                match tokio::time::timeout(
-                    OP_TIMEOUT,
-                    leader.produce(TOPIC, 0, batch.clone(), Wait::Commit),
-                )
-                .await
-                {
-                    Ok(Ok(offset)) => {
-                        acked.lock().unwrap().push((offset, batch));
-                        shared.acked.fetch_add(size as u64, Ordering::Relaxed);
-                        shared.event(format!(
-                            "acked batch {n} at {offset} on broker {}",
-                            leader.config.node_id
-                        ));
-                        n += 1;
-                    }
-                    Ok(Err(e)) => {
-                        shared.event(format!("refused batch {n}: {e}"));
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    Err(_) => shared.event(format!("batch {n} timed out")),
-                }
-            }
-            n
-        })
-    };
-    // Faults: kill one broker at a time (power loss), restart it after a while.
-    let kills = rng.gen_range(1..=4);
-    for k in 0..kills {
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(200..=3000))).await;
-        // Half the time the partition's leader, otherwise anyone.
-        let leader = (1..=BROKERS).find(|id| {
-            shared
-                .node(*id)
-                .and_then(|n| n.replica(TOPIC, 0))
-                .map(|r| r.leader().0 == *id)
-                .unwrap_or(false)
-        });
-        let victim = match leader {
-            Some(leader) if rng.gen_bool(0.5) => leader,
-            _ => rng.gen_range(1..=BROKERS),
-        };
-        shared.event(format!("kill {k}: broker {victim}"));
-        shared.nodes.lock().unwrap().remove(&victim);
-        handle.kill(brokers[&victim].id());
-        disks[&victim].crash();
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(100..=4000))).await;
-        shared.event(format!("restart broker {victim}"));
-        handle.restart(brokers[&victim].id());
-    }
-    let produced = producer
-        .await
-        .map_err(|e| violation("no-panic", e.to_string()))?;
-    if produced < records {
-        return Err(violation(
-            "progress",
-            format!("only {produced} of {records} batches acknowledged"),
-        ));
-    }
-    // Let every replica catch up, then compare.
-    let acked = acked.lock().unwrap().clone();
-    let expected_end = acked
-        .iter()
-        .map(|(offset, batch)| {
-            offset
-                + strand::log::batch::parse_whole(batch)
-                    .unwrap()
-                    .records_count as i64
-        })
-        .max()
-        .unwrap_or(0);
-    let mut hws = BTreeMap::new();
-    for _ in 0..600 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        hws = (1..=BROKERS)
-            .filter_map(|id| Some((id, shared.node(id)?.replica(TOPIC, 0)?.high_watermark())))
-            .collect();
-        if hws.len() as u64 == BROKERS
-            && hws.values().all(|hw| *hw >= expected_end)
-            && hws.values().min() == hws.values().max()
-        {
+    // Faults.
+    let net = NetSim::current();
+    let node_ids: Vec<NodeId> = hosts
+        .values()
+        .map(|h| h.node.id())
+        .chain([client.id()])
+        .collect();
+    let fault_end_ms = Shared::now_ms() + settings.fault_seconds * 1000;
+    let mut injected = Injected::default();
+    let action_rate = rng.gen_range(0.05..0.4);
+    loop {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(20..=200))).await;
+        let now = Shared::now_ms();
+        heal_due(&shared, &hosts, &net, &mut injected, now, &mut rng, false);
+        restart_failed(&shared, &handle, &hosts, &mut injected, now, &mut rng);
+        if let Some(v) = shared.found() {
+            return Err(v);
+        }
+        observe_leaders(&shared);
+        if now >= fault_end_ms {
             break;
         }
+        if let Some(victim) = injected.wiped_catch_up.as_ref().map(|w| w.0) {
+            if !caught_up(&shared, &mut injected) {
+                continue;
+            }
+            shared.event(format!("wiped broker {victim} caught up"));
+        }
+        if !rng.gen_bool(action_rate) {
+            continue;
+        }
+        inject_one(
+            &shared,
+            faults,
+            &handle,
+            &hosts,
+            &net,
+            &node_ids,
+            &mut injected,
+            now,
+            &mut rng,
+        );
     }
-    shared.event(format!(
-        "high watermarks {hws:?}, acknowledged up to {expected_end}"
-    ));
-    let mut logs = Vec::new();
-    for id in 1..=BROKERS {
-        let node = shared
-            .node(id)
-            .ok_or_else(|| violation("progress", format!("broker {id} did not come back")))?;
-        let replica = node
-            .replica(TOPIC, 0)
-            .ok_or_else(|| violation("progress", format!("broker {id} lost its replica")))?;
-        let hw = replica.high_watermark();
-        if hw < expected_end {
+
+    // Heal everything, then the cluster must become live and converge.
+    let now = Shared::now_ms();
+    heal_due(
+        &shared,
+        &hosts,
+        &net,
+        &mut injected,
+        u64::MAX,
+        &mut rng,
+        true,
+    );
+    restart_failed(&shared, &handle, &hosts, &mut injected, now, &mut rng);
+    for host in hosts.values() {
+        host.disk.set_faults(DiskFaults::default(), 0);
+    }
+    shared.healed_at_ms.store(now.max(1), Ordering::Relaxed);
+    shared.event("every fault healed");
+    let deadline = now + HEAL_LIMIT.as_millis() as u64;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = Shared::now_ms();
+        restart_failed(&shared, &handle, &hosts, &mut injected, u64::MAX, &mut rng);
+        if let Some(v) = shared.found() {
+            return Err(v);
+        }
+        observe_leaders(&shared);
+        if writes_resumed(&shared) {
+            break;
+        }
+        if now > deadline {
             return Err(violation(
-                "acked-durable",
-                format!("broker {id} high watermark {hw} below acknowledged end {expected_end}"),
+                "liveness",
+                format!(
+                    "{:?} after healing, not every partition took an acks=all write",
+                    HEAL_LIMIT
+                ),
             ));
         }
-        let storage = replica.storage.lock();
-        let mut by_offset = BTreeMap::new();
-        let mut offset = storage.log().log_start_offset();
-        for _ in 0..1_000_000 {
-            if offset >= hw {
-                break;
+    }
+    shared.stop_load.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await
+            .map_err(|e| violation("no-panic", format!("client task: {e}")))?;
+    }
+    if let Some(v) = shared.found() {
+        return Err(v);
+    }
+    let logs = converge(&shared, deadline).await?;
+    check_history(&shared, &logs)
+}
+
+/// Waits for the metadata quorum and every broker, then creates the topic.
+async fn create_topic(shared: &Arc<Shared>) -> Result<(), Violation> {
+    let settings = &shared.settings;
+    for attempt in 0..600 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let Some(broker) = shared.broker(1) else {
+            continue;
+        };
+        if (broker.node.image().live_brokers().len() as u64) < settings.brokers {
+            continue;
+        }
+        let request = strand::metadata::CreateTopic {
+            name: TOPIC.into(),
+            partitions: Some(settings.partitions),
+            replication_factor: Some(3),
+            ..Default::default()
+        };
+        match broker.node.create_topic(request).await {
+            Ok(_) => {
+                shared.event(format!("topic created (attempt {attempt})"));
+                return Ok(());
             }
-            let bytes = storage.log().read(offset, 1 << 20, hw, true).map_err(|e| {
-                violation(
-                    "acked-durable",
-                    format!("broker {id} read at {offset}: {e}"),
-                )
-            })?;
-            if bytes.is_empty() {
-                return Err(violation(
-                    "acked-durable",
-                    format!("broker {id} returned nothing at {offset} below {hw}"),
+            Err(e) => shared.event(format!("create topic: {e:?}")),
+        }
+    }
+    Err(violation(
+        "liveness",
+        "the cluster never formed and created the topic",
+    ))
+}
+
+/// Each broker's own view of who leads what, for `one-leader-per-epoch`; changes of
+/// each broker's metadata image of the topic go into the trace.
+fn observe_leaders(shared: &Shared) {
+    let brokers: Vec<_> = shared.brokers.lock().unwrap().values().cloned().collect();
+    for broker in brokers {
+        let me = broker.node.config.node_id;
+        let view = broker.node.with_image(|image| {
+            format!(
+                "metadata leader {:?}, {TOPIC}: {:?}",
+                broker.node.metadata_leader(),
+                image.topics.get(TOPIC).map(|t| &t.partitions)
+            )
+        });
+        let changed = shared.views.lock().unwrap().insert(me, view.clone()) != Some(view.clone());
+        if changed {
+            shared.event(format!("broker {me} sees {view}"));
+        }
+        for partition in 0..shared.settings.partitions {
+            if let Some(replica) = broker.node.replica(TOPIC, partition) {
+                let (leader, term) = replica.leader();
+                if leader == me {
+                    shared.saw_leader(partition, term as i64, me, "replica state");
+                }
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn inject_one(
+    shared: &Shared,
+    faults: &Faults,
+    handle: &Handle,
+    hosts: &BTreeMap<u64, BrokerHost>,
+    net: &NetSim,
+    node_ids: &[NodeId],
+    injected: &mut Injected,
+    now: u64,
+    rng: &mut impl Rng,
+) {
+    let kinds: Vec<FaultKind> = FaultKind::ALL
+        .into_iter()
+        .filter(|k| faults.on(*k) && *k != FaultKind::Buggify && *k != FaultKind::SlowDisk)
+        .collect();
+    if kinds.is_empty() {
+        return;
+    }
+    let kind = kinds[rng.gen_range(0..kinds.len())];
+    let brokers = shared.settings.brokers;
+    let minority = (brokers - 1) / 2;
+    let unavailable = injected.unavailable();
+    let available: Vec<u64> = (1..=brokers).filter(|b| !unavailable.contains(b)).collect();
+    let victim = shared.settings.disk_victim;
+    match kind {
+        FaultKind::Crash if (unavailable.len() as u64) < minority => {
+            let id = available[rng.gen_range(0..available.len())];
+            kill(shared, handle, hosts, id, rng);
+            let down = rng.gen_range(50..=4000);
+            injected.down.insert(id, now + down);
+            shared.fault(format!("crash broker {id} for {down} ms"));
+        }
+        FaultKind::Pause if (unavailable.len() as u64) < minority => {
+            let id = available[rng.gen_range(0..available.len())];
+            handle.pause(hosts[&id].node.id());
+            let paused = rng.gen_range(50..=6000);
+            injected.paused.insert(id, now + paused);
+            shared.fault(format!("pause broker {id} for {paused} ms"));
+        }
+        FaultKind::Wipe
+            if unavailable.is_empty()
+                && injected.clogged.is_empty()
+                && injected.swizzled.is_empty() =>
+        {
+            // The cluster is whole: remember how far every group has committed, so the
+            // wiped broker can be given quiet time until it holds that much again.
+            let Some(committed) = committed_elsewhere(shared, victim) else {
+                return;
+            };
+            kill(shared, handle, hosts, victim, rng);
+            hosts[&victim].disk.wipe();
+            handle.restart(hosts[&victim].node.id());
+            injected.wiped_catch_up = Some((victim, committed, now + 60_000));
+            shared.fault(format!("wipe broker {victim}'s disk and restart it"));
+        }
+        FaultKind::Partition if injected.clogged.is_empty() && injected.swizzled.is_empty() => {
+            let n = node_ids.len();
+            let shape = rng.gen_range(0..4);
+            let mut side: Vec<bool> = (0..n).map(|_| rng.gen_bool(0.5)).collect();
+            if side.iter().all(|s| *s) || side.iter().all(|s| !*s) {
+                side[rng.gen_range(0..n)] ^= true;
+            }
+            let bridge = rng.gen_range(0..n);
+            let mut links = Vec::new();
+            for a in 0..n {
+                for b in 0..n {
+                    if a == b || side[a] == side[b] {
+                        continue;
+                    }
+                    let cut = match shape {
+                        // One-way: only from side A to side B.
+                        0 => side[a],
+                        // Bridge: one node still talks to both sides.
+                        1 => a != bridge && b != bridge,
+                        _ => true,
+                    };
+                    if cut {
+                        links.push((node_ids[a], node_ids[b]));
+                    }
+                }
+            }
+            for &(a, b) in &links {
+                net.clog_link(a, b);
+            }
+            let lasts = rng.gen_range(100..=5000);
+            injected.clogged = links;
+            injected.clogged_until = now + lasts;
+            let names = ["one-way", "bridge", "symmetric", "symmetric"];
+            shared.fault(format!(
+                "{} partition {side:?} (bridge node {bridge}) for {lasts} ms",
+                names[shape]
+            ));
+        }
+        FaultKind::Clog if injected.clogged.is_empty() && injected.swizzled.is_empty() => {
+            if rng.gen_bool(0.5) {
+                let a = node_ids[rng.gen_range(0..node_ids.len())];
+                let b = node_ids[rng.gen_range(0..node_ids.len())];
+                if a == b {
+                    return;
+                }
+                net.clog_link(a, b);
+                let lasts = rng.gen_range(100..=3000);
+                injected.clogged = vec![(a, b)];
+                injected.clogged_until = now + lasts;
+                shared.fault(format!("clog link {a} -> {b} for {lasts} ms"));
+            } else {
+                // Swizzle: clog a random subset of nodes one by one; they unclog in
+                // reverse order when it heals.
+                let mut order: Vec<NodeId> = node_ids.to_vec();
+                for i in (1..order.len()).rev() {
+                    order.swap(i, rng.gen_range(0..=i));
+                }
+                order.truncate(rng.gen_range(1..=order.len().div_ceil(2)));
+                for id in &order {
+                    net.clog_node(*id);
+                }
+                let lasts = rng.gen_range(100..=3000);
+                injected.swizzled = order.clone();
+                injected.clogged_until = now + lasts;
+                shared.fault(format!("swizzle-clog nodes {order:?} for {lasts} ms"));
+            }
+        }
+        FaultKind::Loss if injected.loss_until == 0 => {
+            let rate = rng.gen_range(0.005..0.15);
+            net.update_config(|c| c.packet_loss_rate = rate);
+            let lasts = rng.gen_range(500..=5000);
+            injected.loss_until = now + lasts;
+            shared.fault(format!("packet loss {rate:.3} for {lasts} ms"));
+        }
+        FaultKind::Latency if injected.latency_until == 0 => {
+            let high = rng.gen_range(20..=800);
+            net.update_config(|c| {
+                c.send_latency = Duration::from_millis(1)..Duration::from_millis(high)
+            });
+            let lasts = rng.gen_range(500..=5000);
+            injected.latency_until = now + lasts;
+            shared.fault(format!("latency up to {high} ms for {lasts} ms"));
+        }
+        FaultKind::Corrupt => {
+            let disk = &hosts[&victim].disk;
+            let logs: Vec<PathBuf> = disk
+                .file_paths()
+                .into_iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "log"))
+                .collect();
+            if logs.is_empty() {
+                return;
+            }
+            let path = &logs[rng.gen_range(0..logs.len())];
+            if let Some(at) = disk.flip_bit(path, rng.gen()) {
+                shared.fault(format!(
+                    "flip a bit of broker {victim}'s {} at byte {at}",
+                    path.display()
                 ));
             }
-            let mut position = 0;
-            while position < bytes.len() {
-                let header = strand::log::batch::parse_whole(&bytes[position..]).unwrap();
-                let batch = bytes.slice(position..position + header.size_bytes());
-                by_offset.insert(header.base_offset, batch);
-                offset = header.next_offset();
-                position += header.size_bytes();
+        }
+        FaultKind::Misdirect if !injected.disk_faults.contains_key(&victim) => {
+            let rates = DiskFaults {
+                misdirect: rng.gen_range(0.01..0.2),
+                ..DiskFaults::default()
+            };
+            hosts[&victim].disk.set_faults(rates, rng.gen());
+            let lasts = rng.gen_range(50..=1000);
+            injected.disk_faults.insert(victim, now + lasts);
+            shared.fault(format!(
+                "misdirected writes on broker {victim} ({:.3}) for {lasts} ms",
+                rates.misdirect
+            ));
+        }
+        FaultKind::DiskErrors => {
+            let id = rng.gen_range(1..=brokers);
+            if injected.disk_faults.contains_key(&id) {
+                return;
+            }
+            let rates = DiskFaults {
+                read_error: rng.gen_range(0.0..0.002),
+                write_error: rng.gen_range(0.0..0.01),
+                sync_error: rng.gen_range(0.0..0.05),
+                no_space: rng.gen_range(0.0..0.01),
+                misdirect: 0.0,
+            };
+            hosts[&id].disk.set_faults(rates, rng.gen());
+            let lasts = rng.gen_range(50..=3000);
+            injected.disk_faults.insert(id, now + lasts);
+            shared.fault(format!(
+                "disk errors on broker {id} {rates:?} for {lasts} ms"
+            ));
+        }
+        _ => {}
+    }
+}
+
+fn kill(
+    shared: &Shared,
+    handle: &Handle,
+    hosts: &BTreeMap<u64, BrokerHost>,
+    id: u64,
+    rng: &mut impl Rng,
+) {
+    shared.brokers.lock().unwrap().remove(&id);
+    handle.kill(hosts[&id].node.id());
+    // The power goes with the process: some unsynced pages reach the disk, torn.
+    hosts[&id].disk.crash_torn(rng.gen());
+}
+
+/// Ends the faults whose time is up (all of them with `all`).
+fn heal_due(
+    shared: &Shared,
+    hosts: &BTreeMap<u64, BrokerHost>,
+    net: &NetSim,
+    injected: &mut Injected,
+    now: u64,
+    _rng: &mut impl Rng,
+    all: bool,
+) {
+    let handle = Handle::current();
+    for (id, until) in injected.down.clone() {
+        if now >= until {
+            injected.down.remove(&id);
+            handle.restart(hosts[&id].node.id());
+            shared.event(format!("restart broker {id}"));
+        }
+    }
+    for (id, until) in injected.paused.clone() {
+        if now >= until {
+            injected.paused.remove(&id);
+            handle.resume(hosts[&id].node.id());
+            shared.event(format!("resume broker {id}"));
+        }
+    }
+    if (all || now >= injected.clogged_until)
+        && (!injected.clogged.is_empty() || !injected.swizzled.is_empty())
+    {
+        for (a, b) in std::mem::take(&mut injected.clogged) {
+            net.unclog_link(a, b);
+        }
+        for id in std::mem::take(&mut injected.swizzled).into_iter().rev() {
+            net.unclog_node(id);
+        }
+        shared.event("network healed");
+    }
+    if injected.loss_until != 0 && (all || now >= injected.loss_until) {
+        injected.loss_until = 0;
+        net.update_config(|c| c.packet_loss_rate = 0.0);
+        shared.event("packet loss over");
+    }
+    if injected.latency_until != 0 && (all || now >= injected.latency_until) {
+        injected.latency_until = 0;
+        net.update_config(|c| c.send_latency = Duration::from_millis(1)..Duration::from_millis(10));
+        shared.event("latency back to normal");
+    }
+    for (id, until) in injected.disk_faults.clone() {
+        if all || now >= until {
+            injected.disk_faults.remove(&id);
+            hosts[&id].disk.set_faults(DiskFaults::default(), 0);
+            shared.event(format!("disk faults on broker {id} over"));
+        }
+    }
+    if all {
+        injected.wiped_catch_up = None;
+    }
+}
+
+/// Brokers whose process ended on a storage failure: power-cycle and restart them (a
+/// process supervisor would). The restart waits a little, as a real one does.
+fn restart_failed(
+    shared: &Shared,
+    handle: &Handle,
+    hosts: &BTreeMap<u64, BrokerHost>,
+    injected: &mut Injected,
+    now: u64,
+    rng: &mut impl Rng,
+) {
+    let failed: Vec<u64> = std::mem::take(&mut *shared.failed.lock().unwrap())
+        .into_iter()
+        .collect();
+    for id in failed {
+        if injected.down.contains_key(&id) {
+            continue;
+        }
+        kill(shared, handle, hosts, id, rng);
+        let down = rng.gen_range(100..=2000);
+        injected.down.insert(id, now.saturating_add(down));
+        if now == u64::MAX {
+            // Healing: restart at once.
+            injected.down.remove(&id);
+            handle.restart(hosts[&id].node.id());
+        }
+        shared.event(format!(
+            "broker {id} power-cycled after its storage failure"
+        ));
+    }
+}
+
+/// The Raft commit index of every group on the brokers other than `victim`, taken as the
+/// maximum over them; None if some broker is not running.
+fn committed_elsewhere(shared: &Shared, victim: u64) -> Option<BTreeMap<String, u64>> {
+    let mut committed = BTreeMap::new();
+    for id in 1..=shared.settings.brokers {
+        let broker = shared.broker(id)?;
+        if id == victim {
+            continue;
+        }
+        for (group, storage) in broker.node.replica_storages() {
+            let commit = storage.lock().hard_state().commit;
+            let entry = committed.entry(group).or_insert(0);
+            *entry = (*entry).max(commit);
+        }
+    }
+    Some(committed)
+}
+
+fn caught_up(shared: &Shared, injected: &mut Injected) -> bool {
+    let Some((victim, committed, deadline)) = &injected.wiped_catch_up else {
+        return true;
+    };
+    let done = Shared::now_ms() > *deadline
+        || shared.broker(*victim).is_some_and(|broker| {
+            let mine: BTreeMap<String, u64> = broker
+                .node
+                .replica_storages()
+                .into_iter()
+                .map(|(group, storage)| {
+                    let last = storage.lock().last_index();
+                    (group, last)
+                })
+                .collect();
+            committed
+                .iter()
+                .all(|(group, commit)| mine.get(group).is_some_and(|last| last >= commit))
+        });
+    if done {
+        injected.wiped_catch_up = None;
+    }
+    done
+}
+
+/// Connects to `addr`, bounded by [`OP_TIMEOUT`].
+async fn connect(addr: SocketAddr) -> Option<Client> {
+    tokio::time::timeout(OP_TIMEOUT, Client::connect(addr))
+        .await
+        .ok()?
+        .ok()
+}
+
+/// Asks brokers in turn who leads `partition`; returns (leader, epoch).
+async fn find_leader(shared: &Shared, partition: i32, rng: &mut impl Rng) -> Option<(u64, i64)> {
+    let brokers = shared.settings.brokers;
+    let first = rng.gen_range(1..=brokers);
+    for k in 0..brokers {
+        let id = (first + k - 1) % brokers + 1;
+        let Some(mut client) = connect(kafka_addr(id)).await else {
+            continue;
+        };
+        let Ok(Ok(response)) =
+            tokio::time::timeout(OP_TIMEOUT, client.metadata(Some(&[TOPIC]))).await
+        else {
+            continue;
+        };
+        let found = response
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter())
+            .find(|p| p.partition_index == partition && p.error_code == 0 && p.leader_id.0 > 0);
+        if let Some(p) = found {
+            let (leader, epoch) = (p.leader_id.0 as u64, p.leader_epoch as i64);
+            shared.saw_leader(
+                partition,
+                epoch,
+                leader,
+                &format!("Metadata from broker {id}"),
+            );
+            return Some((leader, epoch));
+        }
+    }
+    None
+}
+
+/// One producer per partition: batches of unique values, acks drawn per batch, one
+/// request in flight, a new leader looked up after any error.
+async fn produce_loop(shared: Arc<Shared>, partition: i32) {
+    let mut rng = thread_rng();
+    let mut connection: Option<(u64, Client)> = None;
+    let mut batch_no = 0u64;
+    while !shared.stop_load.load(Ordering::Relaxed) && batch_no < MAX_BATCHES_PER_PRODUCER {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..=40))).await;
+        if connection.is_none() {
+            let Some((leader, _)) = find_leader(&shared, partition, &mut rng).await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            connection = connect(kafka_addr(leader)).await.map(|c| (leader, c));
+            if connection.is_none() {
+                continue;
             }
         }
-        logs.push((id, by_offset));
+        let (leader, client) = connection.as_mut().expect("connected above");
+        let records = rng.gen_range(1..=shared.settings.max_batch_records);
+        let values: Vec<String> = (0..records)
+            .map(|i| format!("p{partition}-{batch_no:06}-{i}"))
+            .collect();
+        batch_no += 1;
+        let acks: i16 = match rng.gen_range(0..10) {
+            0 => 0,
+            1 | 2 => 1,
+            _ => -1,
+        };
+        let batch = encode_batch(
+            &values
+                .iter()
+                .map(|v| (None, Some(Bytes::from(v.clone()))))
+                .collect::<Vec<_>>(),
+            // Record time now: a batch stamped 1970 would be deleted by time retention.
+            strand::clock::now_ms(),
+            kafka_protocol::records::Compression::None,
+        )
+        .expect("encode a batch");
+        {
+            let mut history = shared.history.lock().unwrap();
+            for v in &values {
+                history.sent.insert(v.clone(), partition);
+            }
+        }
+        let result = tokio::time::timeout(
+            OP_TIMEOUT,
+            client.produce_batch(TOPIC, partition, batch, acks),
+        )
+        .await;
+        match result {
+            Ok(Ok(Some(offset))) => {
+                shared
+                    .records_acked
+                    .fetch_add(values.len() as u64, Ordering::Relaxed);
+                shared.event(format!(
+                    "p{partition} batch {} acks={acks} acked at {offset} by broker {leader}",
+                    batch_no - 1
+                ));
+                let mut history = shared.history.lock().unwrap();
+                history.acks.push(Ack {
+                    at_ms: Shared::now_ms(),
+                    partition,
+                    offset,
+                    acks,
+                    values,
+                });
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                shared.event(format!(
+                    "p{partition} batch {} refused: {e:#}",
+                    batch_no - 1
+                ));
+                connection = None;
+            }
+            Err(_) => {
+                shared.event(format!("p{partition} batch {} timed out", batch_no - 1));
+                connection = None;
+            }
+        }
     }
-    for (id, log) in &logs {
-        if log != &logs[0].1 {
+}
+
+/// One consumer per partition: follows the high watermark from offset 0, now and then
+/// seeking back to re-read, checking every answer against what was seen before.
+async fn consume_loop(shared: Arc<Shared>, partition: i32) {
+    let mut rng = thread_rng();
+    let mut connection: Option<Client> = None;
+    let mut position = 0i64;
+    while !shared.stop_load.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(10..=200))).await;
+        if connection.is_none() {
+            let Some((leader, _)) = find_leader(&shared, partition, &mut rng).await else {
+                continue;
+            };
+            connection = connect(kafka_addr(leader)).await;
+        }
+        let Some(client) = connection.as_mut() else {
+            continue;
+        };
+        if rng.gen_bool(0.05) {
+            position = rng.gen_range(0..=position);
+        }
+        let fetched = tokio::time::timeout(
+            OP_TIMEOUT,
+            client.fetch(
+                TOPIC,
+                partition,
+                position,
+                100,
+                shared.settings.fetch_max_bytes,
+            ),
+        )
+        .await;
+        let fetched = match fetched {
+            Err(_) => {
+                connection = None;
+                continue;
+            }
+            Ok(Err(e)) => {
+                if e.root_cause().downcast_ref::<std::io::Error>().is_none() {
+                    shared.report(violation(
+                        "corrupt-served",
+                        format!("p{partition} fetch at {position}: {e:#}"),
+                    ));
+                }
+                connection = None;
+                continue;
+            }
+            Ok(Ok(fetched)) => fetched,
+        };
+        if let Some(error) = fetched.error {
+            if error == kafka_protocol::ResponseError::OffsetOutOfRange {
+                position = fetched.log_start_offset.max(0);
+            }
+            connection = None;
+            continue;
+        }
+        let mut last = position - 1;
+        for record in fetched.records.iter().filter(|r| r.offset >= position) {
+            if record.offset <= last {
+                shared.report(violation(
+                    "consumer-order",
+                    format!("p{partition}: offset {} after {last}", record.offset),
+                ));
+            }
+            if record.offset >= fetched.high_watermark {
+                shared.report(violation(
+                    "fetch-within-high-watermark",
+                    format!(
+                        "p{partition}: offset {} at or above the high watermark {}",
+                        record.offset, fetched.high_watermark
+                    ),
+                ));
+            }
+            last = record.offset;
+            let value = record
+                .value
+                .as_ref()
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default();
+            let mut history = shared.history.lock().unwrap();
+            if history.sent.get(&value) != Some(&partition) {
+                drop(history);
+                shared.report(violation(
+                    "no-invented-records",
+                    format!(
+                        "p{partition} offset {}: {value:?} was never sent here",
+                        record.offset
+                    ),
+                ));
+                continue;
+            }
+            let seen = history
+                .reads
+                .entry((partition, record.offset))
+                .or_insert_with(|| value.clone())
+                .clone();
+            drop(history);
+            if seen != value {
+                shared.report(violation(
+                    "consistent-reads",
+                    format!(
+                        "p{partition} offset {}: read {seen:?} before, {value:?} now",
+                        record.offset
+                    ),
+                ));
+            }
+        }
+        if let Some(batch) = fetched.batches.last() {
+            position = position.max(batch.next_offset);
+        }
+    }
+}
+
+/// After healing: has every partition taken an acks=all write since?
+fn writes_resumed(shared: &Shared) -> bool {
+    let healed = shared.healed_at_ms.load(Ordering::Relaxed);
+    let history = shared.history.lock().unwrap();
+    let mut resumed = BTreeSet::new();
+    for ack in history.acks.iter().rev() {
+        if ack.at_ms < healed {
+            break;
+        }
+        if ack.acks == -1 {
+            resumed.insert(ack.partition);
+        }
+    }
+    resumed.len() as i32 == shared.settings.partitions
+}
+
+/// Every replica's committed log of every partition, once they converge.
+type Logs = BTreeMap<i32, BTreeMap<i64, Bytes>>;
+
+async fn converge(shared: &Shared, deadline: u64) -> Result<Logs, Violation> {
+    let settings = &shared.settings;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let why = match replicas_identical(shared) {
+            Ok(logs) => return Ok(logs),
+            Err(e) => e,
+        };
+        if Shared::now_ms() > deadline {
             return Err(violation(
-                "replicas-agree",
-                format!("broker {id} differs from broker {}", logs[0].0),
+                "liveness",
+                format!(
+                    "replicas of {} brokers did not converge after healing: {why}",
+                    settings.brokers
+                ),
             ));
         }
     }
-    let log = &logs[0].1;
-    for (offset, batch) in &acked {
-        let Some(stored) = log.get(offset) else {
+}
+
+/// Ok with the common logs when every broker holds every replica with the same high
+/// watermark and the same batches below it.
+fn replicas_identical(shared: &Shared) -> Result<Logs, String> {
+    let settings = &shared.settings;
+    let mut result = Logs::new();
+    for partition in 0..settings.partitions {
+        let mut first: Option<(u64, BTreeMap<i64, Bytes>)> = None;
+        for id in 1..=settings.brokers {
+            let broker = shared
+                .broker(id)
+                .ok_or(format!("broker {id} is not running"))?;
+            let replica = broker
+                .node
+                .replica(TOPIC, partition)
+                .ok_or(format!("broker {id} has no replica of p{partition}"))?;
+            let hw = replica.high_watermark();
+            let storage = replica.storage.lock();
+            if storage.log().log_end_offset() != hw {
+                return Err(format!(
+                    "broker {id} p{partition}: log end {} != high watermark {hw}",
+                    storage.log().log_end_offset()
+                ));
+            }
+            let mut log = BTreeMap::new();
+            let mut offset = storage.log().log_start_offset();
+            while offset < hw {
+                let bytes = storage
+                    .log()
+                    .read(offset, 1 << 20, hw, true)
+                    .map_err(|e| format!("broker {id} p{partition} read at {offset}: {e}"))?;
+                if bytes.is_empty() {
+                    return Err(format!(
+                        "broker {id} p{partition}: nothing at {offset} below {hw}"
+                    ));
+                }
+                let mut at = 0;
+                while at < bytes.len() {
+                    let header = strand::log::batch::parse_whole(&bytes[at..])
+                        .map_err(|e| format!("broker {id} p{partition} at {offset}: {e}"))?;
+                    log.insert(
+                        header.base_offset,
+                        bytes.slice(at..at + header.size_bytes()),
+                    );
+                    offset = header.next_offset();
+                    at += header.size_bytes();
+                }
+            }
+            drop(storage);
+            match &first {
+                None => first = Some((id, log)),
+                Some((first_id, first_log)) => {
+                    if first_log.len() != log.len() || *first_log != log {
+                        // Different lengths may still be converging; different bytes at
+                        // one offset never are.
+                        for (offset, batch) in &log {
+                            if let Some(other) = first_log.get(offset) {
+                                if other != batch {
+                                    return Err(format!(
+                                        "DIVERGED: p{partition} offset {offset}: broker {id} and broker {first_id} hold different batches"
+                                    ));
+                                }
+                            }
+                        }
+                        return Err(format!(
+                            "p{partition}: broker {id} holds {} batches, broker {first_id} {}",
+                            log.len(),
+                            first_log.len()
+                        ));
+                    }
+                }
+            }
+        }
+        result.insert(partition, first.map(|(_, log)| log).unwrap_or_default());
+    }
+    Ok(result)
+}
+
+/// The checks over the whole history against the converged logs.
+fn check_history(shared: &Shared, logs: &Logs) -> Result<(), Violation> {
+    let history = shared.history.lock().unwrap();
+    let mut at: BTreeMap<(i32, i64), String> = BTreeMap::new();
+    let mut where_is: BTreeMap<String, (i32, i64)> = BTreeMap::new();
+    for (partition, log) in logs {
+        for batch in log.values() {
+            let records = decode_records(batch).map_err(|e| {
+                violation(
+                    "corrupt-served",
+                    format!("p{partition}: a committed batch: {e:#}"),
+                )
+            })?;
+            for record in records {
+                let value = record
+                    .value
+                    .map(|v| String::from_utf8_lossy(&v).into_owned())
+                    .unwrap_or_default();
+                if history.sent.get(&value) != Some(partition) {
+                    return Err(violation(
+                        "no-invented-records",
+                        format!(
+                            "p{partition} offset {}: {value:?} was never sent here",
+                            record.offset
+                        ),
+                    ));
+                }
+                if let Some((p, o)) = where_is.insert(value.clone(), (*partition, record.offset)) {
+                    return Err(violation(
+                        "no-duplicates",
+                        format!(
+                            "{value:?} at p{p} offset {o} and at offset {}",
+                            record.offset
+                        ),
+                    ));
+                }
+                at.insert((*partition, record.offset), value);
+            }
+        }
+    }
+    for ((partition, offset), value) in &history.reads {
+        if at.get(&(*partition, *offset)) != Some(value) {
             return Err(violation(
-                "acked-durable",
-                format!("no batch at acknowledged offset {offset}"),
-            ));
-        };
-        let (want, got) = (
-            decode_records(batch).unwrap(),
-            decode_records(stored).unwrap(),
-        );
-        let values = |r: &Vec<strand::client::SimpleRecord>| {
-            r.iter().map(|x| x.value.clone()).collect::<Vec<_>>()
-        };
-        if values(&want) != values(&got) {
-            return Err(violation(
-                "acked-durable",
-                format!("batch at {offset} changed"),
+                "consistent-reads",
+                format!(
+                    "p{partition} offset {offset} was read as {value:?}; the final log has {:?}",
+                    at.get(&(*partition, *offset))
+                ),
             ));
         }
+    }
+    let mut last_acked: BTreeMap<i32, i64> = BTreeMap::new();
+    for ack in &history.acks {
+        let found = ack
+            .values
+            .iter()
+            .enumerate()
+            .all(|(i, v)| at.get(&(ack.partition, ack.offset + i as i64)) == Some(v));
+        if !found {
+            if ack.acks == -1 {
+                return Err(violation(
+                    "acked-durable",
+                    format!(
+                        "p{} batch {:?}.. acknowledged (acks=all) at offset {} is not there (found {:?})",
+                        ack.partition,
+                        ack.values.first(),
+                        ack.offset,
+                        at.get(&(ack.partition, ack.offset))
+                    ),
+                ));
+            }
+            continue;
+        }
+        let last = last_acked.entry(ack.partition).or_insert(-1);
+        if ack.offset <= *last {
+            return Err(violation(
+                "ack-order",
+                format!(
+                    "p{}: a batch acknowledged later lies at {} , before {}",
+                    ack.partition, ack.offset, *last
+                ),
+            ));
+        }
+        *last = ack.offset;
     }
     shared.event(format!(
-        "verified {} batches, log digest {:016x}",
-        acked.len(),
-        log.values().fold(0, |h, b| h ^ hash_bytes(b))
+        "checked {} acknowledgements, {} reads, {} records in the final logs",
+        history.acks.len(),
+        history.reads.len(),
+        at.len()
     ));
     Ok(())
 }

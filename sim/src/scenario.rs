@@ -243,12 +243,15 @@ pub fn run_seed(seed: u64, options: &Options) -> Report {
         digest,
         violation,
         events,
-        faults_injected: shared.incarnations.load(Ordering::Relaxed).saturating_sub(1),
+        faults_injected: shared
+            .incarnations
+            .load(Ordering::Relaxed)
+            .saturating_sub(1),
         last_events,
     }
 }
 
-fn init_logging() {
+pub(crate) fn init_logging() {
     if let Ok(filter) = std::env::var("RUST_LOG") {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))

@@ -222,6 +222,10 @@ pub struct ClusterNode {
     metadata_leader: AtomicU64,
     image_version: watch::Sender<i64>,
     data_version: watch::Sender<u64>,
+    /// Set once when the driver task gives up on a storage error: this broker's logs can
+    /// no longer be trusted (after a failed fsync the data may never reach the disk), so
+    /// the process must exit and restart from what is durable.
+    failure: watch::Sender<Option<String>>,
     rng: Mutex<rand::rngs::StdRng>,
 }
 
@@ -281,6 +285,7 @@ impl ClusterNode {
             metadata_leader: AtomicU64::new(0),
             image_version: watch::channel(-1).0,
             data_version: watch::channel(0).0,
+            failure: watch::channel(None).0,
             rng: Mutex::new(rng),
             config,
         });
@@ -362,6 +367,37 @@ impl ClusterNode {
             .await
             .map_err(|_| ProduceError::Stopped)?;
         Ok(answer)
+    }
+
+    /// Why the driver task stopped on a storage error, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.borrow().clone()
+    }
+
+    /// Waits until the driver task stops on a storage error; returns the error.
+    pub async fn failed(&self) -> String {
+        let mut failure = self.failure.subscribe();
+        loop {
+            if let Some(why) = failure.borrow_and_update().clone() {
+                return why;
+            }
+            if failure.changed().await.is_err() {
+                // The node is being dropped; there will be no failure to report.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    fn fail(&self, why: String) {
+        tracing::error!(error = %why, "storage failure: this broker stops replicating and must restart");
+        self.failure.send_if_modified(|failure| {
+            if failure.is_none() {
+                *failure = Some(why);
+                true
+            } else {
+                false
+            }
+        });
     }
 
     /// Stops the driver task: no round runs after this returns, so every log can be
@@ -883,10 +919,10 @@ impl ClusterNode {
                 Ok(output) => output,
                 Err(e) => {
                     // An fsync or write failed: nothing after it can be trusted (fsyncgate).
-                    tracing::error!(error = %e, "replication round failed; this broker stops replicating");
                     for (_, p) in std::mem::take(&mut pending) {
                         let _ = p.reply.send(Err(ProduceError::Storage(e.to_string())));
                     }
+                    self.fail(format!("replication round: {e}"));
                     return;
                 }
             };
@@ -894,7 +930,10 @@ impl ClusterNode {
                 transport.send(to, batch);
             }
             if let Err(e) = self.apply(&mut driver, &mut pending, output) {
-                tracing::error!(error = %e, "applying committed entries failed; this broker stops replicating");
+                for (_, p) in std::mem::take(&mut pending) {
+                    let _ = p.reply.send(Err(ProduceError::Storage(e.to_string())));
+                }
+                self.fail(format!("applying committed entries: {e}"));
                 return;
             }
         }

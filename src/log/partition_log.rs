@@ -169,6 +169,12 @@ impl PartitionLog {
         if segments.is_empty() {
             let segment = Segment::create(storage.as_ref(), dir, 0, config.index_interval_bytes)?;
             segments.insert(0, segment);
+            // A new file is durable only once its directory entry is: without this a
+            // crash can take the whole log away, acknowledged batches included.
+            storage.sync_dir(dir)?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                storage.sync_dir(parent)?;
+            }
         }
         report.segments = segments.len();
         let log_end_offset = segments.values().next_back().unwrap().next_offset();
@@ -605,7 +611,9 @@ impl PartitionLog {
         Ok(out)
     }
 
-    /// The one batch whose base offset is `base_offset`, CRC-checked.
+    /// The one batch whose base offset is `base_offset`, CRC-checked. `Corrupt` when the
+    /// offset lies in a segment but no sound batch starts there (position 0 when the walk
+    /// from the index found no batch at all).
     pub fn read_batch(&self, base_offset: i64) -> Result<Bytes, ReadError> {
         let not_found = || ReadError::OffsetOutOfRange {
             offset: base_offset,
@@ -617,9 +625,18 @@ impl PartitionLog {
             .range(..=base_offset)
             .next_back()
             .ok_or_else(not_found)?;
-        let (position, header) = segment.find(base_offset)?.ok_or_else(not_found)?;
-        if header.base_offset != base_offset {
+        if base_offset >= self.log_end_offset || base_offset < segment.base_offset {
             return Err(not_found());
+        }
+        // The offset lies in this segment: a walk that cannot find the batch starting there
+        // went through damaged bytes (a torn or misdirected write, a bit flip in a length).
+        let damaged = |position| ReadError::Corrupt {
+            segment_base_offset: segment.base_offset,
+            position,
+        };
+        let (position, header) = segment.find(base_offset)?.ok_or_else(|| damaged(0))?;
+        if header.base_offset != base_offset {
+            return Err(damaged(position));
         }
         let read = segment.read(position, header.size_bytes(), i64::MAX, true)?;
         if read.bytes.len() != header.size_bytes() {

@@ -125,6 +125,11 @@ struct Group {
     /// index it held before. Until its log reaches it again the replica neither votes
     /// nor campaigns, so it can never help elect a leader that lacks a committed entry.
     vote_barrier: Option<u64>,
+    /// Set when the replica started with an empty log. Such a log may be a disk that was
+    /// wiped or replaced, whose votes no longer stand for what it once acknowledged: it
+    /// votes only for candidates whose log is empty too (a group being formed) until a
+    /// leader's append tells it the commit index, which becomes its vote barrier.
+    empty_start: bool,
 }
 
 impl Group {
@@ -198,6 +203,10 @@ impl Driver {
             check_quorum: true,
             ..Config::default()
         };
+        let empty_start = {
+            let log = storage.lock();
+            log.last_index() == 0 && log.first_index() <= 1
+        };
         let raw = RawNode::new(&config, storage.clone(), &slog_bridge::logger(&group))?;
         let observed = (raw.raft.term, raw.raft.state, raw.raft.leader_id);
         let mut entry = Group {
@@ -206,6 +215,7 @@ impl Driver {
             raw,
             storage,
             vote_barrier: None,
+            empty_start,
         };
         self.reseed_timeout(&mut entry);
         self.groups.insert(group, entry);
@@ -368,6 +378,23 @@ impl Driver {
             });
         }
         self.last_heard_tick.insert(raft_message.from, self.ticks);
+        if group.empty_start {
+            match raft_message.get_msg_type() {
+                MessageType::MsgAppend => {
+                    // The leader's commit index: what this replica must hold before its
+                    // vote means anything again.
+                    group.empty_start = false;
+                    group.vote_barrier =
+                        Some(group.vote_barrier.unwrap_or(0).max(raft_message.commit));
+                }
+                MessageType::MsgSnapshot => group.empty_start = false,
+                _ if is_vote_request(&raft_message) && raft_message.index > 0 => {
+                    self.groups.insert(message.group, group);
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
         if group.vote_barrier.is_some() && is_vote_request(&raft_message) {
             // No vote until caught up again (see `Group::vote_barrier`): dropped unanswered.
             self.groups.insert(message.group, group);
@@ -454,18 +481,29 @@ impl Driver {
         started
     }
 
-    /// One round over every group with a `Ready` (see the module comment). `now_ms` only
+    /// One round over every group with a `Ready` (see the module comment).
+    ///
+    /// raft-rs panics when its storage fails a read it needs (committed entries to
+    /// apply): see [`storage_guarded`] for how a corrupt batch or an I/O error there
+    /// becomes a repair or a storage failure instead of a crash. `now_ms` only
     /// stamps segment rolls.
     pub fn round(&mut self, now_ms: i64) -> Result<RoundOutput, DriverError> {
         self.repair_corrupt_groups()?;
         let mut output = RoundOutput::default();
         let mut readies = Vec::new();
         let mut handles = Vec::new();
+        let mut broken = false;
         for (name, group) in self.groups.iter_mut() {
             if !group.raw.has_ready() {
                 continue;
             }
-            let mut ready = group.raw.ready();
+            let multi_voter = group.raw.raft.prs().conf().voters().ids().len() > 1;
+            let Some(mut ready) =
+                storage_guarded(&group.storage, multi_voter, || group.raw.ready())?
+            else {
+                broken = true;
+                continue;
+            };
             route(
                 &mut output.outgoing,
                 name,
@@ -509,7 +547,13 @@ impl Driver {
             let persisted = group.outgoing(ready.take_persisted_messages());
             route(&mut output.outgoing, &name, persisted);
             let mut committed = ready.take_committed_entries();
-            let mut light = group.raw.advance(ready);
+            let multi_voter = group.raw.raft.prs().conf().voters().ids().len() > 1;
+            let Some(mut light) =
+                storage_guarded(&group.storage, multi_voter, || group.raw.advance(ready))?
+            else {
+                broken = true;
+                continue;
+            };
             if let Some(commit) = light.commit_index() {
                 let mut replica = group.storage.lock();
                 let mut hs = replica.hard_state().clone();
@@ -535,6 +579,10 @@ impl Driver {
                 }
             }
             group.raw.advance_apply();
+        }
+        if broken {
+            // Groups whose raft-rs state is unknown after a failed read: rebuilt now.
+            self.repair_corrupt_groups()?;
         }
         let names: Vec<GroupId> = self.groups.keys().cloned().collect();
         for name in names {
@@ -783,5 +831,34 @@ fn survive_lost_log(group: &str, raw: &mut RawNode<ReplicaStorage>, message: &mu
             }
         }
         _ => {}
+    }
+}
+
+/// Runs a raft-rs call that reads `storage`, turning the panic raft-rs raises when such a
+/// read fails into what the failure means. An I/O error fails the round (the broker must
+/// restart: its disk is failing). A corrupt batch (the read marked it) returns None: the
+/// group's raft-rs state is then unknown, and the caller has it rebuilt by the repair,
+/// which drops the batch and what follows to replicate them again; a group of one voter
+/// has no peer to repair from, so that is a storage failure too. Any other panic is a bug
+/// and keeps unwinding.
+fn storage_guarded<T>(
+    storage: &ReplicaStorage,
+    multi_voter: bool,
+    call: impl FnOnce() -> T,
+) -> Result<Option<T>, DriverError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)) {
+        Ok(value) => Ok(Some(value)),
+        Err(panic) => {
+            if let Some(error) = storage.take_read_error() {
+                return Err(DriverError::Io(io::Error::other(error)));
+            }
+            match storage.corrupt_index() {
+                Some(_) if multi_voter => Ok(None),
+                Some(index) => Err(DriverError::Io(io::Error::other(format!(
+                    "corrupt entry {index} in a log with no other replica"
+                )))),
+                None => std::panic::resume_unwind(panic),
+            }
+        }
     }
 }

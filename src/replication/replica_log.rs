@@ -82,6 +82,9 @@ pub struct ReplicaLog {
     /// Lowest Raft index found corrupt by a read (0: none), shared with the
     /// [`ReplicaStorage`] so the driver sees it without taking the lock.
     corrupt_index: Arc<std::sync::atomic::AtomicU64>,
+    /// The last I/O error a read for raft-rs hit (raft-rs panics on it; the driver
+    /// catches that and turns it into a storage failure of the broker).
+    read_error: Arc<Mutex<Option<String>>>,
 }
 
 fn frame(record: &PersistedState) -> Vec<u8> {
@@ -177,9 +180,13 @@ impl ReplicaLog {
             conf_state,
             corruption_logged: Default::default(),
             corrupt_index: Default::default(),
+            read_error: Default::default(),
         };
         if fresh {
+            // Durable before anything else happens: the file and its directory entry.
             replica.write_state()?;
+            replica.state_file.sync()?;
+            replica.storage.sync_dir(dir)?;
         }
         // A crash between persisting a new log start and deleting the segments below it.
         replica.log.delete_segments_below(persisted.first_offset)?;
@@ -526,7 +533,11 @@ impl ReplicaLog {
                     return Err(StorageError::LogTemporarilyUnavailable);
                 }
                 Err(ReadError::OffsetOutOfRange { .. }) => return Err(StorageError::Unavailable),
-                Err(ReadError::Io(e)) => return Err(StorageError::Other(Box::new(e))),
+                Err(ReadError::Io(e)) => {
+                    *self.read_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(format!("reading entry {index}: {e}"));
+                    return Err(StorageError::Other(Box::new(e)));
+                }
             };
             size += stored.len() as u64;
             if !out.is_empty() && max_size_bytes.map(|m| size > m).unwrap_or(false) {
@@ -543,12 +554,14 @@ impl ReplicaLog {
 pub struct ReplicaStorage {
     inner: Arc<Mutex<ReplicaLog>>,
     corrupt_index: Arc<std::sync::atomic::AtomicU64>,
+    read_error: Arc<Mutex<Option<String>>>,
 }
 
 impl ReplicaStorage {
     pub fn new(log: ReplicaLog) -> ReplicaStorage {
         ReplicaStorage {
             corrupt_index: log.corrupt_index.clone(),
+            read_error: log.read_error.clone(),
             inner: Arc::new(Mutex::new(log)),
         }
     }
@@ -562,6 +575,14 @@ impl ReplicaStorage {
             0 => None,
             index => Some(index),
         }
+    }
+
+    /// Takes the I/O error a read for raft-rs last hit, if any.
+    pub fn take_read_error(&self) -> Option<String> {
+        self.read_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// Locks the replica log. Never hold this across an `.await`.

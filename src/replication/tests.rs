@@ -761,6 +761,50 @@ mod driver {
         assert_eq!(committed_log(&net, victim), expected);
     }
 
+    /// A wiped disk must not vote away what it once acknowledged (found by the
+    /// simulator): with the leader gone, the wiped replica and a stale one would be a
+    /// majority electing the stale one, losing committed entries. An empty log votes only
+    /// for an empty one, and after a leader's append not before it holds the commit
+    /// index it was told.
+    #[test]
+    fn a_wiped_replica_never_elects_a_stale_one() {
+        let mut net = Net::new(5);
+        net.tick(40);
+        let leader = net.leader_of("t-0").unwrap();
+        let mut others = (1..=3).filter(|id| *id != leader);
+        let (stale, wiped_id) = (others.next().unwrap(), others.next().unwrap());
+        net.propose_each(leader, "both", 2);
+        net.down.insert(stale);
+        net.propose_each(leader, "missed-by-stale", 3);
+        let committed = committed_log(&net, leader);
+        assert_eq!(committed_log(&net, wiped_id), committed);
+        // The leader dies; the other follower comes back with an empty disk.
+        net.down = BTreeSet::from([leader]);
+        let wiped = MemoryStorage::new();
+        net.disks.insert(wiped_id, wiped.clone());
+        net.drivers.insert(wiped_id, driver(wiped_id, &wiped, 5));
+        net.tick(60);
+        assert_eq!(
+            net.leader_of("t-0"),
+            None,
+            "a stale replica was elected with the wiped one's vote"
+        );
+        // The old leader returns: the committed entries survive everywhere.
+        net.down.clear();
+        net.tick(60);
+        let now = net
+            .leader_of("t-0")
+            .expect("a leader once the old one is back");
+        // The next write shows the leader the wiped replica's log (a heartbeat does not).
+        net.propose_each(now, "after", 1);
+        net.tick(10);
+        let log = committed_log(&net, now);
+        assert!(log.starts_with(&committed), "committed entries were lost");
+        for id in 1..=3 {
+            assert_eq!(committed_log(&net, id), log);
+        }
+    }
+
     /// A batch that rots on the leader's disk after it committed: sending it to a
     /// follower that needs it must not kill the driver (raft-rs treats an entry the
     /// storage calls unavailable as fatal). The leader repairs: it drops the corrupt

@@ -20,7 +20,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use memory::MemoryStorage;
+pub use memory::{DiskFaultCounts, DiskFaults, MemoryStorage};
 pub use real::RealStorage;
 
 /// A filesystem: directories of files, addressed by path.

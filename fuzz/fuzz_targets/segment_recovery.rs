@@ -51,15 +51,16 @@ fn write(storage: &MemoryStorage, name: &str, bytes: &[u8]) {
 }
 
 /// The longest prefix of `log` that recovery may keep for a segment based at `base`:
-/// whole batches with a correct CRC whose offsets never go backwards, each of which fits
-/// the segment (last offset representable, relative offsets within u32).
+/// whole batches with a correct CRC, each starting exactly where the one before it ended
+/// (the first at the segment's base: a base offset lies outside the CRC), each of which
+/// fits the segment (last offset representable, relative offsets within u32).
 fn keepable(base: i64, log: &[u8]) -> (Vec<Found>, i64) {
     let (found, _) = walk(log);
     let mut next = base;
     let mut kept = Vec::new();
     for f in found {
         let h = f.header;
-        if h.base_offset < next || h.last_offset_delta < 0 {
+        if h.base_offset != next || h.last_offset_delta < 0 {
             break;
         }
         let Some(after) = h

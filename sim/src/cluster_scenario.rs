@@ -1073,7 +1073,7 @@ async fn produce_loop(shared: Arc<Shared>, partition: i32) {
 /// seeking back to re-read, checking every answer against what was seen before.
 async fn consume_loop(shared: Arc<Shared>, partition: i32) {
     let mut rng = thread_rng();
-    let mut connection: Option<Client> = None;
+    let mut connection: Option<(u64, Client)> = None;
     let mut position = 0i64;
     while !shared.stop_load.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(10..=200))).await;
@@ -1081,11 +1081,12 @@ async fn consume_loop(shared: Arc<Shared>, partition: i32) {
             let Some((leader, _)) = find_leader(&shared, partition, &mut rng).await else {
                 continue;
             };
-            connection = connect(kafka_addr(leader)).await;
+            connection = connect(kafka_addr(leader)).await.map(|c| (leader, c));
         }
-        let Some(client) = connection.as_mut() else {
+        let Some((leader, client)) = connection.as_mut() else {
             continue;
         };
+        let leader = *leader;
         if rng.gen_bool(0.05) {
             position = rng.gen_range(0..=position);
         }
@@ -1123,6 +1124,12 @@ async fn consume_loop(shared: Arc<Shared>, partition: i32) {
             }
             connection = None;
             continue;
+        }
+        if let (Some(first), Some(end)) = (fetched.records.first(), fetched.records.last()) {
+            shared.event(format!(
+                "p{partition} fetched at {position} from broker {leader}: offsets {}..={} (hw {})",
+                first.offset, end.offset, fetched.high_watermark
+            ));
         }
         let mut last = position - 1;
         for record in fetched.records.iter().filter(|r| r.offset >= position) {
@@ -1277,8 +1284,15 @@ fn replicas_identical(shared: &Shared) -> Result<Logs, String> {
                         for (offset, batch) in &log {
                             if let Some(other) = first_log.get(offset) {
                                 if other != batch {
+                                    let show = |b: &Bytes| {
+                                        strand::log::batch::parse_whole(b)
+                                            .map(|h| format!("{h:?}"))
+                                            .unwrap_or_else(|e| e.to_string())
+                                    };
                                     return Err(format!(
-                                        "DIVERGED: p{partition} offset {offset}: broker {id} and broker {first_id} hold different batches"
+                                        "DIVERGED: p{partition} offset {offset}: broker {id} holds {}, broker {first_id} holds {}",
+                                        show(batch),
+                                        show(other)
                                     ));
                                 }
                             }

@@ -665,7 +665,16 @@ impl ClusterNode {
                     .is_some_and(|b| b.incarnation_id == incarnation && !b.fenced);
                 (registered && image.cluster_id.is_some()).then_some(())
             };
-            match self.await_image(ready, None).await {
+            let awaited = tokio::select! {
+                awaited = self.await_image(ready, None) => awaited,
+                why = self.failed() => {
+                    return Err(ApiError::new(
+                        ResponseError::KafkaStorageError,
+                        format!("storage failure while starting: {why}"),
+                    ));
+                }
+            };
+            match awaited {
                 Ok(()) => return Ok(()),
                 Err(e) if e.code == ResponseError::RequestTimedOut => {
                     tracing::info!("waiting for the metadata quorum");
@@ -876,6 +885,13 @@ impl ClusterNode {
             tokio::select! {
                 _ = ticker.tick() => {
                     driver.tick();
+                    if let Err(e) = driver.scrub() {
+                        for (_, p) in std::mem::take(&mut pending) {
+                            let _ = p.reply.send(Err(ProduceError::Storage(e.to_string())));
+                        }
+                        self.fail(format!("scrubbing: {e}"));
+                        return;
+                    }
                     ticks += 1;
                     if ticks.is_multiple_of(BALANCE_EVERY_TICKS) {
                         self.balance_leaders(&mut driver);

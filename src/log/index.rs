@@ -70,13 +70,22 @@ impl OffsetIndex {
 
     /// Position to start scanning from for `relative_offset`: the last entry at or below it.
     pub fn lookup(&self, relative_offset: u32) -> u32 {
+        self.lookup_entry(relative_offset).position
+    }
+
+    /// The last entry at or below `relative_offset` (offset 0 at position 0 if none): a
+    /// batch starts at its position with its offset.
+    pub fn lookup_entry(&self, relative_offset: u32) -> OffsetEntry {
         let i = self
             .entries
             .partition_point(|e| e.relative_offset <= relative_offset);
         if i == 0 {
-            0
+            OffsetEntry {
+                relative_offset: 0,
+                position: 0,
+            }
         } else {
-            self.entries[i - 1].position
+            self.entries[i - 1]
         }
     }
 

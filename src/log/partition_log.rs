@@ -359,6 +359,13 @@ impl PartitionLog {
             .chain(self.segments.range(offset + 1..))
         {
             let Some((position, _)) = segment.find(offset)? else {
+                if offset >= segment.base_offset && offset < segment.next_offset() {
+                    // The offset is in this segment, but the walk to it met damage.
+                    return Err(ReadError::Corrupt {
+                        segment_base_offset: segment.base_offset,
+                        position: 0,
+                    });
+                }
                 continue;
             };
             let read = segment.read(position, max_bytes, upper_offset, min_one)?;

@@ -163,12 +163,14 @@ impl Segment {
                     .last()
                     .map(|e| e.timestamp_ms)
                     .unwrap_or(-1);
-                let start = segment
+                let (start, start_offset) = segment
                     .index
                     .entries
                     .last()
-                    .map(|e| e.position as u64)
-                    .unwrap_or(0);
+                    .map(|e| (e.position as u64, base_offset + e.relative_offset as i64))
+                    .unwrap_or((0, base_offset));
+                // The scan goes on from the last indexed batch, which starts at its offset.
+                segment.next_offset = start_offset;
                 let report = segment.scan_from(start, false)?;
                 let relative_next = (segment.next_offset - base_offset) as u64;
                 if report.truncated_bytes > 0 || !segment.time_index.validate(relative_next) {
@@ -223,8 +225,10 @@ impl Segment {
                 report.reason = Some(format!("torn batch at position {position}"));
                 break;
             }
-            // The batch's offsets must follow the previous batch's, be representable, and
-            // stay within a u32 of the segment's base (index entries hold relative offsets).
+            // The batch's offsets must follow the previous batch's exactly (the base offset
+            // is outside the CRC: a flipped bit there would shift every later offset), be
+            // representable, and stay within a u32 of the segment's base (index entries
+            // hold relative offsets).
             let fits_segment = header
                 .base_offset
                 .checked_add(header.last_offset_delta as i64)
@@ -234,7 +238,7 @@ impl Segment {
                             .checked_sub(self.base_offset)
                             .is_some_and(|relative| relative <= u32::MAX as i64)
                 });
-            if header.base_offset < self.next_offset
+            if header.base_offset != self.next_offset
                 || header.last_offset_delta < 0
                 || !fits_segment
             {
@@ -345,11 +349,20 @@ impl Segment {
         }
         let relative =
             (offset.max(self.base_offset) - self.base_offset).min(u32::MAX as i64) as u32;
-        let mut position = self.index.lookup(relative) as u64;
+        let entry = self.index.lookup_entry(relative);
+        let mut position = entry.position as u64;
+        // Batches of a segment are contiguous from its base offset, and the base offset is
+        // outside the CRC: a batch that does not start where the one before it ended is
+        // damaged (a bit flip in its header), and the walk stops short of it.
+        let mut expected = self.base_offset + entry.relative_offset as i64;
         while let Some(header) = self.read_header(position)? {
+            if header.base_offset != expected {
+                return Ok(None);
+            }
             if header.last_offset() >= offset {
                 return Ok(Some((position, header)));
             }
+            expected = header.next_offset();
             position += header.size_bytes() as u64;
         }
         Ok(None)
@@ -367,15 +380,18 @@ impl Segment {
     ) -> io::Result<SegmentRead> {
         let mut end = position;
         let mut headers = Vec::new();
+        let mut discontinuity_at = None;
         while let Some(header) = self.read_header(end)? {
             let size = header.size_bytes();
             if header.next_offset() > upper_offset || end + size as u64 > self.log.len() {
                 break;
             }
-            // baseOffset is outside the CRC: never serve offsets that go backwards.
+            // baseOffset is outside the CRC: a batch that does not follow the one before
+            // it is damaged; it is reported as corrupt (if nothing before it is).
             if let Some((_, previous)) = headers.last() {
                 let previous: &BatchHeader = previous;
-                if header.base_offset < previous.next_offset() {
+                if header.base_offset != previous.next_offset() {
+                    discontinuity_at = Some(end);
                     break;
                 }
             }
@@ -407,7 +423,7 @@ impl Segment {
         buf.truncate(good_len);
         Ok(SegmentRead {
             bytes: buf.freeze(),
-            corrupt_at_position,
+            corrupt_at_position: corrupt_at_position.or(discontinuity_at),
         })
     }
 
@@ -437,6 +453,15 @@ impl Segment {
         let cut = match self.find(offset)? {
             Some((position, header)) if header.base_offset >= offset => position,
             Some((position, header)) => position + header.size_bytes() as u64,
+            None if offset < self.next_offset => {
+                // The walk met damage before `offset`: a rescan cuts the log there (and
+                // then, if it still reaches past `offset`, the cut is made as asked).
+                self.rebuild()?;
+                if self.next_offset > offset {
+                    return self.truncate_to(offset);
+                }
+                return Ok(());
+            }
             None => return Ok(()),
         };
         self.log.truncate(cut)?;

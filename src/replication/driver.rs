@@ -13,7 +13,7 @@
 //! run under the simulator replays exactly from its seed.
 
 use super::entry_codec::encode_entry;
-use super::replica_log::{ReplicaLog, ReplicaStorage};
+use super::replica_log::{ReplicaLog, ReplicaStorage, VerifyError};
 use super::slog_bridge;
 use raft::eraftpb::{EntryType, Message, MessageType};
 use raft::{Config, RawNode, StateRole};
@@ -101,6 +101,8 @@ pub struct DriverConfig {
     pub heartbeat_tick: usize,
     pub max_size_per_msg_bytes: u64,
     pub max_inflight_msgs: usize,
+    /// Bytes of committed batches [`Driver::scrub`] re-reads per call (CRC-checked).
+    pub scrub_bytes_per_tick: u64,
 }
 
 impl Default for DriverConfig {
@@ -110,6 +112,7 @@ impl Default for DriverConfig {
             heartbeat_tick: 2,
             max_size_per_msg_bytes: 1 << 20,
             max_inflight_msgs: 256,
+            scrub_bytes_per_tick: 256 * 1024,
         }
     }
 }
@@ -130,6 +133,8 @@ struct Group {
     /// votes only for candidates whose log is empty too (a group being formed) until a
     /// leader's append tells it the commit index, which becomes its vote barrier.
     empty_start: bool,
+    /// The Raft index the scrubber verifies next.
+    scrub_next: u64,
 }
 
 impl Group {
@@ -158,6 +163,8 @@ pub struct Driver {
     ticks: u64,
     /// Tick of the last message taken from each peer broker (any group).
     last_heard_tick: BTreeMap<u64, u64>,
+    /// The group the scrubber continues with.
+    scrub_group: GroupId,
 }
 
 /// A follower more than this many entries behind its leader's log is out of sync.
@@ -174,6 +181,7 @@ impl Driver {
             rng: rand::rngs::StdRng::seed_from_u64(seed),
             ticks: 0,
             last_heard_tick: BTreeMap::new(),
+            scrub_group: GroupId::new(),
         }
     }
 
@@ -203,9 +211,12 @@ impl Driver {
             check_quorum: true,
             ..Config::default()
         };
-        let empty_start = {
+        let (empty_start, lost_commit) = {
             let log = storage.lock();
-            log.last_index() == 0 && log.first_index() <= 1
+            (
+                log.last_index() == 0 && log.first_index() <= 1,
+                log.lost_commit(),
+            )
         };
         let raw = RawNode::new(&config, storage.clone(), &slog_bridge::logger(&group))?;
         let observed = (raw.raft.term, raw.raft.state, raw.raft.leader_id);
@@ -214,8 +225,9 @@ impl Driver {
             timeout_drawn_for: (observed.0, observed.1),
             raw,
             storage,
-            vote_barrier: None,
+            vote_barrier: lost_commit,
             empty_start,
+            scrub_next: 0,
         };
         self.reseed_timeout(&mut entry);
         self.groups.insert(group, entry);
@@ -288,6 +300,48 @@ impl Driver {
     /// Ticks since the driver started.
     pub fn ticks(&self) -> u64 {
         self.ticks
+    }
+
+    /// The scrubber: re-reads up to `scrub_bytes_per_tick` of committed batches, CRC
+    /// checked, continuing where the last call stopped (group after group, each from its
+    /// log start to its commit index). Corruption at rest is otherwise found only when a
+    /// batch is read; a corrupt one found here is marked and the next round repairs it
+    /// from a peer. An I/O error fails (the broker restarts).
+    pub fn scrub(&mut self) -> Result<(), DriverError> {
+        let mut budget = self.config.scrub_bytes_per_tick;
+        // From the group it stopped in, round to the one before it.
+        let (before, from): (Vec<GroupId>, Vec<GroupId>) = self
+            .groups
+            .keys()
+            .cloned()
+            .partition(|name| *name < self.scrub_group);
+        let names = from.into_iter().chain(before);
+        for name in names {
+            let group = self.groups.get_mut(&name).expect("listed above");
+            let log = group.storage.lock();
+            let commit = log.hard_state().commit;
+            let mut index = group.scrub_next.max(log.first_index());
+            while index <= commit && budget > 0 {
+                match log.verify_entry(index) {
+                    Ok(bytes) => budget = budget.saturating_sub(bytes.max(1)),
+                    Err(VerifyError::Corrupt) => {
+                        tracing::error!(group = %name, index, "the scrubber found a corrupt batch (CRC32C mismatch): repairing it from a peer");
+                        break;
+                    }
+                    Err(VerifyError::Io(e)) => return Err(DriverError::Io(e)),
+                }
+                index += 1;
+            }
+            drop(log);
+            if budget == 0 {
+                group.scrub_next = index;
+                self.scrub_group = name;
+                return Ok(());
+            }
+            // This group is done: start it over next time, and go on with the next one.
+            group.scrub_next = 0;
+        }
+        Ok(())
     }
 
     /// Ticks since a message from `peer` was last taken (None: never).
@@ -488,6 +542,12 @@ impl Driver {
     /// becomes a repair or a storage failure instead of a crash. `now_ms` only
     /// stamps segment rolls.
     pub fn round(&mut self, now_ms: i64) -> Result<RoundOutput, DriverError> {
+        // A read that failed since the last round (while raft-rs read entries to send).
+        for group in self.groups.values() {
+            if let Some(error) = group.storage.take_read_error() {
+                return Err(DriverError::Io(io::Error::other(error)));
+            }
+        }
         self.repair_corrupt_groups()?;
         let mut output = RoundOutput::default();
         let mut readies = Vec::new();

@@ -85,6 +85,8 @@ pub struct ReplicaLog {
     /// The last I/O error a read for raft-rs hit (raft-rs panics on it; the driver
     /// catches that and turns it into a storage failure of the broker).
     read_error: Arc<Mutex<Option<String>>>,
+    /// The persisted commit index when the log was opened ending below it.
+    lost_commit: Option<u64>,
 }
 
 fn frame(record: &PersistedState) -> Vec<u8> {
@@ -106,7 +108,9 @@ fn read_last_state(file: &dyn StorageFile) -> io::Result<Option<PersistedState>>
         read_exact_at(file, position, &mut head)?;
         let size = u32::from_be_bytes(head[..4].try_into().unwrap()) as usize;
         let crc = u32::from_be_bytes(head[4..].try_into().unwrap());
-        if size > STATE_RECORD_MAX_BYTES || position + 8 + size as u64 > len {
+        // Zeroed bytes (a torn or lost page) frame an empty record whose CRC32C is 0:
+        // a record is never empty, so that is the end too.
+        if size == 0 || size > STATE_RECORD_MAX_BYTES || position + 8 + size as u64 > len {
             break;
         }
         let mut body = vec![0u8; size];
@@ -115,8 +119,8 @@ fn read_last_state(file: &dyn StorageFile) -> io::Result<Option<PersistedState>>
             break;
         }
         match PersistedState::decode(body.as_slice()) {
-            Ok(state) => last = Some(state),
-            Err(_) => break,
+            Ok(state) if state.first_index >= 1 => last = Some(state),
+            _ => break,
         }
         position += 8 + size as u64;
     }
@@ -163,7 +167,14 @@ impl ReplicaLog {
         hard_state.term = persisted.term;
         hard_state.vote = persisted.vote;
         let last_index = persisted.first_index + entries.len() as u64 - 1;
-        // Entries past the last sync may be gone; the leader will tell the commit again.
+        // The commit index is persisted with the entries it covers: a log that ends below
+        // it lost fsynced entries (damage cut it), so its votes no longer stand for what
+        // it acknowledged until it holds them again.
+        let lost_commit = (persisted.commit > last_index).then_some(persisted.commit);
+        if let Some(commit) = lost_commit {
+            tracing::warn!(dir = %dir.display(), commit, last_index,
+                "the log ends below its commit index: no votes until it is caught up again");
+        }
         hard_state.commit = persisted.commit.min(last_index);
         let mut conf_state = ConfState::default();
         conf_state.voters = persisted.voters.clone();
@@ -181,6 +192,7 @@ impl ReplicaLog {
             corruption_logged: Default::default(),
             corrupt_index: Default::default(),
             read_error: Default::default(),
+            lost_commit,
         };
         if fresh {
             // Durable before anything else happens: the file and its directory entry.
@@ -244,9 +256,15 @@ impl ReplicaLog {
         );
         let offset = self.entries[(from_index - self.first_index) as usize].base_offset;
         self.log.truncate_to(offset)?;
-        self.entries
-            .truncate((from_index - self.first_index) as usize);
-        self.hard_state.commit = self.hard_state.commit.min(from_index - 1);
+        // Damage found on the way (before the entry that was marked) cuts the log there.
+        let end = self.log.log_end_offset();
+        let keep = self
+            .entries
+            .iter()
+            .take_while(|e| e.next_offset <= end)
+            .count();
+        self.entries.truncate(keep);
+        self.hard_state.commit = self.hard_state.commit.min(self.last_index());
         self.write_state()?;
         self.state_file.sync()?;
         self.corrupt_index.store(0, Ordering::Release);
@@ -324,8 +342,18 @@ impl ReplicaLog {
             let keep = (first.index - self.first_index) as usize;
             let cut = self.entries[keep].base_offset;
             self.log.truncate_to(cut)?;
+            if self.log.log_end_offset() != cut {
+                // Damage below the cut: the log now ends earlier than raft-rs believes.
+                // Restarting rebuilds everything from what is on disk.
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "a damaged batch below offset {cut} cut the log at {}",
+                        self.log.log_end_offset()
+                    ),
+                ));
+            }
             self.entries.truncate(keep);
-            assert_eq!(self.log.log_end_offset(), cut);
         }
         for entry in entries {
             assert_eq!(entry.index, self.last_index() + 1);
@@ -497,6 +525,48 @@ impl ReplicaLog {
         self.log.flushed(up_to_offset);
     }
 
+    /// The batch of an entry, CRC-checked, and checked against what the log knows of the
+    /// entry: its offsets and its term. A batch's base offset and leader epoch (the term)
+    /// lie outside its CRC, and a flipped bit there would silently change the entry.
+    fn read_entry_batch(&self, position: &EntryPosition) -> Result<bytes::Bytes, ReadError> {
+        let bytes = self.log.read_batch(position.base_offset)?;
+        let matches = crate::log::batch::parse_whole(&bytes).is_ok_and(|h| {
+            h.base_offset == position.base_offset
+                && h.next_offset() == position.next_offset
+                && u64::try_from(h.partition_leader_epoch) == Ok(position.term)
+        });
+        if !matches {
+            return Err(ReadError::Corrupt {
+                segment_base_offset: position.base_offset,
+                position: 0,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// The commit index the log held before it lost entries (see `open`), if it did.
+    pub fn lost_commit(&self) -> Option<u64> {
+        self.lost_commit
+    }
+
+    /// Re-reads the batch of entry `index` and checks its CRC (the scrubber); returns its
+    /// size. A corrupt batch is marked for repair.
+    pub fn verify_entry(&self, index: u64) -> Result<u64, VerifyError> {
+        let Some(position) = self.position(index) else {
+            return Ok(0);
+        };
+        match self.read_entry_batch(&position) {
+            Ok(bytes) => Ok(bytes.len() as u64),
+            Err(ReadError::Corrupt { .. }) => {
+                self.mark_corrupt(index);
+                Err(VerifyError::Corrupt)
+            }
+            // Gone meanwhile (retention): nothing to verify.
+            Err(ReadError::OffsetOutOfRange { .. }) => Ok(0),
+            Err(ReadError::Io(e)) => Err(VerifyError::Io(e)),
+        }
+    }
+
     /// Reads entries `[low, high)`, at least one, at most about `max_size_bytes`.
     pub fn entries(
         &self,
@@ -514,7 +584,7 @@ impl ReplicaLog {
         let mut size = 0u64;
         for index in low..high {
             let position = self.position(index).ok_or(StorageError::Unavailable)?;
-            let stored = match self.log.read_batch(position.base_offset) {
+            let stored = match self.read_entry_batch(&position) {
                 Ok(bytes) => bytes,
                 // raft-rs treats Unavailable as fatal when it reads entries to send; a
                 // batch that rotted on disk must not stop the broker. "Temporarily
@@ -534,9 +604,12 @@ impl ReplicaLog {
                 }
                 Err(ReadError::OffsetOutOfRange { .. }) => return Err(StorageError::Unavailable),
                 Err(ReadError::Io(e)) => {
+                    // raft-rs panics on any other error while it reads entries to send;
+                    // "temporarily unavailable" makes it skip the send, and the driver's
+                    // next round fails on the recorded error (the broker restarts).
                     *self.read_error.lock().unwrap_or_else(|p| p.into_inner()) =
                         Some(format!("reading entry {index}: {e}"));
-                    return Err(StorageError::Other(Box::new(e)));
+                    return Err(StorageError::LogTemporarilyUnavailable);
                 }
             };
             size += stored.len() as u64;
@@ -547,6 +620,13 @@ impl ReplicaLog {
         }
         Ok(out)
     }
+}
+
+/// Why [`ReplicaLog::verify_entry`] failed.
+#[derive(Debug)]
+pub enum VerifyError {
+    Corrupt,
+    Io(io::Error),
 }
 
 /// The replica log shared between raft-rs and the driver.

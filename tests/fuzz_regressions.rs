@@ -677,7 +677,7 @@ mod interbroker {
         }
 
         fn tick(&mut self) {
-            self.drivers.values_mut().for_each(Driver::tick);
+            self.drivers.values_mut().for_each(|d| d.tick().unwrap());
         }
     }
 

@@ -292,7 +292,7 @@ impl Cluster {
 
     pub fn tick(&mut self) {
         for driver in self.drivers.values_mut() {
-            driver.tick();
+            driver.tick().expect("a tick on storage without faults");
         }
     }
 

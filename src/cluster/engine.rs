@@ -290,7 +290,14 @@ impl ClusterNode {
             config,
         });
         node.reconcile(&mut driver)?;
-        node.remove_orphan_dirs()?;
+        // An image replayed from a metadata log that lost entries (damage cut it) may lack
+        // topics that exist: their directories are not orphans, whatever it says.
+        let lost = node.metadata_storage.lock().lost_commit();
+        if let Some(commit) = lost {
+            tracing::warn!(commit, "the metadata log lost committed entries: keeping every partition directory until it is caught up");
+        } else {
+            node.remove_orphan_dirs()?;
+        }
         let transport = Transport::start(node.config.node_id, &node.config.peers);
         let (inbox_tx, inbox) = mpsc::channel(1024);
         if let Some(listener) = raft_listener {
@@ -386,6 +393,14 @@ impl ClusterNode {
                 std::future::pending::<()>().await;
             }
         }
+    }
+
+    /// [`ClusterNode::fail`], answering every waiting producer with the error first.
+    fn fail_pending(&self, pending: &mut BTreeMap<(GroupId, u64), Pending>, why: String) {
+        for (_, p) in std::mem::take(pending) {
+            let _ = p.reply.send(Err(ProduceError::Storage(why.clone())));
+        }
+        self.fail(why);
     }
 
     fn fail(&self, why: String) {
@@ -884,12 +899,8 @@ impl ClusterNode {
         loop {
             tokio::select! {
                 _ = ticker.tick() => {
-                    driver.tick();
-                    if let Err(e) = driver.scrub() {
-                        for (_, p) in std::mem::take(&mut pending) {
-                            let _ = p.reply.send(Err(ProduceError::Storage(e.to_string())));
-                        }
-                        self.fail(format!("scrubbing: {e}"));
+                    if let Err(e) = driver.tick().and_then(|()| driver.scrub()) {
+                        self.fail_pending(&mut pending, format!("tick: {e}"));
                         return;
                     }
                     ticks += 1;
@@ -902,7 +913,10 @@ impl ClusterNode {
                     }
                 }
                 Some((sender, batch)) = inbox.recv() => {
-                    step_batch(&mut driver, sender, batch, &mut refusals_logged);
+                    if let Err(e) = step_batch(&mut driver, sender, batch, &mut refusals_logged) {
+                        self.fail_pending(&mut pending, format!("taking a peer's message: {e}"));
+                        return;
+                    }
                 }
                 command = commands.recv() => match command {
                     Some(Command::Stop { done }) => {
@@ -918,7 +932,10 @@ impl ClusterNode {
                     (Err(_), Err(_)) => break,
                     (batch, command) => {
                         if let Ok((sender, batch)) = batch {
-                            step_batch(&mut driver, sender, batch, &mut refusals_logged);
+                            if let Err(e) = step_batch(&mut driver, sender, batch, &mut refusals_logged) {
+                                self.fail_pending(&mut pending, format!("taking a peer's message: {e}"));
+                                return;
+                            }
                         }
                         match command {
                             Ok(Command::Stop { done }) => {
@@ -935,10 +952,7 @@ impl ClusterNode {
                 Ok(output) => output,
                 Err(e) => {
                     // An fsync or write failed: nothing after it can be trusted (fsyncgate).
-                    for (_, p) in std::mem::take(&mut pending) {
-                        let _ = p.reply.send(Err(ProduceError::Storage(e.to_string())));
-                    }
-                    self.fail(format!("replication round: {e}"));
+                    self.fail_pending(&mut pending, format!("replication round: {e}"));
                     return;
                 }
             };
@@ -946,10 +960,7 @@ impl ClusterNode {
                 transport.send(to, batch);
             }
             if let Err(e) = self.apply(&mut driver, &mut pending, output) {
-                for (_, p) in std::mem::take(&mut pending) {
-                    let _ = p.reply.send(Err(ProduceError::Storage(e.to_string())));
-                }
-                self.fail(format!("applying committed entries: {e}"));
+                self.fail_pending(&mut pending, format!("applying committed entries: {e}"));
                 return;
             }
         }
@@ -1289,9 +1300,17 @@ const REFUSALS_LOGGED: u32 = 16;
 /// Steps a batch of Raft messages that arrived from broker `sender`. A message the
 /// driver refuses (a shape raft-rs cannot take, or not from its frame's sender) is
 /// dropped; the first few are logged at warn, the rest at debug.
-fn step_batch(driver: &mut Driver, sender: u64, batch: Vec<GroupMessage>, logged: &mut u32) {
+/// Steps a peer's batch of messages. Refusals are logged (bounded); a storage error is
+/// returned: the broker must stop.
+fn step_batch(
+    driver: &mut Driver,
+    sender: u64,
+    batch: Vec<GroupMessage>,
+    logged: &mut u32,
+) -> Result<(), DriverError> {
     for message in batch {
         match driver.step_from(sender, message) {
+            Err(e @ DriverError::Io(_)) => return Err(e),
             Err(e @ DriverError::Refused { .. }) if *logged < REFUSALS_LOGGED => {
                 *logged += 1;
                 tracing::warn!(sender, error = %e, "refused a peer's Raft message");
@@ -1302,6 +1321,7 @@ fn step_batch(driver: &mut Driver, sender: u64, batch: Vec<GroupMessage>, logged
             _ => {}
         }
     }
+    Ok(())
 }
 
 /// Answers every waiting producer with `Stopped`, then the stop request.

@@ -103,6 +103,8 @@ pub struct DriverConfig {
     pub max_inflight_msgs: usize,
     /// Bytes of committed batches [`Driver::scrub`] re-reads per call (CRC-checked).
     pub scrub_bytes_per_tick: u64,
+    /// Ticks between the end of one scrubbing pass over every log and the next.
+    pub scrub_pass_pause_ticks: u64,
 }
 
 impl Default for DriverConfig {
@@ -113,6 +115,7 @@ impl Default for DriverConfig {
             max_size_per_msg_bytes: 1 << 20,
             max_inflight_msgs: 256,
             scrub_bytes_per_tick: 256 * 1024,
+            scrub_pass_pause_ticks: 300,
         }
     }
 }
@@ -135,6 +138,8 @@ struct Group {
     empty_start: bool,
     /// The Raft index the scrubber verifies next.
     scrub_next: u64,
+    /// Messages the driver itself answers with (see `survive_lost_log`), sent next round.
+    replies: Vec<Message>,
 }
 
 impl Group {
@@ -165,6 +170,8 @@ pub struct Driver {
     last_heard_tick: BTreeMap<u64, u64>,
     /// The group the scrubber continues with.
     scrub_group: GroupId,
+    /// The tick the next scrubbing pass may start at.
+    scrub_resume_tick: u64,
 }
 
 /// A follower more than this many entries behind its leader's log is out of sync.
@@ -182,6 +189,7 @@ impl Driver {
             ticks: 0,
             last_heard_tick: BTreeMap::new(),
             scrub_group: GroupId::new(),
+            scrub_resume_tick: 0,
         }
     }
 
@@ -218,7 +226,15 @@ impl Driver {
                 log.lost_commit(),
             )
         };
-        let raw = RawNode::new(&config, storage.clone(), &slog_bridge::logger(&group))?;
+        // raft-rs reads the committed, unapplied entries here and panics if it cannot.
+        let raw = storage_guarded(&storage, true, || {
+            RawNode::new(&config, storage.clone(), &slog_bridge::logger(&group))
+        })?
+        .ok_or_else(|| {
+            DriverError::Io(io::Error::other(format!(
+                "a corrupt entry in {group} while opening it"
+            )))
+        })??;
         let observed = (raw.raft.term, raw.raft.state, raw.raft.leader_id);
         let mut entry = Group {
             observed,
@@ -228,6 +244,7 @@ impl Driver {
             vote_barrier: lost_commit,
             empty_start,
             scrub_next: 0,
+            replies: Vec::new(),
         };
         self.reseed_timeout(&mut entry);
         self.groups.insert(group, entry);
@@ -308,6 +325,9 @@ impl Driver {
     /// batch is read; a corrupt one found here is marked and the next round repairs it
     /// from a peer. An I/O error fails (the broker restarts).
     pub fn scrub(&mut self) -> Result<(), DriverError> {
+        if self.ticks < self.scrub_resume_tick {
+            return Ok(());
+        }
         let mut budget = self.config.scrub_bytes_per_tick;
         // From the group it stopped in, round to the one before it.
         let (before, from): (Vec<GroupId>, Vec<GroupId>) = self
@@ -315,32 +335,33 @@ impl Driver {
             .keys()
             .cloned()
             .partition(|name| *name < self.scrub_group);
-        let names = from.into_iter().chain(before);
-        for name in names {
+        for name in from.into_iter().chain(before) {
             let group = self.groups.get_mut(&name).expect("listed above");
             let log = group.storage.lock();
-            let commit = log.hard_state().commit;
-            let mut index = group.scrub_next.max(log.first_index());
-            while index <= commit && budget > 0 {
-                match log.verify_entry(index) {
-                    Ok(bytes) => budget = budget.saturating_sub(bytes.max(1)),
-                    Err(VerifyError::Corrupt) => {
-                        tracing::error!(group = %name, index, "the scrubber found a corrupt batch (CRC32C mismatch): repairing it from a peer");
-                        break;
-                    }
-                    Err(VerifyError::Io(e)) => return Err(DriverError::Io(e)),
+            let from_index = group.scrub_next.max(log.first_index());
+            let up_to = log.hard_state().commit;
+            match log.verify_entries(from_index, up_to, budget) {
+                Ok((next, read)) => {
+                    budget = budget.saturating_sub(read);
+                    group.scrub_next = next;
                 }
-                index += 1;
+                Err(VerifyError::Corrupt(index)) => {
+                    tracing::error!(group = %name, index, "the scrubber found a corrupt batch: repairing it from a peer");
+                    group.scrub_next = 0;
+                }
+                Err(VerifyError::Io(e)) => return Err(DriverError::Io(e)),
             }
             drop(log);
             if budget == 0 {
-                group.scrub_next = index;
                 self.scrub_group = name;
                 return Ok(());
             }
-            // This group is done: start it over next time, and go on with the next one.
+            // This group is done: it starts over in the next pass.
             group.scrub_next = 0;
         }
+        // A whole pass within the budget: the next one waits.
+        self.scrub_group.clear();
+        self.scrub_resume_tick = self.ticks + self.config.scrub_pass_pause_ticks;
         Ok(())
     }
 
@@ -394,15 +415,26 @@ impl Driver {
     }
 
     /// Advances every group's logical clock by one tick.
-    pub fn tick(&mut self) {
+    pub fn tick(&mut self) -> Result<(), DriverError> {
         self.ticks += 1;
         let names: Vec<GroupId> = self.groups.keys().cloned().collect();
+        let mut broken = false;
         for name in names {
             let mut group = self.groups.remove(&name).expect("listed above");
-            group.raw.tick();
+            // A campaign reads the unapplied entries (see `storage_guarded`).
+            let multi_voter = group.raw.raft.prs().conf().voters().ids().len() > 1;
+            let ticked = storage_guarded(&group.storage, multi_voter, || group.raw.tick());
+            if !matches!(ticked, Ok(Some(_))) {
+                broken = true;
+            }
             self.after_step(&mut group);
             self.groups.insert(name, group);
+            ticked?;
         }
+        if broken {
+            self.repair_corrupt_groups()?;
+        }
+        Ok(())
     }
 
     /// Reseeds the election timeout after any change of term or role.
@@ -421,7 +453,9 @@ impl Driver {
             return Err(DriverError::UnknownGroup(message.group));
         };
         let mut raft_message = message.message;
-        survive_lost_log(&message.group, &mut group.raw, &mut raft_message);
+        if let Some(reply) = survive_lost_log(&message.group, &mut group.raw, &mut raft_message) {
+            group.replies.push(reply);
+        }
         if let Err(reason) = check_peer_message(self.node_id, &group, &raft_message) {
             let from = raft_message.from;
             self.groups.insert(message.group.clone(), group);
@@ -454,10 +488,15 @@ impl Driver {
             self.groups.insert(message.group, group);
             return Ok(());
         }
-        let result = group.raw.step(raft_message);
+        let multi_voter = group.raw.raft.prs().conf().voters().ids().len() > 1;
+        // A vote can commit and read entries (see `storage_guarded`).
+        let stepped = storage_guarded(&group.storage, multi_voter, || group.raw.step(raft_message));
         self.after_step(&mut group);
         self.groups.insert(message.group, group);
-        result.map_err(DriverError::from)
+        match stepped? {
+            Some(result) => result.map_err(DriverError::from),
+            None => self.repair_corrupt_groups(),
+        }
     }
 
     /// [`Driver::step`] for a message that arrived in a frame from broker `sender`: a
@@ -554,6 +593,10 @@ impl Driver {
         let mut handles = Vec::new();
         let mut broken = false;
         for (name, group) in self.groups.iter_mut() {
+            if !group.replies.is_empty() {
+                let replies = std::mem::take(&mut group.replies);
+                route(&mut output.outgoing, name, replies);
+            }
             if !group.raw.has_ready() {
                 continue;
             }
@@ -867,15 +910,32 @@ fn check_snapshot(group: &Group, m: &Message) -> Result<(), &'static str> {
 /// Not covered: a wiped replica also lost its vote for the current term, so in the
 /// rare case it had voted in an election still running it could vote again (Kafka's
 /// KRaft closes that with directory ids, KIP-853).
-fn survive_lost_log(group: &str, raw: &mut RawNode<ReplicaStorage>, message: &mut Message) {
+fn survive_lost_log(
+    group: &str,
+    raw: &mut RawNode<ReplicaStorage>,
+    message: &mut Message,
+) -> Option<Message> {
     let raft = &mut raw.raft;
     match message.get_msg_type() {
         MessageType::MsgHeartbeat => {
             // Past the log, the leader's idea of this replica is wrong, so its commit
             // says nothing about what is here: commit nothing more (a restored backup
             // may hold entries the leader never had; they must not become committed).
-            if message.commit > raft.raft_log.last_index() {
+            let last_index = raft.raft_log.last_index();
+            if message.commit > last_index {
                 message.commit = raft.raft_log.committed;
+                // And tell the leader where this log really ends (a rejection it takes
+                // below), or it would never send anything while no new entry comes.
+                let mut reply = Message::default();
+                reply.set_msg_type(MessageType::MsgAppendResponse);
+                reply.to = message.from;
+                reply.from = message.to;
+                reply.term = message.term;
+                reply.reject = true;
+                reply.index = last_index;
+                reply.reject_hint = last_index;
+                reply.log_term = raft.raft_log.last_term();
+                return Some(reply);
             }
         }
         MessageType::MsgAppendResponse if message.reject && raft.state == StateRole::Leader => {
@@ -892,6 +952,7 @@ fn survive_lost_log(group: &str, raw: &mut RawNode<ReplicaStorage>, message: &mu
         }
         _ => {}
     }
+    None
 }
 
 /// Runs a raft-rs call that reads `storage`, turning the panic raft-rs raises when such a

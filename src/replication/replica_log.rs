@@ -549,22 +549,61 @@ impl ReplicaLog {
         self.lost_commit
     }
 
-    /// Re-reads the batch of entry `index` and checks its CRC (the scrubber); returns its
-    /// size. A corrupt batch is marked for repair.
-    pub fn verify_entry(&self, index: u64) -> Result<u64, VerifyError> {
-        let Some(position) = self.position(index) else {
-            return Ok(0);
+    /// The scrubber's read: re-reads the batches of entries `from_index..=up_to` (about
+    /// `budget_bytes` of them), CRC-checked and checked against the offsets and term the
+    /// log knows for each. Returns the next index to verify and the bytes read; a bad
+    /// batch is marked for repair and reported with its index.
+    pub fn verify_entries(
+        &self,
+        from_index: u64,
+        up_to: u64,
+        budget_bytes: u64,
+    ) -> Result<(u64, u64), VerifyError> {
+        let mut index = from_index;
+        let mut read = 0u64;
+        let corrupt = |index| {
+            self.mark_corrupt(index);
+            VerifyError::Corrupt(index)
         };
-        match self.read_entry_batch(&position) {
-            Ok(bytes) => Ok(bytes.len() as u64),
-            Err(ReadError::Corrupt { .. }) => {
-                self.mark_corrupt(index);
-                Err(VerifyError::Corrupt)
+        while index <= up_to.min(self.last_index()) && read < budget_bytes {
+            let Some(first) = self.position(index) else {
+                break;
+            };
+            let end = self
+                .position(up_to.min(self.last_index()))
+                .map(|p| p.next_offset)
+                .unwrap_or(first.next_offset);
+            let want = (budget_bytes - read).min(usize::MAX as u64) as usize;
+            let bytes = match self.log.read(first.base_offset, want, end, true) {
+                Ok(bytes) if bytes.is_empty() => return Err(corrupt(index)),
+                Ok(bytes) => bytes,
+                Err(ReadError::Corrupt { .. }) => return Err(corrupt(index)),
+                // Gone meanwhile (retention): nothing left to verify here.
+                Err(ReadError::OffsetOutOfRange { .. }) => break,
+                Err(ReadError::Io(e)) => return Err(VerifyError::Io(e)),
+            };
+            let mut at = 0usize;
+            while at < bytes.len() {
+                let Some(position) = self.position(index) else {
+                    break;
+                };
+                let matches = crate::log::batch::parse_whole(&bytes[at..]).is_ok_and(|h| {
+                    h.base_offset == position.base_offset
+                        && h.next_offset() == position.next_offset
+                        && u64::try_from(h.partition_leader_epoch) == Ok(position.term)
+                });
+                if !matches {
+                    return Err(corrupt(index));
+                }
+                let size = crate::log::batch::parse_whole(&bytes[at..])
+                    .map(|h| h.size_bytes())
+                    .unwrap_or(bytes.len() - at);
+                at += size;
+                read += size as u64;
+                index += 1;
             }
-            // Gone meanwhile (retention): nothing to verify.
-            Err(ReadError::OffsetOutOfRange { .. }) => Ok(0),
-            Err(ReadError::Io(e)) => Err(VerifyError::Io(e)),
         }
+        Ok((index, read))
     }
 
     /// Reads entries `[low, high)`, at least one, at most about `max_size_bytes`.
@@ -625,7 +664,8 @@ impl ReplicaLog {
 /// Why [`ReplicaLog::verify_entry`] failed.
 #[derive(Debug)]
 pub enum VerifyError {
-    Corrupt,
+    /// The entry whose batch is bad (marked for repair).
+    Corrupt(u64),
     Io(io::Error),
 }
 

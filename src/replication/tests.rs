@@ -582,7 +582,7 @@ mod driver {
             for _ in 0..n {
                 for (id, d) in self.drivers.iter_mut() {
                     if !self.down.contains(id) {
-                        d.tick();
+                        d.tick().unwrap();
                     }
                 }
                 self.settle();
@@ -1519,7 +1519,7 @@ mod metadata_group {
             })
             .collect();
         for _ in 0..40 {
-            brokers.values_mut().for_each(|b| b.driver.tick());
+            brokers.values_mut().for_each(|b| b.driver.tick().unwrap());
             settle(&mut brokers);
         }
         // Every broker registers itself through whatever replica it has.

@@ -14,6 +14,7 @@ pub mod error;
 pub mod large_alloc;
 pub mod log;
 pub mod metadata;
+pub mod planted;
 pub mod protocol;
 pub mod replication;
 pub mod storage;

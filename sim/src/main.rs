@@ -61,7 +61,9 @@ SCENARIO:
                           crash,partition, or all,-corrupt. Kinds: crash, pause, wipe,
                           partition, loss, latency, clog, corrupt, misdirect, disk-errors,
                           slow-disk, buggify
-    --planted NAME        switch on the planted bug NAME (planted-bugs builds)
+    --planted NAME        switch on the planted bug NAME (see --list-planted; an unknown
+                          name is refused)
+    --list-planted        print every planted bug (name, tab, what it breaks) and exit
 
 CHECKS AND OUTPUT:
     --check-determinism   run every seed twice and fail it if the two runs print anything
@@ -110,6 +112,8 @@ struct Args {
     expect_fail: bool,
     /// Internal: run exactly this seed in this process and print its result.
     run_one: Option<u64>,
+    /// `--list-planted`.
+    list_planted: bool,
 }
 
 impl Default for Args {
@@ -129,6 +133,7 @@ impl Default for Args {
             until_fail: false,
             expect_fail: false,
             run_one: None,
+            list_planted: false,
         }
     }
 }
@@ -280,6 +285,7 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>, String> {
                 }
                 args.planted = Some(v);
             }
+            "--list-planted" => args.list_planted = true,
             "--trace" => {
                 // `--trace=FILE`, `--trace FILE` (a next argument that is not a flag), or
                 // a bare `--trace` (echo on stderr).
@@ -339,6 +345,23 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.list_planted {
+        for bug in strand::planted::BUGS {
+            println!("{}\t{}", bug.name, bug.description);
+        }
+        return ExitCode::SUCCESS;
+    }
+    if let Some(name) = &args.planted {
+        // Checked here, in the parent as in each child: a misspelt bug must not make every
+        // seed "fail" and so look caught.
+        if !strand::planted::NAMES.contains(&name.as_str()) {
+            eprintln!(
+                "strand-sim: --planted {name:?}: no such planted bug; the planted bugs are: {}",
+                strand::planted::NAMES.join(", ")
+            );
+            return ExitCode::from(2);
+        }
+    }
     if cfg!(not(madsim)) {
         eprintln!(
             "strand-sim: this binary was built without --cfg madsim; build and run it with sim/run"
@@ -368,6 +391,8 @@ fn run_one(seed: u64, args: &Args) -> ExitCode {
         faults: args.faults.clone(),
         planted: args.planted.clone(),
     };
+    // Process-wide, before the simulated runtime starts (one seed per process).
+    strand::planted::set(options.planted.as_deref());
     let report = if args.cluster {
         cluster_scenario::run_seed(seed, &options)
     } else {
@@ -943,6 +968,14 @@ mod tests {
         );
         assert_eq!(back.planted.as_deref(), Some("bug-x"));
         assert_eq!((back.jobs, back.trace_file), (1, None));
+    }
+
+    #[test]
+    fn planted_bugs_are_listed() {
+        assert!(parse("--list-planted").list_planted);
+        assert!(!parse("--seed 1").list_planted);
+        // The names the runner accepts come from the strand crate.
+        assert!(strand::planted::NAMES.contains(&"ack-before-quorum"));
     }
 
     #[test]

@@ -205,6 +205,9 @@ struct Pending {
     first_index: u64,
     wait: Wait,
     reply: oneshot::Sender<Result<i64, ProduceError>>,
+    /// The proposal's batches, kept only for the planted bug `duplicate-on-retry`.
+    #[cfg(feature = "planted-bugs")]
+    batches: Vec<Bytes>,
 }
 
 /// A producer's place in line: await it for the base offset.
@@ -1088,27 +1091,39 @@ impl ClusterNode {
                 batches,
                 wait,
                 reply,
-            } => match propose_all(driver, &group, batches) {
-                Ok((first_index, last_index)) => {
-                    let term = driver.leader(&group).map(|(_, term)| term).unwrap_or(0);
-                    let p = Pending {
-                        term,
-                        first_index,
-                        wait,
-                        reply,
-                    };
-                    pending.insert((group, last_index), p);
+            } => {
+                // Planted bug: acks=all waits only for the leader's own fsync.
+                let wait = if crate::planted::on("ack-before-quorum") {
+                    Wait::LocalAppend
+                } else {
+                    wait
+                };
+                #[cfg(feature = "planted-bugs")]
+                let kept = batches.clone();
+                match propose_all(driver, &group, batches) {
+                    Ok((first_index, last_index)) => {
+                        let term = driver.leader(&group).map(|(_, term)| term).unwrap_or(0);
+                        let p = Pending {
+                            term,
+                            first_index,
+                            wait,
+                            reply,
+                            #[cfg(feature = "planted-bugs")]
+                            batches: kept,
+                        };
+                        pending.insert((group, last_index), p);
+                    }
+                    Err(DriverError::NotLeader { leader, .. }) => {
+                        let _ = reply.send(Err(ProduceError::NotLeader { leader }));
+                    }
+                    Err(DriverError::UnknownGroup(_)) => {
+                        let _ = reply.send(Err(ProduceError::UnknownPartition));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(ProduceError::Storage(e.to_string())));
+                    }
                 }
-                Err(DriverError::NotLeader { leader, .. }) => {
-                    let _ = reply.send(Err(ProduceError::NotLeader { leader }));
-                }
-                Err(DriverError::UnknownGroup(_)) => {
-                    let _ = reply.send(Err(ProduceError::UnknownPartition));
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(ProduceError::Storage(e.to_string())));
-                }
-            },
+            }
             Command::ProposeMetadata { records } => {
                 let batch = encode_batch(&records, clock::now_ms());
                 if let Err(e) = driver.propose_anywhere(METADATA_GROUP, batch.to_vec()) {
@@ -1195,6 +1210,18 @@ impl ClusterNode {
             };
             replica.leader.store(change.leader, Ordering::Release);
             replica.term.store(change.term, Ordering::Release);
+            // Planted bug: on losing leadership, the batches still waiting for commit are
+            // handed to the new leader, although they may still commit where they are.
+            #[cfg(feature = "planted-bugs")]
+            if crate::planted::on("duplicate-on-retry") && !change.is_local_leader {
+                for ((group, _), p) in pending.iter() {
+                    if *group == change.group && p.term < change.term {
+                        for batch in &p.batches {
+                            let _ = driver.propose_anywhere(group, batch.to_vec());
+                        }
+                    }
+                }
+            }
             if change.is_local_leader {
                 let image = self.image.read().unwrap().clone();
                 let Some(p) = image.partition(&replica.topic, replica.partition) else {
@@ -1204,7 +1231,12 @@ impl ClusterNode {
                     topic: replica.topic.clone(),
                     partition: replica.partition,
                     leader: self.config.node_id as i32,
-                    leader_epoch: change.term as i32,
+                    // Planted bug: the epoch is not bumped with the leader.
+                    leader_epoch: if crate::planted::on("stale-leader-epoch") {
+                        p.leader_epoch
+                    } else {
+                        change.term as i32
+                    },
                     isr: p.replicas.clone(),
                 };
                 let batch = encode_batch(
@@ -1271,6 +1303,11 @@ impl Pending {
     fn answer(self, term: u64, base_offset: Option<i64>) {
         let result = match base_offset {
             Some(base_offset) if self.term == term => Ok(base_offset),
+            // Planted bug: the entry at the index was replaced after a leader change, and
+            // the producer is told its batch sits at the offset the new entry took.
+            Some(base_offset) if crate::planted::on("reuse-offset-after-leader-change") => {
+                Ok(base_offset)
+            }
             _ => Err(ProduceError::Superseded),
         };
         let _ = self.reply.send(result);

@@ -322,7 +322,10 @@ impl PartitionLog {
             base,
             self.config.index_interval_bytes,
         )?;
-        self.storage.sync_dir(&self.dir)?;
+        // Planted bug: the new segment's directory entry is left to chance.
+        if !crate::planted::on("skip-dir-fsync") {
+            self.storage.sync_dir(&self.dir)?;
+        }
         self.segments.insert(base, segment);
         // Everything in the sealed segment was just fsynced.
         self.recovery_point = self.recovery_point.max(base);

@@ -251,8 +251,12 @@ impl Segment {
             buf.resize(size as usize, 0);
             read_exact_at(self.log.as_ref(), position, &mut buf)?;
             if let Err(e) = batch::verify_crc(&buf, &header) {
-                report.reason = Some(format!("{e} at position {position}"));
-                break;
+                // Planted bug: a torn last batch is kept as if it were whole.
+                let tail = position + size == len;
+                if !(tail && crate::planted::on("trust-torn-tail")) {
+                    report.reason = Some(format!("{e} at position {position}"));
+                    break;
+                }
             }
             if index {
                 self.index_batch(&header, position)?;
@@ -414,7 +418,8 @@ impl Segment {
                 .ok()
                 .filter(|h| *h == header)
                 .map(|h| batch::verify_crc(bytes, &h));
-            if !matches!(ok, Some(Ok(()))) {
+            // Planted bug: serve the batch without checking it.
+            if !matches!(ok, Some(Ok(()))) && !crate::planted::on("skip-read-crc") {
                 corrupt_at_position = Some(batch_position);
                 break;
             }

@@ -488,6 +488,12 @@ impl Driver {
             self.groups.insert(message.group, group);
             return Ok(());
         }
+        // Planted bug: the candidate's log is taken as up to date, whatever it holds (the
+        // message passed the checks above; raft-rs compares these with its own log).
+        if crate::planted::on("vote-without-log-check") && is_vote_request(&raft_message) {
+            raft_message.log_term = raft_message.term;
+            raft_message.index = u64::MAX / 2;
+        }
         let multi_voter = group.raw.raft.prs().conf().voters().ids().len() > 1;
         // A vote can commit and read entries (see `storage_guarded`).
         let stepped = storage_guarded(&group.storage, multi_voter, || group.raw.step(raft_message));
@@ -624,7 +630,9 @@ impl Driver {
             if let Some(hs) = ready.hs() {
                 replica.set_hard_state(hs.clone());
             }
-            if !ready.entries().is_empty() || ready.hs().is_some() {
+            // Planted bug: a hard state change alone (a vote, a new term) is not written.
+            let state_changed = ready.hs().is_some() && !crate::planted::on("vote-not-persisted");
+            if !ready.entries().is_empty() || state_changed {
                 replica.write_state()?;
                 let (group_handles, up_to) = replica.sync_handles()?;
                 handles.push((name.clone(), group_handles, up_to));
@@ -633,9 +641,15 @@ impl Driver {
             readies.push((name.clone(), ready));
         }
         // One fsync pass covers every group written this round.
-        for (_, group_handles, _) in &handles {
+        // (Planted bug `skip-fsync`: no pass at all.)
+        let no_fsync = crate::planted::on("skip-fsync");
+        for (_, group_handles, _) in handles.iter().filter(|_| !no_fsync) {
             for handle in group_handles {
-                handle.sync()?;
+                match handle.sync() {
+                    // Planted bug: a failed fsync is taken for a good one.
+                    Err(_) if crate::planted::on("ignore-failed-fsync") => {}
+                    result => result?,
+                }
             }
         }
         output.groups_synced = handles.len();

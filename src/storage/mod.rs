@@ -109,6 +109,10 @@ pub fn write_atomic(storage: &dyn Storage, path: &Path, contents: &[u8]) -> io::
     file.sync()?;
     drop(file);
     storage.rename(&tmp, path)?;
+    // Planted bug: the rename is left to chance.
+    if crate::planted::on("skip-dir-fsync") {
+        return Ok(());
+    }
     storage.sync_dir(&dir)
 }
 

@@ -79,9 +79,13 @@ fn read_once(broker: &Broker, version: i16, request: &FetchRequest) -> (FetchRes
                     continue;
                 }
             };
-            let high_watermark = replica.high_watermark();
+            let mut high_watermark = replica.high_watermark();
             let storage = replica.storage.lock();
             let log = storage.log();
+            // Planted bug: serve up to the leader's log end, committed or not.
+            if crate::planted::on("hw-before-commit") {
+                high_watermark = log.log_end_offset();
+            }
             data = data
                 .with_high_watermark(high_watermark)
                 .with_last_stable_offset(high_watermark);

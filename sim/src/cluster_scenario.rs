@@ -1238,7 +1238,22 @@ fn replicas_identical(shared: &Shared) -> Result<Logs, String> {
     for partition in 0..settings.partitions {
         let mut first: Option<(u64, BTreeMap<i64, Bytes>)> = None;
         let mut hws: BTreeMap<u64, i64> = BTreeMap::new();
-        for id in 1..=settings.brokers {
+        // The partition's replicas, as the metadata says (with 5 brokers, 3 of them).
+        let any = (1..=settings.brokers)
+            .find_map(|id| shared.broker(id))
+            .ok_or("no broker is running")?;
+        let replicas: Vec<u64> = any.node.with_image(|image| {
+            image
+                .topics
+                .get(TOPIC)
+                .and_then(|t| t.partitions.get(partition as usize))
+                .map(|p| p.replicas.iter().map(|r| *r as u64).collect())
+                .unwrap_or_default()
+        });
+        if replicas.is_empty() {
+            return Err(format!("p{partition} has no replicas in the metadata"));
+        }
+        for id in replicas {
             let broker = shared
                 .broker(id)
                 .ok_or(format!("broker {id} is not running"))?;

@@ -935,8 +935,13 @@ impl ClusterNode {
                     (Err(_), Err(_)) => break,
                     (batch, command) => {
                         if let Ok((sender, batch)) = batch {
-                            if let Err(e) = step_batch(&mut driver, sender, batch, &mut refusals_logged) {
-                                self.fail_pending(&mut pending, format!("taking a peer's message: {e}"));
+                            if let Err(e) =
+                                step_batch(&mut driver, sender, batch, &mut refusals_logged)
+                            {
+                                self.fail_pending(
+                                    &mut pending,
+                                    format!("taking a peer's message: {e}"),
+                                );
                                 return;
                             }
                         }

@@ -30,13 +30,26 @@ const PAGE_BYTES: usize = 4096;
 const EIO: i32 = 5;
 const ENOSPC: i32 = 28;
 
-#[derive(Default)]
 struct FileImage {
     volatile: Vec<u8>,
     durable: Vec<u8>,
     /// Byte ranges whose writeback failed (fsyncgate): they reach the disk as zeros,
     /// whatever later syncs of the file report.
     lost: Vec<(usize, usize)>,
+    /// Below this position the two images agree (usize::MAX: they agree entirely): a
+    /// sync copies only from here, not the whole file.
+    dirty_from: usize,
+}
+
+impl Default for FileImage {
+    fn default() -> Self {
+        FileImage {
+            volatile: Vec::new(),
+            durable: Vec::new(),
+            lost: Vec::new(),
+            dirty_from: usize::MAX,
+        }
+    }
 }
 
 impl FileImage {
@@ -52,13 +65,35 @@ impl FileImage {
         bytes
     }
 
-    /// Where the volatile image starts to differ from the durable one.
+    /// Where the volatile image may start to differ from the durable one.
     fn dirty_from(&self) -> usize {
-        self.volatile
-            .iter()
-            .zip(&self.durable)
-            .position(|(a, b)| a != b)
-            .unwrap_or_else(|| self.volatile.len().min(self.durable.len()))
+        self.dirty_from
+            .min(self.volatile.len())
+            .min(self.durable.len())
+    }
+
+    fn touched(&mut self, position: usize) {
+        self.dirty_from = self.dirty_from.min(position);
+    }
+
+    /// A successful sync: the durable image becomes the volatile one, lost ranges zeroed.
+    fn write_back(&mut self) {
+        let from = self.dirty_from();
+        let FileImage {
+            volatile,
+            durable,
+            lost,
+            ..
+        } = self;
+        durable.truncate(from);
+        durable.extend_from_slice(&volatile[from..]);
+        for &(start, end) in lost.iter() {
+            let (start, end) = (start.max(from), end.min(durable.len()));
+            if start < end {
+                durable[start..end].fill(0);
+            }
+        }
+        self.dirty_from = usize::MAX;
     }
 }
 
@@ -259,6 +294,7 @@ impl MemoryStorage {
             image.volatile = disk.clone();
             image.durable = disk;
             image.lost.clear();
+            image.dirty_from = usize::MAX;
         }
         tree.files = tree.durable_files.clone();
         tree.pending.clear();
@@ -484,11 +520,13 @@ impl StorageFile for MemoryFile {
         };
         let mut image = self.image.lock().unwrap();
         let end = image.volatile.len();
+        image.touched(end);
         match misdirect_to {
             Some(pick) if end > 0 => {
                 // The data goes to an earlier position; its own place stays zero.
                 image.volatile.resize(end + data.len(), 0);
                 let at = (pick % end as u64) as usize;
+                image.touched(at);
                 let n = data.len().min(end - at);
                 image.volatile[at..at + n].copy_from_slice(&data[..n]);
             }
@@ -518,6 +556,8 @@ impl StorageFile for MemoryFile {
         }
         let mut image = self.image.lock().unwrap();
         let len = len_bytes as usize;
+        let old_len = image.volatile.len();
+        image.touched(len.min(old_len));
         image.volatile.resize(len, 0);
         image.lost.retain_mut(|(start, end)| {
             *end = (*end).min(len);
@@ -557,7 +597,7 @@ fn sync_image(image: &SharedImage, faults: &SharedFaults) -> io::Result<()> {
         }
         return Err(os_error(EIO, "fsync"));
     }
-    image.durable = image.written_back();
+    image.write_back();
     Ok(())
 }
 

@@ -996,6 +996,18 @@ impl ClusterNode {
         let mut records = Vec::new();
         for broker in image.brokers.values() {
             if broker.node_id as u64 == me {
+                // Fenced by a previous leader while it was away, and leading now: it is
+                // alive (found by the simulator: it never unfenced itself, and Metadata
+                // showed its partitions without a leader for good).
+                if broker.fenced {
+                    tracing::info!(
+                        node_id = broker.node_id,
+                        "the metadata leader was fenced: unfencing itself"
+                    );
+                    records.push(MetadataRecord::new(Record::UnfenceBroker(BrokerRef {
+                        node_id: broker.node_id,
+                    })));
+                }
                 continue;
             }
             let heard = driver

@@ -131,8 +131,9 @@ struct Group {
     /// index it held before. Until its log reaches it again the replica neither votes
     /// nor campaigns, so it can never help elect a leader that lacks a committed entry.
     vote_barrier: Option<u64>,
-    /// Set when the replica started with an empty log. Such a log may be a disk that was
-    /// wiped or replaced, whose votes no longer stand for what it once acknowledged: it
+    /// Set when the replica was created with an empty log in this start. Such a log may
+    /// be a disk that was wiped or replaced, whose votes no longer stand for what it once
+    /// acknowledged: it
     /// votes only for candidates whose log is empty too (a group being formed) until a
     /// leader's append tells it the commit index, which becomes its vote barrier.
     empty_start: bool,
@@ -222,7 +223,9 @@ impl Driver {
         let (empty_start, lost_commit) = {
             let log = storage.lock();
             (
-                log.last_index() == 0 && log.first_index() <= 1,
+                // Only a replica created now: one that has Raft state and no entries
+                // never acknowledged any (it would have them, or know its commit).
+                log.created() && log.last_index() == 0 && log.first_index() <= 1,
                 log.lost_commit(),
             )
         };

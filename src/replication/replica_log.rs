@@ -87,6 +87,8 @@ pub struct ReplicaLog {
     read_error: Arc<Mutex<Option<String>>>,
     /// The persisted commit index when the log was opened ending below it.
     lost_commit: Option<u64>,
+    /// Whether this open created the replica (no `raft-state` existed).
+    created: bool,
 }
 
 fn frame(record: &PersistedState) -> Vec<u8> {
@@ -193,6 +195,7 @@ impl ReplicaLog {
             corrupt_index: Default::default(),
             read_error: Default::default(),
             lost_commit,
+            created: fresh,
         };
         if fresh {
             // Durable before anything else happens: the file and its directory entry.
@@ -542,6 +545,12 @@ impl ReplicaLog {
             });
         }
         Ok(bytes)
+    }
+
+    /// Whether opening created the replica: no Raft state existed (a new replica, or a
+    /// disk that lost everything: this replica cannot tell which).
+    pub fn created(&self) -> bool {
+        self.created
     }
 
     /// The commit index the log held before it lost entries (see `open`), if it did.

@@ -125,8 +125,8 @@ struct Shared {
     /// Brokers whose process ended on a storage failure, waiting to be restarted.
     failed: Mutex<BTreeSet<u64>>,
     history: Mutex<History>,
-    /// Each broker's view of the metadata, as last traced.
-    views: Mutex<BTreeMap<u64, String>>,
+    /// Each broker's view of the metadata and of the partitions it leads, as last traced.
+    views: Mutex<BTreeMap<String, String>>,
     /// The first violation a client task found.
     found: Mutex<Option<Violation>>,
     records_acked: AtomicU64,
@@ -594,7 +594,12 @@ fn observe_leaders(shared: &Shared) {
                 image.topics.get(TOPIC).map(|t| &t.partitions)
             )
         });
-        let changed = shared.views.lock().unwrap().insert(me, view.clone()) != Some(view.clone());
+        let changed = shared
+            .views
+            .lock()
+            .unwrap()
+            .insert(me.to_string(), view.clone())
+            != Some(view.clone());
         if changed {
             shared.event(format!("broker {me} sees {view}"));
         }
@@ -602,6 +607,13 @@ fn observe_leaders(shared: &Shared) {
             if let Some(replica) = broker.node.replica(TOPIC, partition) {
                 let (leader, term) = replica.leader();
                 if leader == me {
+                    let key = format!("{me}/p{partition}");
+                    let claim = format!("term {term}");
+                    let new_claim =
+                        shared.views.lock().unwrap().insert(key, claim.clone()) != Some(claim);
+                    if new_claim {
+                        shared.event(format!("broker {me} leads p{partition} in term {term}"));
+                    }
                     shared.saw_leader(partition, term as i64, me, "replica state");
                 }
             }

@@ -377,7 +377,26 @@ async fn broker_main(
     };
     broker.start_background_tasks();
     shared.brokers.lock().unwrap().insert(id, broker.clone());
-    shared.event(format!("broker {id} incarnation {incarnation} serving"));
+    let raft_states: Vec<String> = broker
+        .node
+        .replica_storages()
+        .into_iter()
+        .map(|(group, storage)| {
+            let log = storage.lock();
+            let hs = log.hard_state();
+            format!(
+                "{group} term {} vote {} commit {} last {}",
+                hs.term,
+                hs.vote,
+                hs.commit,
+                log.last_index()
+            )
+        })
+        .collect();
+    shared.event(format!(
+        "broker {id} incarnation {incarnation} serving ({})",
+        raft_states.join("; ")
+    ));
     let server = tokio::spawn(strand::protocol::server::serve(broker.clone(), kafka));
     let why = broker.node.failed().await;
     server.abort();

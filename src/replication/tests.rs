@@ -95,6 +95,46 @@ fn sync(replica: &mut ReplicaLog) {
     replica.flushed(up_to);
 }
 
+/// A vote must survive a torn record before it (found by a 20,000-seed simulation run:
+/// records appended after a torn one were never read again, so a replica forgot its
+/// vote at the next start and voted twice in one term; two leaders in one term).
+#[test]
+fn a_vote_written_after_a_torn_state_record_survives_a_restart() {
+    let storage = MemoryStorage::new();
+    let mut replica = open_replica(&storage, 0);
+    let mut hs = raft::eraftpb::HardState::default();
+    hs.term = 3;
+    hs.vote = 2;
+    replica.set_hard_state(hs);
+    replica.write_state().unwrap();
+    sync(&mut replica);
+    drop(replica);
+    // A power loss in the middle of the next record: its header and part of its body.
+    let path = Path::new("/data/t-0").join(crate::replication::replica_log::STATE_FILE);
+    let mut file = crate::storage::Storage::open(&storage, &path, false).unwrap();
+    file.append(&[0, 0, 0, 40, 1, 2, 3, 4, 5, 6]).unwrap();
+    file.sync().unwrap();
+    drop(file);
+    let mut replica = open_replica(&storage, 0);
+    assert_eq!(
+        (replica.hard_state().term, replica.hard_state().vote),
+        (3, 2)
+    );
+    let mut hs = replica.hard_state().clone();
+    hs.term = 4;
+    hs.vote = 1;
+    replica.set_hard_state(hs);
+    replica.write_state().unwrap();
+    sync(&mut replica);
+    drop(replica);
+    let replica = open_replica(&storage, 0);
+    assert_eq!(
+        (replica.hard_state().term, replica.hard_state().vote),
+        (4, 1),
+        "the vote of term 4 was forgotten"
+    );
+}
+
 #[test]
 fn replica_log_appends_truncates_and_recovers() {
     let storage = MemoryStorage::new();

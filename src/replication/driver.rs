@@ -708,6 +708,13 @@ impl Driver {
         for name in names {
             let mut group = self.groups.remove(&name).expect("listed above");
             self.after_step(&mut group);
+            if group.raw.raft.state == StateRole::Leader {
+                // Elected with empty logs all around (a group being formed): its own log
+                // is the reference now, and it must vote normally when it falls back to
+                // follower (found by the simulator: the first leader of a partition kept
+                // refusing every candidate with a log, and the partition elected nobody).
+                group.empty_start = false;
+            }
             let now = (
                 group.raw.raft.term,
                 group.raw.raft.state,

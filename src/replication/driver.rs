@@ -141,16 +141,51 @@ struct Group {
     scrub_next: u64,
     /// Messages the driver itself answers with (see `survive_lost_log`), sent next round.
     replies: Vec<Message>,
+    /// The last vote request taken from each candidate: (term, last index, last term).
+    /// Its answer carries that index and term back (see `stamp_vote_responses`).
+    vote_requests: BTreeMap<u64, (u64, u64, u64)>,
 }
 
 impl Group {
-    /// Outgoing messages, without vote requests while the vote barrier stands.
+    /// Outgoing messages, without vote requests while the vote barrier stands, and with
+    /// vote answers stamped with the request they answer.
     fn outgoing(&self, mut messages: Vec<Message>) -> Vec<Message> {
         if self.vote_barrier.is_some() {
             messages.retain(|m| !is_vote_request(m));
         }
+        self.stamp_vote_responses(&mut messages);
         messages
     }
+
+    /// A vote answer says nothing of the request it answers (raft-rs leaves its index
+    /// and log term empty), so a candidate that restarted counts answers meant for its
+    /// earlier incarnation in the same term. Harmless when the restart kept its state,
+    /// but a wiped replica re-enters the term and was elected with an empty log (found
+    /// by the simulator, seed 24378: metadata lost). Each answer carries the candidate's
+    /// log position from the request back; the candidate drops a grant that does not
+    /// match its own log (see `Driver::step`).
+    fn stamp_vote_responses(&self, messages: &mut [Message]) {
+        for m in messages.iter_mut() {
+            if !matches!(
+                m.get_msg_type(),
+                MessageType::MsgRequestVoteResponse | MessageType::MsgRequestPreVoteResponse
+            ) {
+                continue;
+            }
+            if let Some(&(_, index, log_term)) = self.vote_requests.get(&m.to) {
+                m.index = index;
+                m.log_term = log_term;
+            }
+        }
+    }
+}
+
+fn is_vote_grant(m: &Message) -> bool {
+    !m.reject
+        && matches!(
+            m.get_msg_type(),
+            MessageType::MsgRequestVoteResponse | MessageType::MsgRequestPreVoteResponse
+        )
 }
 
 fn is_vote_request(m: &Message) -> bool {
@@ -248,6 +283,7 @@ impl Driver {
             empty_start,
             scrub_next: 0,
             replies: Vec::new(),
+            vote_requests: BTreeMap::new(),
         };
         self.reseed_timeout(&mut entry);
         self.groups.insert(group, entry);
@@ -469,6 +505,21 @@ impl Driver {
             });
         }
         self.last_heard_tick.insert(raft_message.from, self.ticks);
+        if is_vote_request(&raft_message) {
+            group.vote_requests.insert(
+                raft_message.from,
+                (raft_message.term, raft_message.index, raft_message.log_term),
+            );
+        }
+        if is_vote_grant(&raft_message) {
+            let log = &group.raw.raft.raft_log;
+            if (raft_message.index, raft_message.log_term) != (log.last_index(), log.last_term()) {
+                // A grant for another request than this replica's own (an earlier
+                // incarnation's): dropped (see `Group::stamp_vote_responses`).
+                self.groups.insert(message.group, group);
+                return Ok(());
+            }
+        }
         if group.empty_start {
             match raft_message.get_msg_type() {
                 MessageType::MsgAppend => {

@@ -845,6 +845,45 @@ mod driver {
         }
     }
 
+    /// A vote answer meant for another request (an earlier incarnation of the candidate,
+    /// in the same term) must not count: a wiped replica was elected with an empty log
+    /// that way (found by the simulator, seed 24378). Answers carry the candidate's log
+    /// position from the request; a grant that does not match is dropped.
+    #[test]
+    fn a_vote_granted_to_another_request_is_not_counted() {
+        let disk = MemoryStorage::new();
+        let mut d = driver(1, &disk, 7);
+        d.campaign("t-0").unwrap();
+        d.round(0).unwrap();
+        // Pre-candidate in term 0, asking for term 1 with an empty log.
+        assert_eq!(d.leader("t-0").map(|(_, term)| term), Some(0));
+        let grant = |index: u64, log_term: u64| {
+            let mut m = raft::eraftpb::Message::default();
+            m.set_msg_type(raft::eraftpb::MessageType::MsgRequestPreVoteResponse);
+            m.from = 2;
+            m.to = 1;
+            m.term = 1;
+            m.index = index;
+            m.log_term = log_term;
+            GroupMessage {
+                group: "t-0".into(),
+                message: m,
+            }
+        };
+        // Granted to a candidate whose log ended at index 9, term 1: not this one.
+        d.step(grant(9, 1)).unwrap();
+        d.round(0).unwrap();
+        assert_eq!(
+            d.leader("t-0").map(|(_, term)| term),
+            Some(0),
+            "a grant for another request was counted"
+        );
+        // The grant for this request moves it on to the election (term 1).
+        d.step(grant(0, 0)).unwrap();
+        d.round(0).unwrap();
+        assert_eq!(d.leader("t-0").map(|(_, term)| term), Some(1));
+    }
+
     /// A batch that rots on the leader's disk after it committed: sending it to a
     /// follower that needs it must not kill the driver (raft-rs treats an entry the
     /// storage calls unavailable as fatal). The leader repairs: it drops the corrupt

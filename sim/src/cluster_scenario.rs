@@ -487,7 +487,7 @@ async fn supervise(seed: u64, faults: &Faults, shared: Arc<Shared>) -> Result<()
     loop {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(20..=200))).await;
         let now = Shared::now_ms();
-        heal_due(&shared, &hosts, &net, &mut injected, now, &mut rng, false);
+        heal_due(&shared, &hosts, &net, &mut injected, now, false);
         restart_failed(&shared, &handle, &hosts, &mut injected, now, &mut rng);
         if let Some(v) = shared.found() {
             return Err(v);
@@ -520,15 +520,7 @@ async fn supervise(seed: u64, faults: &Faults, shared: Arc<Shared>) -> Result<()
 
     // Heal everything, then the cluster must become live and converge.
     let now = Shared::now_ms();
-    heal_due(
-        &shared,
-        &hosts,
-        &net,
-        &mut injected,
-        u64::MAX,
-        &mut rng,
-        true,
-    );
+    heal_due(&shared, &hosts, &net, &mut injected, u64::MAX, true);
     restart_failed(&shared, &handle, &hosts, &mut injected, now, &mut rng);
     for host in hosts.values() {
         host.disk.set_faults(DiskFaults::default(), 0);
@@ -853,7 +845,6 @@ fn heal_due(
     net: &NetSim,
     injected: &mut Injected,
     now: u64,
-    _rng: &mut impl Rng,
     all: bool,
 ) {
     let handle = Handle::current();

@@ -255,13 +255,14 @@ impl Driver {
             check_quorum: true,
             ..Config::default()
         };
-        let (empty_start, lost_commit) = {
+        let (empty_start, lost_commit, persisted_barrier) = {
             let log = storage.lock();
             (
                 // Only a replica created now: one that has Raft state and no entries
                 // never acknowledged any (it would have them, or know its commit).
                 log.created() && log.last_index() == 0 && log.first_index() <= 1,
                 log.lost_commit(),
+                log.vote_barrier(),
             )
         };
         // raft-rs reads the committed, unapplied entries here and panics if it cannot.
@@ -279,7 +280,7 @@ impl Driver {
             timeout_drawn_for: (observed.0, observed.1),
             raw,
             storage,
-            vote_barrier: lost_commit,
+            vote_barrier: lost_commit.max(persisted_barrier),
             empty_start,
             scrub_next: 0,
             replies: Vec::new(),
@@ -339,14 +340,18 @@ impl Driver {
             if let Some(g) = self.groups.get_mut(&name) {
                 // Not what the new node observes: its first round reports its leader.
                 g.observed = (0, StateRole::Follower, u64::MAX);
-                g.vote_barrier = Some(held.unwrap_or(0).max(last_index));
+                let barrier = held.unwrap_or(0).max(last_index);
+                g.vote_barrier = Some(barrier);
+                g.storage.lock().persist_vote_barrier(barrier)?;
             }
         }
         for (name, group) in self.groups.iter_mut() {
             if let Some(barrier) = group.vote_barrier {
-                if group.storage.lock().last_index() >= barrier {
+                let mut log = group.storage.lock();
+                if log.last_index() >= barrier {
                     tracing::info!(group = %name, "caught up after a repair: votes again");
                     group.vote_barrier = None;
+                    log.clear_vote_barrier();
                 }
             }
         }
@@ -526,8 +531,13 @@ impl Driver {
                     // The leader's commit index: what this replica must hold before its
                     // vote means anything again.
                     group.empty_start = false;
-                    group.vote_barrier =
-                        Some(group.vote_barrier.unwrap_or(0).max(raft_message.commit));
+                    let barrier = group.vote_barrier.unwrap_or(0).max(raft_message.commit);
+                    group.vote_barrier = Some(barrier);
+                    let persisted = group.storage.lock().persist_vote_barrier(barrier);
+                    if let Err(e) = persisted {
+                        self.groups.insert(message.group, group);
+                        return Err(DriverError::Io(e));
+                    }
                 }
                 MessageType::MsgSnapshot => group.empty_start = false,
                 _ if is_vote_request(&raft_message) && raft_message.index > 0 => {

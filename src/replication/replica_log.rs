@@ -46,6 +46,11 @@ struct PersistedState {
     /// from the Raft log (their segments may outlive a crash during retention).
     #[prost(int64, tag = "8")]
     first_offset: i64,
+    /// The vote barrier (0: none): the log index this replica must hold again before it
+    /// votes or campaigns (it lost entries it had acknowledged). Kept across restarts so
+    /// a replica that crashes while catching up still knows.
+    #[prost(uint64, tag = "9")]
+    vote_barrier: u64,
 }
 
 /// What a snapshot carries: where the log continues. The partition's data before it is
@@ -89,6 +94,8 @@ pub struct ReplicaLog {
     lost_commit: Option<u64>,
     /// Whether this open created the replica (no `raft-state` existed).
     created: bool,
+    /// See `PersistedState::vote_barrier`; written with the next state record.
+    vote_barrier: Option<u64>,
 }
 
 fn frame(record: &PersistedState) -> Vec<u8> {
@@ -208,6 +215,7 @@ impl ReplicaLog {
             read_error: Default::default(),
             lost_commit,
             created: fresh,
+            vote_barrier: (persisted.vote_barrier > 0).then_some(persisted.vote_barrier),
         };
         if fresh {
             // Durable before anything else happens: the file and its directory entry.
@@ -417,6 +425,7 @@ impl ReplicaLog {
                 .front()
                 .map(|e| e.base_offset)
                 .unwrap_or_else(|| self.log.log_end_offset()),
+            vote_barrier: self.vote_barrier.unwrap_or(0),
         };
         let bytes = frame(&record);
         if self.state_file.len() + bytes.len() as u64 > STATE_FILE_COMPACT_BYTES {
@@ -563,6 +572,25 @@ impl ReplicaLog {
     /// disk that lost everything: this replica cannot tell which).
     pub fn created(&self) -> bool {
         self.created
+    }
+
+    /// The vote barrier persisted with the Raft state, if any.
+    pub fn vote_barrier(&self) -> Option<u64> {
+        self.vote_barrier
+    }
+
+    /// Sets the vote barrier and makes it durable at once (a replica that crashes right
+    /// after learning it must still honour it).
+    pub fn persist_vote_barrier(&mut self, barrier: u64) -> io::Result<()> {
+        self.vote_barrier = Some(barrier);
+        self.write_state()?;
+        self.state_file.sync()
+    }
+
+    /// Drops the vote barrier; written with the next state record (a barrier left on
+    /// disk a little longer only delays votes).
+    pub fn clear_vote_barrier(&mut self) {
+        self.vote_barrier = None;
     }
 
     /// The commit index the log held before it lost entries (see `open`), if it did.

@@ -135,6 +135,28 @@ fn a_vote_written_after_a_torn_state_record_survives_a_restart() {
     );
 }
 
+/// A replica that lost acknowledged entries keeps its vote barrier across a restart: a
+/// wiped replica that crashes again while catching up must still not vote.
+#[test]
+fn the_vote_barrier_survives_a_restart() {
+    let storage = MemoryStorage::new();
+    let mut replica = open_replica(&storage, 0);
+    assert_eq!(replica.vote_barrier(), None);
+    replica.persist_vote_barrier(7).unwrap();
+    storage.crash();
+    let mut replica = open_replica(&storage, 0);
+    assert_eq!(
+        replica.vote_barrier(),
+        Some(7),
+        "the barrier was lost by a crash"
+    );
+    replica.clear_vote_barrier();
+    replica.write_state().unwrap();
+    sync(&mut replica);
+    drop(replica);
+    assert_eq!(open_replica(&storage, 0).vote_barrier(), None);
+}
+
 #[test]
 fn replica_log_appends_truncates_and_recovers() {
     let storage = MemoryStorage::new();

@@ -57,6 +57,28 @@ fn render(c: &BrokerConfig) -> String {
         "recovery-checkpoint-interval-ms = {}\n",
         c.recovery_checkpoint_interval_ms
     );
+    // The cluster settings (the replication issue added them after this renderer was
+    // written; a round trip dropped them until the fuzzer noticed).
+    if !c.peers.is_empty() {
+        let peers: Vec<String> = c
+            .peers
+            .iter()
+            .map(|(id, address)| format!("{id}@{address}"))
+            .collect();
+        out += &format!("peers = {}\n", quote(&peers.join(",")));
+    }
+    if let Some(address) = c.raft_listen {
+        out += &format!("raft-listen = {}\n", quote(&address.to_string()));
+    }
+    out += &format!(
+        "default-replication-factor = {}\n",
+        c.default_replication_factor
+    );
+    out += &format!("raft-tick-ms = {}\n", c.raft_tick_ms);
+    out += &format!(
+        "broker-session-timeout-ms = {}\n",
+        c.broker_session_timeout_ms
+    );
     out += "[topic-defaults]\n";
     for key in TOPIC_CONFIG_KEYS {
         let value = describe(&c.log_defaults, key.name).expect("every known key describes");

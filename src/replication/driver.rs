@@ -147,6 +147,11 @@ struct Group {
 }
 
 impl Group {
+    /// Whether the group has other voters (a replica to repair from).
+    fn multi_voter(&self) -> bool {
+        self.raw.raft.prs().conf().voters().ids().len() > 1
+    }
+
     /// Outgoing messages, without vote requests while the vote barrier stands, and with
     /// vote answers stamped with the request they answer.
     fn outgoing(&self, mut messages: Vec<Message>) -> Vec<Message> {
@@ -321,7 +326,7 @@ impl Driver {
             .filter_map(|(name, g)| g.storage.corrupt_index().map(|i| (name.clone(), i)))
             // A replica alone has no peer to repair from: it keeps refusing to serve the
             // batch instead of dropping everything after it.
-            .filter(|(name, _)| self.groups[name].raw.raft.prs().conf().voters().ids().len() > 1)
+            .filter(|(name, _)| self.groups[name].multi_voter())
             .collect();
         for (name, index) in corrupt {
             let group = self.groups.remove(&name).expect("listed above");
@@ -466,7 +471,7 @@ impl Driver {
         for name in names {
             let mut group = self.groups.remove(&name).expect("listed above");
             // A campaign reads the unapplied entries (see `storage_guarded`).
-            let multi_voter = group.raw.raft.prs().conf().voters().ids().len() > 1;
+            let multi_voter = group.multi_voter();
             let ticked = storage_guarded(&group.storage, multi_voter, || group.raw.tick());
             if !matches!(ticked, Ok(Some(_))) {
                 broken = true;
@@ -558,7 +563,7 @@ impl Driver {
             raft_message.log_term = raft_message.term;
             raft_message.index = u64::MAX / 2;
         }
-        let multi_voter = group.raw.raft.prs().conf().voters().ids().len() > 1;
+        let multi_voter = group.multi_voter();
         // A vote can commit and read entries (see `storage_guarded`).
         let stepped = storage_guarded(&group.storage, multi_voter, || group.raw.step(raft_message));
         self.after_step(&mut group);
@@ -670,7 +675,7 @@ impl Driver {
             if !group.raw.has_ready() {
                 continue;
             }
-            let multi_voter = group.raw.raft.prs().conf().voters().ids().len() > 1;
+            let multi_voter = group.multi_voter();
             let Some(mut ready) =
                 storage_guarded(&group.storage, multi_voter, || group.raw.ready())?
             else {
@@ -728,7 +733,7 @@ impl Driver {
             let persisted = group.outgoing(ready.take_persisted_messages());
             route(&mut output.outgoing, &name, persisted);
             let mut committed = ready.take_committed_entries();
-            let multi_voter = group.raw.raft.prs().conf().voters().ids().len() > 1;
+            let multi_voter = group.multi_voter();
             let Some(mut light) =
                 storage_guarded(&group.storage, multi_voter, || group.raw.advance(ready))?
             else {

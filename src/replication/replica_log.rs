@@ -70,6 +70,16 @@ pub struct EntryPosition {
     pub term: u64,
 }
 
+impl EntryPosition {
+    /// Whether a batch header read from the log is this entry's: same offsets and term
+    /// (the base offset and leader epoch lie outside the batch's CRC).
+    fn describes(&self, header: &crate::log::batch::BatchHeader) -> bool {
+        header.base_offset == self.base_offset
+            && header.next_offset() == self.next_offset
+            && u64::try_from(header.partition_leader_epoch) == Ok(self.term)
+    }
+}
+
 pub struct ReplicaLog {
     log: PartitionLog,
     storage: Arc<dyn Storage>,
@@ -554,11 +564,7 @@ impl ReplicaLog {
     /// lie outside its CRC, and a flipped bit there would silently change the entry.
     fn read_entry_batch(&self, position: &EntryPosition) -> Result<bytes::Bytes, ReadError> {
         let bytes = self.log.read_batch(position.base_offset)?;
-        let matches = crate::log::batch::parse_whole(&bytes).is_ok_and(|h| {
-            h.base_offset == position.base_offset
-                && h.next_offset() == position.next_offset
-                && u64::try_from(h.partition_leader_epoch) == Ok(position.term)
-        });
+        let matches = crate::log::batch::parse_whole(&bytes).is_ok_and(|h| position.describes(&h));
         if !matches {
             return Err(ReadError::Corrupt {
                 segment_base_offset: position.base_offset,
@@ -636,17 +642,10 @@ impl ReplicaLog {
                 let Some(position) = self.position(index) else {
                     break;
                 };
-                let matches = crate::log::batch::parse_whole(&bytes[at..]).is_ok_and(|h| {
-                    h.base_offset == position.base_offset
-                        && h.next_offset() == position.next_offset
-                        && u64::try_from(h.partition_leader_epoch) == Ok(position.term)
-                });
-                if !matches {
-                    return Err(corrupt(index));
-                }
-                let size = crate::log::batch::parse_whole(&bytes[at..])
-                    .map(|h| h.size_bytes())
-                    .unwrap_or(bytes.len() - at);
+                let size = match crate::log::batch::parse_whole(&bytes[at..]) {
+                    Ok(h) if position.describes(&h) => h.size_bytes(),
+                    _ => return Err(corrupt(index)),
+                };
                 at += size;
                 read += size as u64;
                 index += 1;

@@ -355,12 +355,21 @@ impl MemoryStorage {
     fn has_dir(tree: &Tree, path: &Path) -> bool {
         path.as_os_str().is_empty() || path == Path::new("/") || tree.dirs.contains(path)
     }
+}
 
-    fn inject(&self, rate: impl Fn(&DiskFaults) -> f64) -> bool {
-        let mut faults = self.faults.lock().unwrap();
-        let p = rate(&faults.rates);
-        faults.happens(p)
+/// Decides whether a call fails with the fault `rate` picks, counting it if so.
+fn strikes(
+    faults: &SharedFaults,
+    rate: impl Fn(&DiskFaults) -> f64,
+    count: impl Fn(&mut DiskFaultCounts),
+) -> bool {
+    let mut faults = faults.lock().unwrap();
+    let p = rate(&faults.rates);
+    let struck = faults.happens(p);
+    if struck {
+        count(&mut faults.counts);
     }
+    struck
 }
 
 impl Storage for MemoryStorage {
@@ -453,8 +462,7 @@ impl Storage for MemoryStorage {
     }
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        if self.inject(|r| r.sync_error) {
-            self.faults.lock().unwrap().counts.sync_errors += 1;
+        if strikes(&self.faults, |r| r.sync_error, |c| c.sync_errors += 1) {
             return Err(os_error(EIO, "sync_dir"));
         }
         let mut tree = self.tree.lock().unwrap();
@@ -485,14 +493,7 @@ impl MemoryFile {
         rate: impl Fn(&DiskFaults) -> f64,
         count: impl Fn(&mut DiskFaultCounts),
     ) -> bool {
-        let mut faults = self.faults.lock().unwrap();
-        let p = rate(&faults.rates);
-        if faults.happens(p) {
-            count(&mut faults.counts);
-            true
-        } else {
-            false
-        }
+        strikes(&self.faults, rate, count)
     }
 }
 
@@ -508,16 +509,9 @@ impl StorageFile for MemoryFile {
         if self.fails(|r| r.write_error, |c| c.write_errors += 1) {
             return Err(os_error(EIO, "append"));
         }
-        let misdirect_to = {
-            let mut faults = self.faults.lock().unwrap();
-            let p = faults.rates.misdirect;
-            if faults.happens(p) {
-                faults.counts.misdirected += 1;
-                Some(faults.next_u64())
-            } else {
-                None
-            }
-        };
+        let misdirect_to = self
+            .fails(|r| r.misdirect, |c| c.misdirected += 1)
+            .then(|| self.faults.lock().unwrap().next_u64());
         let mut image = self.image.lock().unwrap();
         let end = image.volatile.len();
         image.touched(end);
@@ -579,15 +573,7 @@ impl StorageFile for MemoryFile {
 }
 
 fn sync_image(image: &SharedImage, faults: &SharedFaults) -> io::Result<()> {
-    let failed = {
-        let mut faults = faults.lock().unwrap();
-        let p = faults.rates.sync_error;
-        let failed = faults.happens(p);
-        if failed {
-            faults.counts.sync_errors += 1;
-        }
-        failed
-    };
+    let failed = strikes(faults, |r| r.sync_error, |c| c.sync_errors += 1);
     let mut image = image.lock().unwrap();
     if failed {
         // fsyncgate: the dirty pages are marked clean without reaching the disk.

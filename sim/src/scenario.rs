@@ -251,12 +251,19 @@ pub fn run_seed(seed: u64, options: &Options) -> Report {
     }
 }
 
+/// Turns the broker's log lines on when RUST_LOG is set. The subscriber is built on a
+/// helper thread: its filter creates hash maps, and on the simulation's thread each new
+/// map advances std's seeded hash keys, which would change every later map's iteration
+/// order (raft-rs iterates its progress map when it broadcasts) and so the run.
 pub(crate) fn init_logging() {
     if let Ok(filter) = std::env::var("RUST_LOG") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_writer(std::io::stderr)
-            .try_init();
+        let _ = std::thread::spawn(move || {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_writer(std::io::stderr)
+                .try_init();
+        })
+        .join();
     }
 }
 

@@ -194,6 +194,36 @@ impl ReplicaLog {
                 term,
             });
         }
+        // Entry i is the i-th batch from the log start, so the batches must follow each
+        // other from `first_offset` on. A log whose beginning is gone (damage cut its first
+        // segment, a later one survived) would otherwise shift every index: keep only the
+        // contiguous run from `first_offset`, durably, and let the lost commit below
+        // have the rest replicated again.
+        let mut log = log;
+        let mut expected = persisted.first_offset;
+        let contiguous = entries
+            .iter()
+            .take_while(|entry| {
+                let next = entry.base_offset == expected;
+                expected = entry.next_offset;
+                next
+            })
+            .count();
+        if contiguous < entries.len() {
+            let cut_at = entries
+                .get(contiguous.wrapping_sub(1))
+                .filter(|_| contiguous > 0)
+                .map_or(persisted.first_offset, |entry| entry.next_offset);
+            tracing::warn!(dir = %dir.display(), cut_at, first_offset = persisted.first_offset,
+                found = entries[contiguous].base_offset,
+                "the log has a gap where batches were lost: cutting it there");
+            entries.truncate(contiguous);
+            if contiguous == 0 {
+                log.reset_to(persisted.first_offset)?;
+            } else {
+                log.truncate_to(cut_at)?;
+            }
+        }
         let mut hard_state = HardState::default();
         hard_state.term = persisted.term;
         hard_state.vote = persisted.vote;

@@ -157,6 +157,42 @@ fn the_vote_barrier_survives_a_restart() {
     assert_eq!(open_replica(&storage, 0).vote_barrier(), None);
 }
 
+/// A log whose first segment is gone while a later one survived (found by the simulator
+/// with bit flips and misdirected writes on a broker's metadata log) must not have its
+/// surviving batches renumbered from the log start: the replica kept entries 22.. as
+/// entries 1.., with terms the leader's entries 1.. never had, called them committed, and
+/// refused every append from then on. The gap cuts the log; the commit marks the loss.
+#[test]
+fn a_log_that_lost_its_first_segment_is_cut_not_renumbered() {
+    let storage = MemoryStorage::new();
+    let mut replica = open_replica(&storage, 0);
+    let entries: Vec<Entry> = (1..=8)
+        .map(|i| entry(i, 1, batch(&format!("e{i}"), 3)))
+        .collect();
+    replica.append(&entries, 0).unwrap();
+    let mut hs = replica.hard_state().clone();
+    hs.term = 1;
+    hs.commit = 8;
+    replica.set_hard_state(hs);
+    replica.write_state().unwrap();
+    sync(&mut replica);
+    assert!(replica.log().segment_count() > 1);
+    let dir = Path::new("/data/t-0");
+    drop(replica);
+    crate::storage::Storage::remove_file(&storage, &dir.join("00000000000000000000.log")).unwrap();
+    crate::storage::Storage::remove_file(&storage, &dir.join("00000000000000000000.index")).unwrap();
+    crate::storage::Storage::remove_file(&storage, &dir.join("00000000000000000000.timeindex")).unwrap();
+    crate::storage::Storage::sync_dir(&storage, dir).unwrap();
+
+    let replica = open_replica(&storage, 0);
+    assert_eq!(replica.last_index(), 0, "batches past the gap were kept as entries");
+    assert_eq!(replica.lost_commit(), Some(8));
+    assert_eq!(replica.log().log_end_offset(), 0);
+    drop(replica);
+    // The cut is durable: a second start sees the same empty log.
+    assert_eq!(open_replica(&storage, 0).last_index(), 0);
+}
+
 #[test]
 fn replica_log_appends_truncates_and_recovers() {
     let storage = MemoryStorage::new();

@@ -240,15 +240,20 @@ impl Driver {
 
     /// Starts hosting a replica of `group`.
     pub fn add_group(&mut self, group: GroupId, replica: ReplicaLog) -> Result<(), DriverError> {
-        self.add_group_storage(group, ReplicaStorage::new(replica))
+        self.add_group_storage(group, ReplicaStorage::new(replica), None)
     }
 
+    /// `applied_before`: how far the group's entries were applied before it was rebuilt
+    /// (a repair); a new group has applied what it committed (the metadata image replays
+    /// the committed entries at start).
     fn add_group_storage(
         &mut self,
         group: GroupId,
         storage: ReplicaStorage,
+        applied_before: Option<u64>,
     ) -> Result<(), DriverError> {
-        let applied = storage.lock().hard_state().commit;
+        let commit = storage.lock().hard_state().commit;
+        let applied = applied_before.map_or(commit, |applied| applied.min(commit));
         let config = Config {
             id: self.node_id,
             election_tick: self.config.election_tick,
@@ -332,6 +337,11 @@ impl Driver {
             let group = self.groups.remove(&name).expect("listed above");
             let storage = group.storage.clone();
             let held = group.vote_barrier;
+            // Entries committed but not yet applied when the corruption was found (the
+            // apply read is often what finds it) must still be applied after the repair:
+            // rebuilt with `applied` at the new commit, raft-rs would never hand them out
+            // and a wiped broker's metadata image missed the topics they created.
+            let applied_before = group.raw.raft.raft_log.applied;
             drop(group);
             let last_index = {
                 let mut log = storage.lock();
@@ -341,7 +351,7 @@ impl Driver {
                 log.truncate_for_repair(index)?;
                 last_index
             };
-            self.add_group_storage(name.clone(), storage)?;
+            self.add_group_storage(name.clone(), storage, Some(applied_before))?;
             if let Some(g) = self.groups.get_mut(&name) {
                 // Not what the new node observes: its first round reports its leader.
                 g.observed = (0, StateRole::Follower, u64::MAX);

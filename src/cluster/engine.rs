@@ -3,7 +3,7 @@
 use crate::clock;
 use crate::error::ApiError;
 use crate::log::config::effective_config;
-use crate::log::LogConfig;
+use crate::log::{LogConfig, ReadError};
 use crate::metadata::log_codec::{decode_batch, encode_batch};
 use crate::metadata::records::{
     BrokerRef, ClusterIdentity, MetadataRecord, PartitionChange, Record, RegisterBroker,
@@ -257,7 +257,7 @@ impl ClusterNode {
             retention_bytes: -1,
             ..config.log_defaults.clone()
         };
-        let metadata_replica = ReplicaLog::open(
+        let mut metadata_replica = ReplicaLog::open(
             storage.clone(),
             &config.data_dir.join(METADATA_GROUP),
             metadata_config,
@@ -265,7 +265,7 @@ impl ClusterNode {
             &voters,
         )?;
         let mut image = MetadataImage::new();
-        replay_committed(&metadata_replica, &mut image)?;
+        replay_committed(&mut metadata_replica, &mut image, voters.len() > 1)?;
         let fresh_metadata = metadata_replica.last_index() == 0;
         let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
         let mut driver = Driver::new(config.node_id, config.driver, rng.gen());
@@ -1275,16 +1275,27 @@ impl ClusterNode {
     }
 }
 
-/// Applies every committed record of the metadata log to `image` (at start).
-fn replay_committed(replica: &ReplicaLog, image: &mut MetadataImage) -> io::Result<()> {
+/// Applies every committed record of the metadata log to `image` (at start). A corrupt
+/// committed batch cuts the log there when other voters can replicate it again (the
+/// broker starts, with the image of the records before it, and catches up); with no
+/// other voter the broker cannot start.
+pub(super) fn replay_committed(
+    replica: &mut ReplicaLog,
+    image: &mut MetadataImage,
+    multi_voter: bool,
+) -> io::Result<()> {
     for index in replica.first_index()..=replica.hard_state().commit {
         let position = replica
             .position(index)
             .ok_or_else(|| io::Error::other("committed entry missing"))?;
-        let stored = replica
-            .log()
-            .read_batch(position.base_offset)
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        let stored = match replica.log().read_batch(position.base_offset) {
+            Ok(stored) => stored,
+            Err(ReadError::Corrupt { .. }) if multi_voter => {
+                tracing::error!(index, "corrupt committed batch in the metadata log: cutting the log there, to be replicated again");
+                return replica.cut_at_damage(index);
+            }
+            Err(e) => return Err(io::Error::other(e.to_string())),
+        };
         apply_metadata_batch(image, position.base_offset, &stored)?;
     }
     Ok(())

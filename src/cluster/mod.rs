@@ -18,4 +18,6 @@ pub use engine::{
 };
 
 #[cfg(test)]
+use engine::replay_committed;
+#[cfg(test)]
 mod tests;

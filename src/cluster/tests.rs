@@ -191,3 +191,94 @@ async fn a_three_broker_cluster_replicates_a_topic() {
         .unwrap();
     assert_eq!(offset, hw);
 }
+
+/// A committed metadata batch that rots on a voter's disk must not keep the broker from
+/// starting (found by the simulator: the broker failed to start at every restart). The
+/// log is cut at the damage, the image holds the records before it, and the lost commit
+/// is remembered durably so the replica does not vote until it is caught up again. With
+/// no other voter to repair from, starting fails instead.
+#[test]
+fn a_corrupt_committed_metadata_batch_cuts_the_log_at_start() {
+    use crate::metadata::log_codec::encode_batch;
+    use crate::metadata::records::{ClusterIdentity, MetadataRecord, Record};
+    use crate::metadata::MetadataImage;
+    use crate::replication::ReplicaLog;
+    use crate::storage::read_to_vec;
+    use std::path::Path;
+
+    let storage = MemoryStorage::new();
+    let dir = Path::new("/data/__cluster_metadata-0");
+    // Three batches in a sealed segment, each indexed, opened past a clean stop (recovery
+    // point at the log end): recovery rescans only from a sealed segment's last indexed
+    // batch, so the replay is the first to read the middle one.
+    let config = LogConfig {
+        segment_bytes: 250,
+        index_interval_bytes: 0,
+        ..LogConfig::default()
+    };
+    let open = |storage: &MemoryStorage| {
+        ReplicaLog::open(Arc::new(storage.clone()), dir, config.clone(), 4, &[1, 2, 3]).unwrap()
+    };
+    let mut replica = open(&storage);
+    let batches: Vec<Bytes> = (0..4)
+        .map(|i| {
+            let identity = ClusterIdentity {
+                cluster_id: format!("cluster-{i}"),
+            };
+            encode_batch(&[MetadataRecord::new(Record::ClusterIdentity(identity))], 0)
+        })
+        .collect();
+    let entries: Vec<raft::eraftpb::Entry> = batches
+        .iter()
+        .enumerate()
+        .map(|(i, data)| {
+            let mut entry = raft::eraftpb::Entry::default();
+            entry.index = i as u64 + 1;
+            entry.term = 1;
+            entry.data = data.clone();
+            entry
+        })
+        .collect();
+    replica.append(&entries, 0).unwrap();
+    let mut hard_state = replica.hard_state().clone();
+    hard_state.term = 1;
+    hard_state.commit = 4;
+    replica.set_hard_state(hard_state);
+    replica.write_state().unwrap();
+    let (handles, up_to) = replica.sync_handles().unwrap();
+    handles.iter().for_each(|h| h.sync().unwrap());
+    replica.flushed(up_to);
+    drop(replica);
+
+    // Rot the second batch (inside its CRC-covered records).
+    let stored = {
+        let replica = open(&storage);
+        let position = replica.position(2).unwrap();
+        replica.log().read_batch(position.base_offset).unwrap()
+    };
+    let path = dir.join("00000000000000000000.log");
+    let data = read_to_vec(&storage, &path).unwrap();
+    let at = data
+        .windows(stored.len())
+        .position(|w| w == &stored[..])
+        .unwrap();
+    assert!(storage.corrupt(&path, at + stored.len() - 10, &[0x55]));
+
+    // A single voter cannot repair it: it does not start.
+    let mut alone = open(&storage);
+    assert!(replay_committed(&mut alone, &mut MetadataImage::new(), false).is_err());
+    drop(alone);
+
+    let mut replica = open(&storage);
+    let mut image = MetadataImage::new();
+    replay_committed(&mut replica, &mut image, true).unwrap();
+    assert_eq!(replica.last_index(), 1, "cut at the corrupt entry");
+    assert_eq!(replica.lost_commit(), Some(4));
+    assert_eq!(image.last_applied_offset, 0, "the record before the damage is applied");
+    drop(replica);
+    assert_eq!(
+        open(&storage).vote_barrier(),
+        Some(4),
+        "the lost commit is not durable"
+    );
+}

@@ -336,6 +336,18 @@ impl ReplicaLog {
         Ok(())
     }
 
+    /// Drops a committed entry found corrupt while the replica starts (and everything
+    /// after it), to be replicated again from a peer. The commit it held is remembered as
+    /// lost, durably (the vote barrier): the replica votes again only once it holds it.
+    pub fn cut_at_damage(&mut self, index: u64) -> io::Result<()> {
+        let commit = self.hard_state.commit;
+        self.truncate_for_repair(index)?;
+        let lost = self.lost_commit.unwrap_or(0).max(commit);
+        self.lost_commit = Some(lost);
+        let barrier = self.vote_barrier.unwrap_or(0).max(lost);
+        self.persist_vote_barrier(barrier)
+    }
+
     /// Applies a topic config change (segment size, retention, ...) to the log.
     pub fn set_log_config(&mut self, config: crate::log::LogConfig) {
         self.log.set_config(config);

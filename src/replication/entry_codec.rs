@@ -6,7 +6,8 @@
 //!   set to the entry's term.
 //! - An empty entry (the no-op a new leader appends) is stored as a one-record control
 //!   batch of type LEADER_CHANGE, taking one offset (consumers skip control batches; Kafka
-//!   allows such offset gaps).
+//!   allows such offset gaps). Its record value is the term (4 bytes, big-endian), so the
+//!   term is also stored inside the CRC (the header's `partitionLeaderEpoch` is not).
 //! - A configuration change (ConfChangeV2) is stored as a control batch of type VOTERS
 //!   whose record value is the encoded change.
 //!
@@ -77,8 +78,10 @@ pub fn encode_entry(entry: &Entry, base_offset: i64) -> Result<(BatchHeader, Byt
     let term = i32::try_from(entry.term)
         .map_err(|_| invalid(entry.index, "term does not fit a leader epoch"))?;
     let bytes = match entry.get_entry_type() {
+        // The no-op names its term in its value, inside the CRC: the header's epoch is
+        // outside it, and the replica checks one against the other when it opens the log.
         EntryType::EntryNormal if entry.data.is_empty() => {
-            control_batch(CONTROL_TYPE_LEADER_CHANGE, &[])
+            control_batch(CONTROL_TYPE_LEADER_CHANGE, &term.to_be_bytes())
         }
         EntryType::EntryNormal => {
             // The leader validated the records on produce; every replica checks framing
@@ -102,6 +105,29 @@ pub fn encode_entry(entry: &Entry, base_offset: i64) -> Result<(BatchHeader, Byt
     batch::patch_header(&mut patched, base_offset, term);
     let header = batch::parse_whole(&patched).map_err(|e| invalid(entry.index, e.to_string()))?;
     Ok((header, Bytes::from(patched)))
+}
+
+/// For a stored batch (CRC-checked): `Some(term named in it)` for a leader's no-op
+/// (`Some(None)` for one written before no-ops named their term), `None` for any other
+/// batch.
+pub fn stored_leader_change(stored: &Bytes) -> Result<Option<Option<u64>>, EntryError> {
+    let entry = decode_entry(stored, 0)?;
+    let header = batch::parse_whole(stored).map_err(|e| invalid(0, e.to_string()))?;
+    if !header.is_control() || entry.get_entry_type() != EntryType::EntryNormal {
+        return Ok(None);
+    }
+    let mut buf = stored.slice(..header.size_bytes());
+    let set = RecordBatchDecoder::decode(&mut buf).map_err(|e| invalid(0, e.to_string()))?;
+    let value = set
+        .records
+        .first()
+        .and_then(|r| r.value.clone())
+        .unwrap_or_default();
+    Ok(Some(match value.len() {
+        0 => None,
+        4 => Some(u32::from_be_bytes(value[..].try_into().unwrap()) as u64),
+        _ => return Err(invalid(0, "a no-op's value is its 4-byte term")),
+    }))
 }
 
 /// The Raft entry stored as `stored` (one whole batch) at Raft index `index`.

@@ -9,7 +9,7 @@
 //! [`ReplicaStorage`] shares one `ReplicaLog` between raft-rs (which reads through the
 //! `raft::Storage` trait) and the driver (which persists each `Ready`).
 
-use super::entry_codec::{decode_entry, encode_entry};
+use super::entry_codec::{decode_entry, encode_entry, stored_leader_change};
 use crate::log::{LogConfig, PartitionLog, ReadError};
 use crate::storage::{read_exact_at, write_atomic, Storage, StorageFile, SyncHandle};
 use prost::Message;
@@ -147,6 +147,67 @@ fn read_last_state(file: &dyn StorageFile) -> io::Result<(Option<PersistedState>
     Ok((last, position))
 }
 
+/// Keeps the first `keep` entries of a log being opened and cuts the partition log
+/// after them, durably.
+fn cut_entries(
+    log: &mut PartitionLog,
+    entries: &mut VecDeque<EntryPosition>,
+    keep: usize,
+    first_offset: i64,
+) -> io::Result<()> {
+    if keep == 0 {
+        log.reset_to(first_offset)?;
+    } else {
+        log.truncate_to(entries[keep - 1].next_offset)?;
+    }
+    entries.truncate(keep);
+    Ok(())
+}
+
+/// How many entries from the log start have terms that can be trusted, if not all.
+///
+/// In a Raft log the first entry of every term is the no-op its leader appended (logs
+/// agree on prefixes), stored as a LEADER_CHANGE control batch whose value names the term
+/// inside the CRC. So terms never go down, a term only starts at such a batch, and the
+/// batch names the same term as its header. Only the entries before the log's first
+/// no-op (its start may cut a term) are not anchored; a damaged one still breaks the
+/// rules at the next entry, and the whole run up to it is then dropped.
+fn first_untrusted_term(
+    log: &PartitionLog,
+    entries: &VecDeque<EntryPosition>,
+    controls: &[bool],
+) -> io::Result<Option<usize>> {
+    let mut anchored = false;
+    for (i, entry) in entries.iter().enumerate() {
+        let leader_change = if controls[i] {
+            let stored = match log.read_batch(entry.base_offset) {
+                Ok(stored) => stored,
+                Err(ReadError::Io(e)) => return Err(e),
+                Err(_) => return Ok(Some(i)),
+            };
+            match stored_leader_change(&stored) {
+                Ok(kind) => kind,
+                Err(_) => return Ok(Some(i)),
+            }
+        } else {
+            None
+        };
+        if let Some(Some(named)) = leader_change {
+            if named != entry.term {
+                return Ok(Some(i));
+            }
+        }
+        if let Some(previous) = i.checked_sub(1).map(|p| entries[p].term) {
+            if entry.term < previous || (entry.term > previous && leader_change.is_none()) {
+                // Before the first no-op the damaged entry may be the one before.
+                return Ok(Some(if anchored { i } else { 0 }));
+            }
+        }
+        anchored |= leader_change.is_some();
+    }
+    Ok(None)
+}
+
 impl ReplicaLog {
     /// Opens (or creates) the replica in `dir`. A new replica starts with `initial_voters`
     /// as its configuration; an existing one recovers its log, then rebuilds the Raft index
@@ -180,19 +241,21 @@ impl ReplicaLog {
             ..Default::default()
         });
         let mut entries = VecDeque::new();
+        let mut controls = Vec::new();
         for header in log
             .batch_headers()?
             .into_iter()
             .filter(|h| h.base_offset >= persisted.first_offset)
         {
-            let term = u64::try_from(header.partition_leader_epoch).map_err(|_| {
-                io::Error::new(io::ErrorKind::InvalidData, "batch without a Raft term")
-            })?;
+            // A negative epoch (a flipped sign bit) is damage like any other bad term:
+            // the check below cuts the log there.
+            let term = u64::try_from(header.partition_leader_epoch).unwrap_or(u64::MAX);
             entries.push_back(EntryPosition {
                 base_offset: header.base_offset,
                 next_offset: header.next_offset(),
                 term,
             });
+            controls.push(header.is_control());
         }
         // Entry i is the i-th batch from the log start, so the batches must follow each
         // other from `first_offset` on. A log whose beginning is gone (damage cut its first
@@ -210,19 +273,18 @@ impl ReplicaLog {
             })
             .count();
         if contiguous < entries.len() {
-            let cut_at = entries
-                .get(contiguous.wrapping_sub(1))
-                .filter(|_| contiguous > 0)
-                .map_or(persisted.first_offset, |entry| entry.next_offset);
-            tracing::warn!(dir = %dir.display(), cut_at, first_offset = persisted.first_offset,
+            tracing::warn!(dir = %dir.display(), first_offset = persisted.first_offset,
                 found = entries[contiguous].base_offset,
                 "the log has a gap where batches were lost: cutting it there");
-            entries.truncate(contiguous);
-            if contiguous == 0 {
-                log.reset_to(persisted.first_offset)?;
-            } else {
-                log.truncate_to(cut_at)?;
-            }
+            cut_entries(&mut log, &mut entries, contiguous, persisted.first_offset)?;
+        }
+        // The terms come from the batches' leader epochs, which no CRC covers: a flipped
+        // bit there would change an entry's term and make this replica disagree with the
+        // others about entries it calls committed. Cut the log where they stop making sense.
+        if let Some(keep) = first_untrusted_term(&log, &entries, &controls)? {
+            tracing::warn!(dir = %dir.display(), index = persisted.first_index + keep as u64,
+                "a batch's leader epoch does not fit the log's terms (damage outside the CRC): cutting the log there");
+            cut_entries(&mut log, &mut entries, keep, persisted.first_offset)?;
         }
         let mut hard_state = HardState::default();
         hard_state.term = persisted.term;

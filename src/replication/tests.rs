@@ -193,17 +193,113 @@ fn a_log_that_lost_its_first_segment_is_cut_not_renumbered() {
     assert_eq!(open_replica(&storage, 0).last_index(), 0);
 }
 
+/// Flips bits of the leader epoch (outside the CRC) of the batch holding `index`.
+fn flip_epoch(storage: &MemoryStorage, index: u64, flip: i32) {
+    let (path, at, epoch) = {
+        let replica = open_replica(storage, i64::MAX);
+        let p = replica.position(index).unwrap();
+        let stored = replica.log().read_batch(p.base_offset).unwrap();
+        let dir = Path::new("/data/t-0");
+        let path = storage
+            .file_paths()
+            .into_iter()
+            .filter(|f| f.starts_with(dir) && f.extension().is_some_and(|e| e == "log"))
+            .find(|f| {
+                crate::storage::read_to_vec(storage, f)
+                    .unwrap()
+                    .windows(stored.len())
+                    .any(|w| w == &stored[..])
+            })
+            .unwrap();
+        let data = crate::storage::read_to_vec(storage, &path).unwrap();
+        let at = data
+            .windows(stored.len())
+            .position(|w| w == &stored[..])
+            .unwrap();
+        (path, at + 12, p.term as i32)
+    };
+    assert!(storage.corrupt(&path, at, &(epoch ^ flip).to_be_bytes()));
+}
+
+/// A log of terms 1 (entries 1..=4) and 2 (5..=8), each term starting with its no-op,
+/// all committed and synced.
+fn two_term_log(storage: &MemoryStorage) {
+    let mut replica = open_replica(storage, 0);
+    let entries: Vec<Entry> = (1..=8)
+        .map(|i| {
+            let data = if i == 1 || i == 5 {
+                Bytes::new()
+            } else {
+                batch(&format!("e{i}"), 2)
+            };
+            entry(i, if i < 5 { 1 } else { 2 }, data)
+        })
+        .collect();
+    replica.append(&entries, 0).unwrap();
+    let mut hs = replica.hard_state().clone();
+    hs.term = 2;
+    hs.commit = 8;
+    replica.set_hard_state(hs);
+    replica.write_state().unwrap();
+    sync(&mut replica);
+}
+
+/// A batch's leader epoch is not covered by its CRC. A bit flipped there while the
+/// broker was down changed the entry's term when the log was opened, and the replica
+/// then disagreed with the others about entries it called committed (found by the
+/// simulator with --faults all: replicas diverged on the epoch of a batch). Opening the
+/// log checks the terms against the no-ops that start every term (which name their term
+/// inside the CRC) and cuts the log at the first one that does not fit; the lost commit
+/// has the rest replicated again.
+#[test]
+fn a_flipped_leader_epoch_is_cut_off_when_the_log_opens() {
+    // Untouched, the log opens whole.
+    let storage = MemoryStorage::new();
+    two_term_log(&storage);
+    let replica = open_replica(&storage, i64::MAX);
+    assert_eq!((replica.last_index(), replica.lost_commit()), (8, None));
+    drop(replica);
+
+    // Flips in ordinary entries (up, down, high bits) and in a no-op (to the previous
+    // term, so the terms still look ordered).
+    for (index, flip, keep) in [
+        (3, 0b10, 2),       // term 1 -> 3 mid-term
+        (7, 0b11, 6),       // term 2 -> 1 (goes down)
+        (6, 1 << 24, 5),    // far above any term
+        (8, 1 << 31, 7),    // negative
+        (5, 0b11, 4),       // the no-op of term 2 -> 1 (its value still says 2)
+        (2, 0b1, 1),        // term 1 -> 0
+    ] {
+        let storage = MemoryStorage::new();
+        two_term_log(&storage);
+        flip_epoch(&storage, index, flip);
+        let replica = open_replica(&storage, i64::MAX);
+        assert_eq!(
+            replica.last_index(),
+            keep,
+            "flip {flip:#x} in entry {index}: the log should end before it"
+        );
+        assert_eq!(replica.lost_commit(), Some(8));
+        let end = replica.log().log_end_offset();
+        drop(replica);
+        // Durably cut.
+        assert_eq!(open_replica(&storage, i64::MAX).log().log_end_offset(), end);
+    }
+}
+
 #[test]
 fn replica_log_appends_truncates_and_recovers() {
     let storage = MemoryStorage::new();
     let mut replica = open_replica(&storage, 0);
     assert_eq!((replica.first_index(), replica.last_index()), (1, 0));
+    // Terms 1, 1, 1, 2, 2, 2: each term starts with its leader's no-op (an empty entry),
+    // as in every Raft log (the replica checks this when it opens the log).
     let first: Vec<Entry> = (1..=6)
         .map(|i| {
             entry(
                 i,
                 1 + i / 4,
-                if i == 1 {
+                if i == 1 || i == 4 {
                     Bytes::new()
                 } else {
                     batch(&format!("e{i}"), 3)
@@ -222,7 +318,7 @@ fn replica_log_appends_truncates_and_recovers() {
         }
     );
     assert_eq!(replica.position(2).unwrap().base_offset, 1);
-    assert_eq!(replica.log().log_end_offset(), 1 + 5 * 3);
+    assert_eq!(replica.log().log_end_offset(), 2 + 4 * 3);
     assert!(
         replica.log().segment_count() > 1,
         "small segments roll under the entries"
@@ -234,7 +330,7 @@ fn replica_log_appends_truncates_and_recovers() {
     );
     assert!(read[0].data.is_empty());
     // A conflicting suffix from a new leader replaces entries 4.. and their offsets.
-    let replacement = vec![entry(4, 3, batch("r4", 1)), entry(5, 3, batch("r5", 2))];
+    let replacement = vec![entry(4, 3, Bytes::new()), entry(5, 3, batch("r5", 2))];
     replica.append(&replacement, 0).unwrap();
     assert_eq!(replica.last_index(), 5);
     assert_eq!(
@@ -1757,8 +1853,16 @@ fn retention_moves_the_start_of_the_raft_log_with_the_segments() {
         .unwrap()
     };
     let mut replica = open(&storage);
+    // Terms 1 (1..=9), 2 (10..=19), 3 (20); entries 10 and 20 are their terms' no-ops.
     let entries: Vec<Entry> = (1..=20)
-        .map(|i| entry(i, 1 + i / 10, batch(&format!("e{i}"), 2)))
+        .map(|i| {
+            let data = if i % 10 == 0 {
+                Bytes::new()
+            } else {
+                batch(&format!("e{i}"), 2)
+            };
+            entry(i, 1 + i / 10, data)
+        })
         .collect();
     replica.append(&entries, 0).unwrap();
     // Nothing above the commit point may go: commit only up to 12.

@@ -117,35 +117,83 @@ fn frame(record: &PersistedState) -> Vec<u8> {
     out
 }
 
-/// The last whole, CRC-valid record of a state file.
-/// The last valid record of a `raft-state` file and where the valid records end.
-fn read_last_state(file: &dyn StorageFile) -> io::Result<(Option<PersistedState>, u64)> {
-    let mut position = 0u64;
-    let mut last = None;
+/// The record framed at `position` of a `raft-state` file, if a whole, CRC-valid one
+/// starts there, with its framed size.
+fn read_state_record(
+    file: &dyn StorageFile,
+    position: u64,
+) -> io::Result<Option<(PersistedState, u64)>> {
     let len = file.len();
-    while position + 8 <= len {
-        let mut head = [0u8; 8];
-        read_exact_at(file, position, &mut head)?;
-        let size = u32::from_be_bytes(head[..4].try_into().unwrap()) as usize;
-        let crc = u32::from_be_bytes(head[4..].try_into().unwrap());
-        // Zeroed bytes (a torn or lost page) frame an empty record whose CRC32C is 0:
-        // a record is never empty, so that is the end too.
-        if size == 0 || size > STATE_RECORD_MAX_BYTES || position + 8 + size as u64 > len {
-            break;
-        }
-        let mut body = vec![0u8; size];
-        read_exact_at(file, position + 8, &mut body)?;
-        if crc32c::crc32c(&body) != crc {
-            break;
-        }
-        match PersistedState::decode(body.as_slice()) {
-            Ok(state) if state.first_index >= 1 => last = Some(state),
-            _ => break,
-        }
-        position += 8 + size as u64;
+    if position + 8 > len {
+        return Ok(None);
     }
-    Ok((last, position))
+    let mut head = [0u8; 8];
+    read_exact_at(file, position, &mut head)?;
+    let size = u32::from_be_bytes(head[..4].try_into().unwrap()) as usize;
+    let crc = u32::from_be_bytes(head[4..].try_into().unwrap());
+    // Zeroed bytes (a torn or lost page) frame an empty record whose CRC32C is 0: a
+    // record is never empty, so that is no record.
+    if size == 0 || size > STATE_RECORD_MAX_BYTES || position + 8 + size as u64 > len {
+        return Ok(None);
+    }
+    let mut body = vec![0u8; size];
+    read_exact_at(file, position + 8, &mut body)?;
+    if crc32c::crc32c(&body) != crc {
+        return Ok(None);
+    }
+    Ok(match PersistedState::decode(body.as_slice()) {
+        Ok(state) if state.first_index >= 1 => Some((state, 8 + size as u64)),
+        _ => None,
+    })
 }
+
+/// What a `raft-state` file holds: its last valid record, where the valid records end,
+/// and whether damage was found before a later valid record.
+struct StateFileScan {
+    last: Option<PersistedState>,
+    valid_len: u64,
+    damaged: bool,
+}
+
+/// Reads a `raft-state` file. Records follow each other; the last valid one wins. A bad
+/// record at the end is a torn write (never synced). A bad record with valid ones after it
+/// is damage to synced data (a misdirected write, a bit flip): reading on from the next
+/// valid frame keeps the later records, whose vote would otherwise be forgotten (a
+/// replica that forgets its vote can vote twice in one term; found by the simulator).
+fn read_last_state(file: &dyn StorageFile) -> io::Result<StateFileScan> {
+    let len = file.len();
+    let mut scan = StateFileScan {
+        last: None,
+        valid_len: 0,
+        damaged: false,
+    };
+    let mut position = 0u64;
+    while position + 8 <= len {
+        if let Some((state, size)) = read_state_record(file, position)? {
+            scan.last = Some(state);
+            position += size;
+            scan.valid_len = position;
+            continue;
+        }
+        // Resynchronise: the next position where a valid record starts, if any.
+        let mut next = position + 1;
+        let mut found = false;
+        while next + 8 <= len {
+            if read_state_record(file, next)?.is_some() {
+                found = true;
+                break;
+            }
+            next += 1;
+        }
+        if !found {
+            break;
+        }
+        scan.damaged = true;
+        position = next;
+    }
+    Ok(scan)
+}
+
 
 /// Keeps the first `keep` entries of a log being opened and cuts the partition log
 /// after them, durably.
@@ -222,8 +270,21 @@ impl ReplicaLog {
         let (log, _report) = PartitionLog::open(storage.clone(), dir, config, recovery_point)?;
         let state_path = dir.join(STATE_FILE);
         let mut state_file = storage.open(&state_path, true)?;
-        let (persisted, valid_len) = read_last_state(state_file.as_ref())?;
-        if state_file.len() > valid_len {
+        let StateFileScan {
+            last: persisted,
+            valid_len,
+            damaged,
+        } = read_last_state(state_file.as_ref())?;
+        if damaged {
+            // Rewrite the file with only its last valid record, before anything is
+            // appended: the damaged bytes would otherwise stay in the middle of it.
+            tracing::warn!(dir = %dir.display(),
+                "raft-state was damaged before its last records: rewriting it with the last valid one");
+            if let Some(last) = &persisted {
+                write_atomic(storage.as_ref(), &state_path, &frame(last))?;
+                state_file = storage.open(&state_path, false)?;
+            }
+        } else if state_file.len() > valid_len {
             // A torn record at the end (a crash during its write). Records appended after
             // it would never be read again (reading stops at the torn one): a vote given
             // later would be forgotten at the next start, and the replica could vote twice

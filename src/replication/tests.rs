@@ -135,6 +135,46 @@ fn a_vote_written_after_a_torn_state_record_survives_a_restart() {
     );
 }
 
+/// Damage in the middle of raft-state (a misdirected write, a bit flip) must not hide
+/// the records after it: reading stopped at the first bad record, so a replica forgot
+/// the vote it gave later, voted again in the same term and a second leader was elected
+/// in that term (found by the simulator with --faults all, seed 13143).
+#[test]
+fn a_vote_written_after_a_damaged_state_record_survives_a_restart() {
+    let storage = MemoryStorage::new();
+    let mut replica = open_replica(&storage, 0);
+    for (term, vote) in [(2, 3), (3, 2), (4, 1)] {
+        let mut hs = raft::eraftpb::HardState::default();
+        hs.term = term;
+        hs.vote = vote;
+        replica.set_hard_state(hs);
+        replica.write_state().unwrap();
+        sync(&mut replica);
+    }
+    drop(replica);
+    // Rot a byte inside the second record (the first is the fresh replica's own).
+    let path = Path::new("/data/t-0").join(crate::replication::replica_log::STATE_FILE);
+    let data = crate::storage::read_to_vec(&storage, &path).unwrap();
+    let first = 8 + u32::from_be_bytes(data[..4].try_into().unwrap()) as usize;
+    assert!(storage.corrupt(&path, first + 10, &[data[first + 10] ^ 0x40]));
+    let mut replica = open_replica(&storage, 0);
+    assert_eq!(
+        (replica.hard_state().term, replica.hard_state().vote),
+        (4, 1),
+        "the vote of term 4 was forgotten"
+    );
+    // The file was rewritten without the damage: later records are read back too.
+    let mut hs = replica.hard_state().clone();
+    hs.term = 5;
+    hs.vote = 3;
+    replica.set_hard_state(hs);
+    replica.write_state().unwrap();
+    sync(&mut replica);
+    drop(replica);
+    let replica = open_replica(&storage, 0);
+    assert_eq!((replica.hard_state().term, replica.hard_state().vote), (5, 3));
+}
+
 /// A replica that lost acknowledged entries keeps its vote barrier across a restart: a
 /// wiped replica that crashes again while catching up must still not vote.
 #[test]

@@ -868,7 +868,20 @@ impl ReplicaLog {
             if !out.is_empty() && max_size_bytes.map(|m| size > m).unwrap_or(false) {
                 break;
             }
-            out.push(decode_entry(&stored, index).map_err(|e| StorageError::Other(Box::new(e)))?);
+            // The batch was CRC-checked when read; decoding checks it again. A batch that
+            // fails here is damage all the same: marked for repair, never a panic.
+            match decode_entry(&stored, index) {
+                Ok(entry) => out.push(entry),
+                Err(e) => {
+                    use std::sync::atomic::Ordering;
+                    if !self.corruption_logged.swap(true, Ordering::Relaxed) {
+                        tracing::error!(index, error = %e,
+                            "a replica log batch does not decode as its entry: not sent; the replica repairs from a peer");
+                    }
+                    self.mark_corrupt(index);
+                    return Err(StorageError::LogTemporarilyUnavailable);
+                }
+            }
         }
         Ok(out)
     }

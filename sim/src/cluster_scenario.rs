@@ -117,6 +117,10 @@ struct Settings {
     max_batch_records: usize,
     /// The broker whose disk may lose fsynced data (wipes, bit flips, misdirected writes).
     disk_victim: u64,
+    /// Whether a fault kind damages synced bytes (bit flips, misdirected writes). Without
+    /// one, a broker must never read a corrupt batch: crashes only tear unsynced writes,
+    /// and recovery must cut those.
+    damage_at_rest: bool,
 }
 
 struct Shared {
@@ -311,6 +315,7 @@ fn draw_settings(brokers: u64, fault_seconds: u64, faults: &Faults) -> Settings 
         },
         max_batch_records: if buggify { 64 } else { 8 },
         disk_victim: rng.gen_range(1..=brokers),
+        damage_at_rest: faults.on(FaultKind::Corrupt) || faults.on(FaultKind::Misdirect),
     }
 }
 
@@ -423,6 +428,8 @@ struct Injected {
     loss_until: u64,
     latency_until: u64,
     disk_faults: BTreeMap<u64, u64>,
+    /// Brokers whose disk is slow, until when.
+    slow_disks: BTreeMap<u64, u64>,
     /// A wiped broker catching up: no new faults until it has (or the deadline passes).
     wiped_catch_up: Option<(u64, BTreeMap<String, u64>, u64)>,
 }
@@ -557,7 +564,12 @@ async fn supervise(seed: u64, faults: &Faults, shared: Arc<Shared>) -> Result<()
     if let Some(v) = shared.found() {
         return Err(v);
     }
-    let logs = converge(&shared, deadline).await?;
+    // A broker may still stop on a storage failure while it repairs (damage found by an
+    // append or a read): the process supervisor keeps restarting it, as during faults.
+    let logs = converge(&shared, deadline, || {
+        restart_failed(&shared, &handle, &hosts, &mut injected, u64::MAX, &mut rng)
+    })
+    .await?;
     check_history(&shared, &logs)
 }
 
@@ -596,6 +608,20 @@ async fn create_topic(shared: &Arc<Shared>) -> Result<(), Violation> {
 /// each broker's metadata image of the topic go into the trace.
 fn observe_leaders(shared: &Shared) {
     let brokers: Vec<_> = shared.brokers.lock().unwrap().values().cloned().collect();
+    if !shared.settings.damage_at_rest {
+        for broker in &brokers {
+            let found = broker.node.corrupt_reads();
+            if found > 0 {
+                shared.report(violation(
+                    "no-corruption-without-damage",
+                    format!(
+                        "broker {} read {found} corrupt batch(es) though no fault damaged synced data: recovery kept a torn or unsynced write",
+                        broker.node.config.node_id
+                    ),
+                ));
+            }
+        }
+    }
     for broker in brokers {
         let me = broker.node.config.node_id;
         let view = broker.node.with_image(|image| {
@@ -646,7 +672,7 @@ fn inject_one(
 ) {
     let kinds: Vec<FaultKind> = FaultKind::ALL
         .into_iter()
-        .filter(|k| faults.on(*k) && *k != FaultKind::Buggify && *k != FaultKind::SlowDisk)
+        .filter(|k| faults.on(*k) && *k != FaultKind::Buggify)
         .collect();
     if kinds.is_empty() {
         return;
@@ -821,6 +847,22 @@ fn inject_one(
                 "disk errors on broker {id} {rates:?} for {lasts} ms"
             ));
         }
+        FaultKind::SlowDisk => {
+            let id = rng.gen_range(1..=brokers);
+            if injected.slow_disks.contains_key(&id) {
+                return;
+            }
+            // Every fsync pass of the broker's replication round takes this long, so
+            // a crash can land between a round's writes and their fsync.
+            let min_ms = rng.gen_range(1..=10);
+            let max_ms = rng.gen_range(min_ms..=200);
+            hosts[&id].disk.set_sync_latency_ms(min_ms, max_ms);
+            let lasts = rng.gen_range(500..=8000);
+            injected.slow_disks.insert(id, now + lasts);
+            shared.fault(format!(
+                "slow disk on broker {id}: fsync {min_ms}..={max_ms} ms for {lasts} ms"
+            ));
+        }
         _ => {}
     }
 }
@@ -888,6 +930,13 @@ fn heal_due(
             injected.disk_faults.remove(&id);
             hosts[&id].disk.set_faults(DiskFaults::default(), 0);
             shared.event(format!("disk faults on broker {id} over"));
+        }
+    }
+    for (id, until) in injected.slow_disks.clone() {
+        if all || now >= until {
+            injected.slow_disks.remove(&id);
+            hosts[&id].disk.set_sync_latency_ms(0, 0);
+            shared.event(format!("disk of broker {id} fast again"));
         }
     }
     if all {
@@ -1232,10 +1281,15 @@ fn writes_resumed(shared: &Shared) -> bool {
 /// Every replica's committed log of every partition, once they converge.
 type Logs = BTreeMap<i32, BTreeMap<i64, Bytes>>;
 
-async fn converge(shared: &Shared, deadline: u64) -> Result<Logs, Violation> {
+async fn converge(
+    shared: &Shared,
+    deadline: u64,
+    mut each_step: impl FnMut(),
+) -> Result<Logs, Violation> {
     let settings = &shared.settings;
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
+        each_step();
         let why = match replicas_identical(shared) {
             Ok(logs) => return Ok(logs),
             Err(e) => e,

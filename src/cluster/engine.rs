@@ -321,6 +321,17 @@ impl ClusterNode {
         read(&self.image.read().unwrap())
     }
 
+    /// How many reads found a corrupt batch in this broker's replica logs (metadata
+    /// included) since they were opened: damage on the disk, repaired from peers.
+    pub fn corrupt_reads(&self) -> u64 {
+        let replicas: Vec<Arc<Replica>> = self.replicas.read().unwrap().values().cloned().collect();
+        self.metadata_storage.lock().log().corrupt_reads()
+            + replicas
+                .iter()
+                .map(|r| r.storage.lock().log().corrupt_reads())
+                .sum::<u64>()
+    }
+
     pub fn replica(&self, topic: &str, partition: i32) -> Option<Arc<Replica>> {
         self.replicas
             .read()
@@ -956,7 +967,22 @@ impl ClusterNode {
                     }
                 }
             }
-            let mut output = match driver.round(clock::now_ms()) {
+            let written = match driver.write_round(clock::now_ms()) {
+                Ok(written) => written,
+                Err(e) => {
+                    self.fail_pending(&mut pending, format!("replication round: {e}"));
+                    return;
+                }
+            };
+            if written.needs_sync() {
+                // A (simulated) slow disk: its fsync takes time, and a crash may land
+                // after the writes and before they are durable.
+                let latency = self.storage.sync_latency();
+                if !latency.is_zero() {
+                    tokio::time::sleep(latency).await;
+                }
+            }
+            let mut output = match driver.finish_round(written) {
                 Ok(output) => output,
                 Err(e) => {
                     // An fsync or write failed: nothing after it can be trusted (fsyncgate).

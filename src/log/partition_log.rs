@@ -69,6 +69,8 @@ pub struct PartitionLog {
     recovery_point: i64,
     /// Set by [`PartitionLog::close`]: no more writes.
     closed: bool,
+    /// Reads that found a corrupt batch (see [`PartitionLog::corrupt_reads`]).
+    corrupt_reads: std::sync::atomic::AtomicU64,
 }
 
 impl PartitionLog {
@@ -186,6 +188,7 @@ impl PartitionLog {
             log_end_offset,
             recovery_point: recovery_point.min(log_end_offset),
             closed: false,
+            corrupt_reads: Default::default(),
         };
         log.check_invariants();
         Ok((log, report))
@@ -337,6 +340,29 @@ impl PartitionLog {
     /// (at least one batch when `min_one`), never including offsets at or past `upper_offset`
     /// (the high watermark). Reading stays within one segment, as Kafka's does.
     pub fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        upper_offset: i64,
+        min_one: bool,
+    ) -> Result<Bytes, ReadError> {
+        self.count_corrupt(self.read_unchecked(offset, max_bytes, upper_offset, min_one))
+    }
+
+    /// How many reads of this log found a corrupt batch since it was opened.
+    pub fn corrupt_reads(&self) -> u64 {
+        self.corrupt_reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count_corrupt<T>(&self, result: Result<T, ReadError>) -> Result<T, ReadError> {
+        if matches!(result, Err(ReadError::Corrupt { .. })) {
+            self.corrupt_reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn read_unchecked(
         &self,
         offset: i64,
         max_bytes: usize,
@@ -625,6 +651,10 @@ impl PartitionLog {
     /// offset lies in a segment but no sound batch starts there (position 0 when the walk
     /// from the index found no batch at all).
     pub fn read_batch(&self, base_offset: i64) -> Result<Bytes, ReadError> {
+        self.count_corrupt(self.read_batch_unchecked(base_offset))
+    }
+
+    fn read_batch_unchecked(&self, base_offset: i64) -> Result<Bytes, ReadError> {
         let not_found = || ReadError::OffsetOutOfRange {
             offset: base_offset,
             log_start_offset: self.log_start_offset(),

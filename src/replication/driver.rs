@@ -41,6 +41,25 @@ pub struct Committed {
     pub next_offset: i64,
 }
 
+/// A group's handles to fsync after a round's writes, and the offset they make durable.
+type GroupSyncs = (GroupId, Vec<std::sync::Arc<dyn crate::storage::SyncHandle>>, i64);
+
+/// A round whose writes are done and whose fsync pass is still to come (see
+/// [`Driver::write_round`]).
+pub struct WrittenRound {
+    output: RoundOutput,
+    readies: Vec<(GroupId, raft::Ready)>,
+    handles: Vec<GroupSyncs>,
+    broken: bool,
+}
+
+impl WrittenRound {
+    /// Whether the round wrote anything that its fsync pass must make durable.
+    pub fn needs_sync(&self) -> bool {
+        !self.handles.is_empty()
+    }
+}
+
 /// A group whose known leader or term changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaderChange {
@@ -666,6 +685,16 @@ impl Driver {
     /// becomes a repair or a storage failure instead of a crash. `now_ms` only
     /// stamps segment rolls.
     pub fn round(&mut self, now_ms: i64) -> Result<RoundOutput, DriverError> {
+        let written = self.write_round(now_ms)?;
+        self.finish_round(written)
+    }
+
+    /// The first half of a [`Driver::round`]: every group's `Ready` written (entries and
+    /// hard state), nothing fsynced and no message that depends on them out yet. The
+    /// caller may wait here (a slow disk's fsync in the simulation, so a crash can land
+    /// between the writes and their fsync), then must call [`Driver::finish_round`]
+    /// before anything else touches the driver.
+    pub fn write_round(&mut self, now_ms: i64) -> Result<WrittenRound, DriverError> {
         // A read that failed since the last round (while raft-rs read entries to send).
         for group in self.groups.values() {
             if let Some(error) = group.storage.take_read_error() {
@@ -719,6 +748,23 @@ impl Driver {
             drop(replica);
             readies.push((name.clone(), ready));
         }
+        Ok(WrittenRound {
+            output,
+            readies,
+            handles,
+            broken,
+        })
+    }
+
+    /// The second half of a [`Driver::round`]: one fsync pass over what
+    /// [`Driver::write_round`] wrote, then the messages, commits and leader changes.
+    pub fn finish_round(&mut self, written: WrittenRound) -> Result<RoundOutput, DriverError> {
+        let WrittenRound {
+            mut output,
+            readies,
+            handles,
+            mut broken,
+        } = written;
         // One fsync pass covers every group written this round.
         // (Planted bug `skip-fsync`: no pass at all.)
         let no_fsync = crate::planted::on("skip-fsync");
@@ -740,7 +786,25 @@ impl Driver {
                 .groups
                 .get_mut(&name)
                 .expect("ready came from this group");
-            let persisted = group.outgoing(ready.take_persisted_messages());
+            let persisted = ready.take_persisted_messages();
+            {
+                // Raft's rule: a vote is durable before it is sent (a replica that forgets
+                // its vote can vote twice in one term). A later term written since covers
+                // it too: the replica never votes in an earlier term again.
+                let replica = group.storage.lock();
+                let (term, vote) = replica.written_vote();
+                for m in &persisted {
+                    if m.get_msg_type() == MessageType::MsgRequestVoteResponse && !m.reject {
+                        assert!(
+                            term > m.term || (term, vote) == (m.term, m.to),
+                            "group {name}: a vote for {} in term {} is sent before it is persisted (written: term {term}, vote {vote})",
+                            m.to,
+                            m.term
+                        );
+                    }
+                }
+            }
+            let persisted = group.outgoing(persisted);
             route(&mut output.outgoing, &name, persisted);
             let mut committed = ready.take_committed_entries();
             let multi_voter = group.multi_voter();

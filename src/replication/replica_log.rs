@@ -106,6 +106,8 @@ pub struct ReplicaLog {
     created: bool,
     /// See `PersistedState::vote_barrier`; written with the next state record.
     vote_barrier: Option<u64>,
+    /// See [`ReplicaLog::written_vote`].
+    written_vote: (u64, u64),
 }
 
 fn frame(record: &PersistedState) -> Vec<u8> {
@@ -379,6 +381,7 @@ impl ReplicaLog {
             lost_commit,
             created: fresh,
             vote_barrier: (persisted.vote_barrier > 0).then_some(persisted.vote_barrier),
+            written_vote: (persisted.term, persisted.vote),
         };
         if fresh {
             // Durable before anything else happens: the file and its directory entry.
@@ -585,8 +588,15 @@ impl ReplicaLog {
         self.conf_state = conf_state;
     }
 
+    /// The (term, vote) of the last state record written (durable once the round's
+    /// fsync pass is done).
+    pub fn written_vote(&self) -> (u64, u64) {
+        self.written_vote
+    }
+
     /// Appends the current state to `raft-state` (synced with the next flush).
     pub fn write_state(&mut self) -> io::Result<()> {
+        self.written_vote = (self.hard_state.term, self.hard_state.vote);
         let record = PersistedState {
             term: self.hard_state.term,
             vote: self.hard_state.vote,

@@ -165,6 +165,8 @@ struct FaultState {
     rates: DiskFaults,
     rng: u64,
     counts: DiskFaultCounts,
+    /// How long an fsync pass takes (a slow disk), drawn uniformly from this range.
+    sync_latency_ms: (u64, u64),
 }
 
 impl FaultState {
@@ -224,6 +226,15 @@ impl MemoryStorage {
         faults.rng = seed;
     }
 
+    /// Makes the disk slow (or fast again, with `(0, 0)`): each fsync pass of the
+    /// replication round takes between `min_ms` and `max_ms` of (simulated) time, drawn
+    /// from the fault generator, so a crash can land between a round's writes and its
+    /// fsync.
+    pub fn set_sync_latency_ms(&self, min_ms: u64, max_ms: u64) {
+        assert!(min_ms <= max_ms);
+        self.faults.lock().unwrap().sync_latency_ms = (min_ms, max_ms);
+    }
+
     /// The faults injected so far.
     pub fn fault_counts(&self) -> DiskFaultCounts {
         self.faults.lock().unwrap().counts
@@ -252,7 +263,13 @@ impl MemoryStorage {
                 return image.durable.clone();
             }
             let tail = written.len() - synced;
-            let keep = rng.below(tail + 1);
+            // Half the time the file keeps its full written length (its size reached the
+            // disk) while pages of it did not; otherwise a random prefix of it survives.
+            let keep = if rng.below(2) == 0 {
+                tail
+            } else {
+                rng.below(tail + 1)
+            };
             let mut disk = written[..synced + keep].to_vec();
             let mut page = synced;
             while page < disk.len() {
@@ -373,6 +390,16 @@ fn strikes(
 }
 
 impl Storage for MemoryStorage {
+    fn sync_latency(&self) -> std::time::Duration {
+        let mut faults = self.faults.lock().unwrap();
+        let (min_ms, max_ms) = faults.sync_latency_ms;
+        if max_ms == 0 {
+            return std::time::Duration::ZERO;
+        }
+        let ms = min_ms + faults.below((max_ms - min_ms + 1) as usize) as u64;
+        std::time::Duration::from_millis(ms)
+    }
+
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
         let mut tree = self.tree.lock().unwrap();
         for ancestor in path.ancestors() {

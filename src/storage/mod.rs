@@ -41,6 +41,12 @@ pub trait Storage: Send + Sync + 'static {
     fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
     /// Makes creations, renames and removals inside `path` durable.
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// How long the next fsync pass is modelled to take. Real disks take their own time
+    /// inside `sync` (zero here); a simulated slow disk returns its latency, which the
+    /// replication round waits out between its writes and its fsync pass.
+    fn sync_latency(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }
 
 /// One open file. Reads take `&self`; changes take `&mut self`.

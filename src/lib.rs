@@ -15,6 +15,7 @@ pub mod large_alloc;
 pub mod log;
 pub mod metadata;
 pub mod planted;
+pub mod buggify;
 pub mod protocol;
 pub mod replication;
 pub mod storage;

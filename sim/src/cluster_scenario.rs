@@ -121,6 +121,8 @@ struct Settings {
     /// one, a broker must never read a corrupt batch: crashes only tear unsynced writes,
     /// and recovery must cut those.
     damage_at_rest: bool,
+    /// Seeds the broker's BUGGIFY points (`strand::buggify`) when this seed is buggified.
+    buggify_seed: Option<u64>,
 }
 
 struct Shared {
@@ -216,6 +218,9 @@ pub fn run_seed(seed: u64, options: &Options) -> Report {
         std::panic::catch_unwind(AssertUnwindSafe(|| {
             runtime.block_on(async move {
                 let settings = draw_settings(brokers, fault_seconds, &faults);
+                if let Some(seed) = settings.buggify_seed {
+                    strand::buggify::enable(seed);
+                }
                 let shared = Arc::new(Shared {
                     trace: Mutex::new(Trace::new(trace_echo)),
                     brokers: Mutex::default(),
@@ -316,6 +321,7 @@ fn draw_settings(brokers: u64, fault_seconds: u64, faults: &Faults) -> Settings 
         max_batch_records: if buggify { 64 } else { 8 },
         disk_victim: rng.gen_range(1..=brokers),
         damage_at_rest: faults.on(FaultKind::Corrupt) || faults.on(FaultKind::Misdirect),
+        buggify_seed: buggify.then(|| rng.gen()),
     }
 }
 

@@ -907,6 +907,8 @@ impl ClusterNode {
         let mut pending: BTreeMap<(GroupId, u64), Pending> = BTreeMap::new();
         let mut ticker = tokio::time::interval(Duration::from_millis(self.config.tick_ms));
         let mut refusals_logged = 0u32;
+        // A round's results held back one round (BUGGIFY, simulation only).
+        let mut delayed_apply: Option<RoundOutput> = None;
         // Tick at which this broker became the metadata leader (None: it is not).
         let mut metadata_leader_since: Option<u64> = None;
         let mut ticks = 0u64;
@@ -992,6 +994,15 @@ impl ClusterNode {
             };
             for (to, batch) in std::mem::take(&mut output.outgoing) {
                 transport.send(to, batch);
+            }
+            // BUGGIFY: what committed is applied a round late now and then (answers to
+            // producers, high watermarks, metadata records).
+            if let Some(earlier) = delayed_apply.take() {
+                output.prepend(earlier);
+            }
+            if crate::buggify::fire(0.05) {
+                delayed_apply = Some(output);
+                continue;
             }
             if let Err(e) = self.apply(&mut driver, &mut pending, output) {
                 self.fail_pending(&mut pending, format!("applying committed entries: {e}"));

@@ -82,6 +82,21 @@ pub struct RoundOutput {
     pub snapshots: Vec<SnapshotInstalled>,
 }
 
+impl RoundOutput {
+    /// Puts an earlier round's results (already sent, not yet applied) before this
+    /// round's, in order.
+    pub fn prepend(&mut self, earlier: RoundOutput) {
+        let later = std::mem::replace(self, earlier);
+        for (to, messages) in later.outgoing {
+            self.outgoing.entry(to).or_default().extend(messages);
+        }
+        self.committed.extend(later.committed);
+        self.leader_changes.extend(later.leader_changes);
+        self.groups_synced += later.groups_synced;
+        self.snapshots.extend(later.snapshots);
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotInstalled {
     pub group: GroupId,
@@ -506,6 +521,7 @@ impl Driver {
                 broken = true;
             }
             self.after_step(&mut group);
+            self.buggify_leader_transfer(&mut group);
             self.groups.insert(name, group);
             ticked?;
         }
@@ -513,6 +529,29 @@ impl Driver {
             self.repair_corrupt_groups()?;
         }
         Ok(())
+    }
+
+    /// BUGGIFY: now and then a leader hands leadership to a caught-up follower for no
+    /// reason (an early leader transfer), so elections and epoch changes happen under
+    /// load far more often than faults alone cause them.
+    fn buggify_leader_transfer(&self, group: &mut Group) {
+        let raft = &group.raw.raft;
+        if raft.state != StateRole::Leader
+            || raft.lead_transferee.is_some()
+            || !crate::buggify::fire(0.002)
+        {
+            return;
+        }
+        let last_index = raft.raft_log.last_index();
+        let target = raft
+            .prs()
+            .iter()
+            .filter(|(id, p)| **id != self.node_id && p.matched >= last_index)
+            .map(|(id, _)| *id)
+            .min();
+        if let Some(target) = target {
+            group.raw.transfer_leader(target);
+        }
     }
 
     /// Reseeds the election timeout after any change of term or role.

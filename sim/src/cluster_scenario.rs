@@ -103,6 +103,9 @@ struct History {
     reads: BTreeMap<(i32, i64), String>,
     /// (partition, leader epoch) -> the broker seen leading it.
     leaders: BTreeMap<(i32, i64), u64>,
+    /// Topics created while faults ran whose creation a broker acknowledged, with their
+    /// partition counts.
+    topics: BTreeMap<String, i32>,
 }
 
 /// Settings drawn from the seed.
@@ -480,6 +483,10 @@ async fn supervise(seed: u64, faults: &Faults, shared: Arc<Shared>) -> Result<()
     create_topic(&shared).await?;
 
     let mut load = Vec::new();
+    {
+        let s = shared.clone();
+        load.push(client.spawn(async move { admin_loop(s).await }));
+    }
     for partition in 0..settings.partitions {
         let s = shared.clone();
         load.push(client.spawn(async move { produce_loop(s, partition).await }));
@@ -572,6 +579,12 @@ async fn supervise(seed: u64, faults: &Faults, shared: Arc<Shared>) -> Result<()
     }
     // A broker may still stop on a storage failure while it repairs (damage found by an
     // append or a read): the process supervisor keeps restarting it, as during faults.
+    // On the client node: the supervisor's own node has no network.
+    let s = shared.clone();
+    client
+        .spawn(async move { check_created_topics(&s, deadline).await })
+        .await
+        .map_err(|e| violation("no-panic", format!("topic check task: {e}")))??;
     let logs = converge(&shared, deadline, || {
         restart_failed(&shared, &handle, &hosts, &mut injected, u64::MAX, &mut rng)
     })
@@ -1063,6 +1076,129 @@ async fn find_leader(shared: &Shared, partition: i32, rng: &mut impl Rng) -> Opt
         }
     }
     None
+}
+
+/// Topics the admin task creates at most.
+const MAX_CREATED_TOPICS: u32 = 8;
+
+/// Creates topics while the faults run (CreateTopics to a random broker, which forwards
+/// it to the metadata leader), and records each creation a broker acknowledged. A
+/// creation that failed is tried again with the same name and partition count; "already
+/// exists" then means an earlier try went through.
+async fn admin_loop(shared: Arc<Shared>) {
+    let mut rng = thread_rng();
+    let mut next = 0u32;
+    let mut partitions = rng.gen_range(1..=3);
+    while !shared.stop_load.load(Ordering::Relaxed) && next < MAX_CREATED_TOPICS {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(500..=3000))).await;
+        let name = format!("extra-{next}");
+        let id = rng.gen_range(1..=shared.settings.brokers);
+        let Some(mut client) = connect(kafka_addr(id)).await else {
+            continue;
+        };
+        let result =
+            tokio::time::timeout(OP_TIMEOUT, client.create_topic(&name, partitions, &[])).await;
+        let created = match result {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                let exists = e.downcast_ref::<kafka_protocol::ResponseError>()
+                    == Some(&kafka_protocol::ResponseError::TopicAlreadyExists);
+                if !exists {
+                    shared.event(format!("create {name} via broker {id}: {e:#}"));
+                }
+                exists
+            }
+            Err(_) => {
+                shared.event(format!("create {name} via broker {id}: timed out"));
+                false
+            }
+        };
+        if created {
+            shared.event(format!(
+                "topic {name} ({partitions} partitions) created via broker {id}"
+            ));
+            shared
+                .history
+                .lock()
+                .unwrap()
+                .topics
+                .insert(name, partitions);
+            next += 1;
+            partitions = rng.gen_range(1..=3);
+        }
+    }
+}
+
+/// After healing: every topic whose creation was acknowledged is in every broker's
+/// metadata with its partitions (`topics-durable`), and each of its partitions elects a
+/// leader and takes an acks=all write (`liveness`).
+async fn check_created_topics(shared: &Shared, deadline: u64) -> Result<(), Violation> {
+    let created = shared.history.lock().unwrap().topics.clone();
+    for (name, partitions) in created {
+        let mut written = BTreeSet::new();
+        loop {
+            let missing = (1..=shared.settings.brokers).find_map(|id| {
+                let broker = shared.broker(id)?;
+                let count = broker.node.with_image(|image| {
+                    image.topics.get(&name).map(|t| t.partitions.len() as i32)
+                });
+                (count != Some(partitions)).then_some((id, count))
+            });
+            if missing.is_none() {
+                for partition in 0..partitions {
+                    if written.contains(&partition) {
+                        continue;
+                    }
+                    let leader = shared.broker(1).and_then(|b| {
+                        b.node.with_image(|image| {
+                            image.topics.get(&name).and_then(|t| {
+                                t.partitions
+                                    .get(partition as usize)
+                                    .map(|p| p.leader)
+                                    .filter(|l| *l > 0)
+                            })
+                        })
+                    });
+                    let Some(leader) = leader else { continue };
+                    let Some(mut client) = connect(kafka_addr(leader as u64)).await else {
+                        continue;
+                    };
+                    let record = [(None, Some(Bytes::from(format!("{name}-{partition}"))))];
+                    let acked = tokio::time::timeout(
+                        OP_TIMEOUT,
+                        client.produce(&name, partition, &record, strand::clock::now_ms(), -1),
+                    )
+                    .await;
+                    if matches!(acked, Ok(Ok(Some(_)))) {
+                        written.insert(partition);
+                    }
+                }
+                if written.len() as i32 == partitions {
+                    shared.event(format!("topic {name}: every partition took a write"));
+                    break;
+                }
+            }
+            if Shared::now_ms() > deadline {
+                return Err(match missing {
+                    Some((id, count)) => violation(
+                        "topics-durable",
+                        format!(
+                            "topic {name} was created with {partitions} partitions; broker {id} has {count:?} after healing"
+                        ),
+                    ),
+                    None => violation(
+                        "liveness",
+                        format!(
+                            "topic {name}: partitions {:?} of {partitions} took no acks=all write after healing",
+                            (0..partitions).filter(|p| !written.contains(p)).collect::<Vec<_>>()
+                        ),
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
 }
 
 /// One producer per partition: batches of unique values, acks drawn per batch, one

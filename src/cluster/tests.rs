@@ -277,7 +277,7 @@ fn a_corrupt_committed_metadata_batch_cuts_the_log_at_start() {
     assert_eq!(image.last_applied_offset, 0, "the record before the damage is applied");
     drop(replica);
     assert_eq!(
-        open(&storage).vote_barrier(),
+        open(&storage).vote_barrier().map(|b| b.index),
         Some(4),
         "the lost commit is not durable"
     );

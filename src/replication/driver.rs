@@ -13,7 +13,7 @@
 //! run under the simulator replays exactly from its seed.
 
 use super::entry_codec::encode_entry;
-use super::replica_log::{ReplicaLog, ReplicaStorage, VerifyError};
+use super::replica_log::{ReplicaLog, ReplicaStorage, VerifyError, VoteBarrier};
 use super::slog_bridge;
 use raft::eraftpb::{EntryType, Message, MessageType};
 use raft::{Config, RawNode, StateRole};
@@ -161,10 +161,11 @@ struct Group {
     observed: (u64, StateRole, u64),
     /// (term, role) the election timeout was last drawn for.
     timeout_drawn_for: (u64, StateRole),
-    /// Set after this replica dropped entries it had acknowledged (a repair): the last
-    /// index it held before. Until its log reaches it again the replica neither votes
-    /// nor campaigns, so it can never help elect a leader that lacks a committed entry.
-    vote_barrier: Option<u64>,
+    /// Set after this replica dropped entries it had acknowledged (a repair): where its
+    /// log ended before. Until its log reaches it again the replica does not campaign,
+    /// and it votes only for candidates that hold what it held (see [`VoteBarrier`]), so
+    /// it can never help elect a leader that lacks a committed entry.
+    vote_barrier: Option<VoteBarrier>,
     /// Set when the replica was created with an empty log in this start. Such a log may
     /// be a disk that was wiped or replaced, whose votes no longer stand for what it once
     /// acknowledged: it
@@ -299,13 +300,13 @@ impl Driver {
             check_quorum: true,
             ..Config::default()
         };
-        let (empty_start, lost_commit, persisted_barrier) = {
+        let (empty_start, lost_barrier, persisted_barrier) = {
             let log = storage.lock();
             (
                 // Only a replica created now: one that has Raft state and no entries
                 // never acknowledged any (it would have them, or know its commit).
                 log.created() && log.last_index() == 0 && log.first_index() <= 1,
-                log.lost_commit(),
+                log.lost_barrier(),
                 log.vote_barrier(),
             )
         };
@@ -324,7 +325,10 @@ impl Driver {
             timeout_drawn_for: (observed.0, observed.1),
             raw,
             storage,
-            vote_barrier: lost_commit.max(persisted_barrier),
+            vote_barrier: match (lost_barrier, persisted_barrier) {
+                (Some(lost), barrier) => Some(barrier.map_or(lost, |b| b.raise(lost))),
+                (None, barrier) => barrier,
+            },
             empty_start,
             scrub_next: 0,
             replies: Vec::new(),
@@ -377,19 +381,29 @@ impl Driver {
             // and a wiped broker's metadata image missed the topics they created.
             let applied_before = group.raw.raft.raft_log.applied;
             drop(group);
-            let last_index = {
+            let held_until = {
                 let mut log = storage.lock();
                 let last_index = log.last_index();
                 tracing::warn!(group = %name, index, last_index,
                     "repairing a corrupt entry: dropping it and what follows, to be replicated again");
+                let last_term = log.position(last_index).map_or(0, |p| p.term);
                 log.truncate_for_repair(index)?;
-                last_index
+                VoteBarrier {
+                    index: last_index,
+                    term: last_term,
+                }
             };
             self.add_group_storage(name.clone(), storage, Some(applied_before))?;
             if let Some(g) = self.groups.get_mut(&name) {
                 // Not what the new node observes: its first round reports its leader.
                 g.observed = (0, StateRole::Follower, u64::MAX);
-                let barrier = held.unwrap_or(0).max(last_index);
+                // Its log may be empty now, but it is not a replica that never held
+                // anything: the barrier below says what it held (found by the simulator:
+                // repaired to an empty log, it took itself for a wiped one and refused
+                // the only candidate that held everything, and the partition elected
+                // nobody).
+                g.empty_start = false;
+                let barrier = held.map_or(held_until, |b| b.raise(held_until));
                 g.vote_barrier = Some(barrier);
                 g.storage.lock().persist_vote_barrier(barrier)?;
             }
@@ -397,7 +411,7 @@ impl Driver {
         for (name, group) in self.groups.iter_mut() {
             if let Some(barrier) = group.vote_barrier {
                 let mut log = group.storage.lock();
-                if log.last_index() >= barrier {
+                if log.last_index() >= barrier.index {
                     tracing::info!(group = %name, "caught up after a repair: votes again");
                     group.vote_barrier = None;
                     log.clear_vote_barrier();
@@ -604,7 +618,8 @@ impl Driver {
                     // The leader's commit index: what this replica must hold before its
                     // vote means anything again.
                     group.empty_start = false;
-                    let barrier = group.vote_barrier.unwrap_or(0).max(raft_message.commit);
+                    let commit = commit_position(&raft_message);
+                    let barrier = group.vote_barrier.map_or(commit, |b| b.raise(commit));
                     group.vote_barrier = Some(barrier);
                     let persisted = group.storage.lock().persist_vote_barrier(barrier);
                     if let Err(e) = persisted {
@@ -620,10 +635,15 @@ impl Driver {
                 _ => {}
             }
         }
-        if group.vote_barrier.is_some() && is_vote_request(&raft_message) {
-            // No vote until caught up again (see `Group::vote_barrier`): dropped unanswered.
-            self.groups.insert(message.group, group);
-            return Ok(());
+        if let Some(barrier) = group.vote_barrier {
+            if is_vote_request(&raft_message)
+                && !barrier.admits(raft_message.index, raft_message.log_term)
+            {
+                // No vote for a candidate that may lack what this replica had
+                // acknowledged (see `Group::vote_barrier`): dropped unanswered.
+                self.groups.insert(message.group, group);
+                return Ok(());
+            }
         }
         // Planted bug: the candidate's log is taken as up to date, whatever it holds (the
         // message passed the checks above; raft-rs compares these with its own log).
@@ -1156,6 +1176,22 @@ fn survive_lost_log(
         _ => {}
     }
     None
+}
+
+/// The barrier a replica with an empty start takes from a leader's append: a position in
+/// the leader's log at or after its commit index, with its term when the message shows
+/// one (the probe's previous entry, or an entry it carries). A candidate at least as up to
+/// date as that position holds every committed entry up to it.
+fn commit_position(append: &Message) -> VoteBarrier {
+    let commit = append.commit;
+    std::iter::once((append.index, append.log_term))
+        .chain(append.entries.iter().map(|e| (e.index, e.term)))
+        .filter(|&(index, term)| index >= commit && term > 0)
+        .min()
+        .map_or(VoteBarrier { index: commit, term: 0 }, |(index, term)| VoteBarrier {
+            index,
+            term,
+        })
 }
 
 /// Runs a raft-rs call that reads `storage`, turning the panic raft-rs raises when such a

@@ -19,7 +19,7 @@ pub mod replica_log;
 pub mod slog_bridge;
 pub mod transport;
 
-pub use replica_log::{ReplicaLog, ReplicaStorage};
+pub use replica_log::{ReplicaLog, ReplicaStorage, VoteBarrier};
 
 #[cfg(test)]
 mod tests;

@@ -51,6 +51,47 @@ struct PersistedState {
     /// a replica that crashes while catching up still knows.
     #[prost(uint64, tag = "9")]
     vote_barrier: u64,
+    /// The term of the entry at `vote_barrier` when this replica held it (0: unknown).
+    #[prost(uint64, tag = "10")]
+    vote_barrier_term: u64,
+    /// Where the log ended at the last fsync pass completed before this record was
+    /// written, and that entry's term (0: an older record that does not say). Those
+    /// entries were durable before the record existed: a log that reopens ending below
+    /// them lost entries it had acknowledged. (Entries of the record's own round are left
+    /// out: a crash before that round's fsync may keep the record and lose them.)
+    #[prost(uint64, tag = "11")]
+    log_end_index: u64,
+    #[prost(uint64, tag = "12")]
+    log_end_term: u64,
+}
+
+/// Where a replica's log ended before it lost entries it had acknowledged: until its log
+/// reaches `index` again it does not campaign, and it votes only for a candidate whose
+/// log is at least as up to date as (`index`, `term`) was, in Raft's order (last term,
+/// then last index), as if it still held them. With `term` unknown (0: the loss was found
+/// from a commit index whose entries are gone) it does not vote at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VoteBarrier {
+    pub index: u64,
+    pub term: u64,
+}
+
+impl VoteBarrier {
+    /// The stricter of two barriers: the later index (at one index, the known term).
+    pub fn raise(self, other: VoteBarrier) -> VoteBarrier {
+        match self.index.cmp(&other.index) {
+            std::cmp::Ordering::Less => other,
+            std::cmp::Ordering::Greater => self,
+            std::cmp::Ordering::Equal if self.term == 0 => other,
+            std::cmp::Ordering::Equal => self,
+        }
+    }
+
+    /// Whether a candidate whose log ends at (`last_index`, `last_term`) holds everything
+    /// this replica had acknowledged.
+    pub fn admits(&self, last_index: u64, last_term: u64) -> bool {
+        self.term > 0 && (last_term > self.term || (last_term == self.term && last_index >= self.index))
+    }
 }
 
 /// What a snapshot carries: where the log continues. The partition's data before it is
@@ -102,12 +143,18 @@ pub struct ReplicaLog {
     read_error: Arc<Mutex<Option<String>>>,
     /// The persisted commit index when the log was opened ending below it.
     lost_commit: Option<u64>,
+    /// Where the log ended before it lost acknowledged entries (see `open`), if it did.
+    lost_barrier: Option<VoteBarrier>,
     /// Whether this open created the replica (no `raft-state` existed).
     created: bool,
-    /// See `PersistedState::vote_barrier`; written with the next state record.
-    vote_barrier: Option<u64>,
+    /// See [`VoteBarrier`]; written with the next state record.
+    vote_barrier: Option<VoteBarrier>,
     /// See [`ReplicaLog::written_vote`].
     written_vote: (u64, u64),
+    /// (index, term) of the last entry made durable by a completed fsync pass (see
+    /// `PersistedState::log_end_index`), and of the last one the pass in progress covers.
+    synced_end: (u64, u64),
+    pending_synced: (u64, u64),
 }
 
 fn frame(record: &PersistedState) -> Vec<u8> {
@@ -357,9 +404,22 @@ impl ReplicaLog {
         // it lost fsynced entries (damage cut it), so its votes no longer stand for what
         // it acknowledged until it holds them again.
         let lost_commit = (persisted.commit > last_index).then_some(persisted.commit);
-        if let Some(commit) = lost_commit {
-            tracing::warn!(dir = %dir.display(), commit, last_index,
-                "the log ends below its commit index: no votes until it is caught up again");
+        // Votes must stand for everything it acknowledged: the entries durable before the
+        // last state record was written (with the last one's term, so that it can still
+        // vote for a candidate that holds them all). A record from before that was known
+        // gives its commit index, term unknown.
+        let lost_barrier = if persisted.log_end_term > 0 {
+            (persisted.log_end_index > last_index).then_some(VoteBarrier {
+                index: persisted.log_end_index,
+                term: persisted.log_end_term,
+            })
+        } else {
+            lost_commit.map(|index| VoteBarrier { index, term: 0 })
+        };
+        if let Some(barrier) = lost_barrier {
+            tracing::warn!(dir = %dir.display(), commit = persisted.commit, last_index,
+                held_index = barrier.index, held_term = barrier.term,
+                "the log lost entries it had acknowledged: votes only for candidates that hold them, until it is caught up again");
         }
         hard_state.commit = persisted.commit.min(last_index);
         let mut conf_state = ConfState::default();
@@ -379,10 +439,18 @@ impl ReplicaLog {
             corrupt_index: Default::default(),
             read_error: Default::default(),
             lost_commit,
+            lost_barrier,
             created: fresh,
-            vote_barrier: (persisted.vote_barrier > 0).then_some(persisted.vote_barrier),
+            vote_barrier: (persisted.vote_barrier > 0).then_some(VoteBarrier {
+                index: persisted.vote_barrier,
+                term: persisted.vote_barrier_term,
+            }),
             written_vote: (persisted.term, persisted.vote),
+            // What a log reads back after a restart is what its disk holds.
+            synced_end: (0, 0),
+            pending_synced: (0, 0),
         };
+        replica.synced_end = (replica.last_index(), replica.last_term());
         if fresh {
             // Durable before anything else happens: the file and its directory entry.
             replica.write_state()?;
@@ -453,6 +521,7 @@ impl ReplicaLog {
             .take_while(|e| e.next_offset <= end)
             .count();
         self.entries.truncate(keep);
+        self.clamp_synced_end();
         self.hard_state.commit = self.hard_state.commit.min(self.last_index());
         self.write_state()?;
         self.state_file.sync()?;
@@ -467,11 +536,26 @@ impl ReplicaLog {
     /// lost, durably (the vote barrier): the replica votes again only once it holds it.
     pub fn cut_at_damage(&mut self, index: u64) -> io::Result<()> {
         let commit = self.hard_state.commit;
+        let held = VoteBarrier {
+            index: self.last_index(),
+            term: self.last_term(),
+        };
         self.truncate_for_repair(index)?;
         let lost = self.lost_commit.unwrap_or(0).max(commit);
         self.lost_commit = Some(lost);
-        let barrier = self.vote_barrier.unwrap_or(0).max(lost);
-        self.persist_vote_barrier(barrier)
+        let held = self.lost_barrier.map_or(held, |b| b.raise(held));
+        self.lost_barrier = Some(held);
+        self.persist_vote_barrier(self.vote_barrier.map_or(held, |b| b.raise(held)))
+    }
+
+    /// The term of the last entry (the snapshot's with no entries).
+    fn last_term(&self) -> u64 {
+        self.entries.back().map_or(self.snapshot_term, |e| e.term)
+    }
+
+    /// Where the log ended before it lost acknowledged entries, if it did (see `open`).
+    pub fn lost_barrier(&self) -> Option<VoteBarrier> {
+        self.lost_barrier
     }
 
     /// Applies a topic config change (segment size, retention, ...) to the log.
@@ -555,6 +639,7 @@ impl ReplicaLog {
                 ));
             }
             self.entries.truncate(keep);
+            self.clamp_synced_end();
         }
         for entry in entries {
             assert_eq!(entry.index, self.last_index() + 1);
@@ -610,7 +695,10 @@ impl ReplicaLog {
                 .front()
                 .map(|e| e.base_offset)
                 .unwrap_or_else(|| self.log.log_end_offset()),
-            vote_barrier: self.vote_barrier.unwrap_or(0),
+            vote_barrier: self.vote_barrier.map_or(0, |b| b.index),
+            vote_barrier_term: self.vote_barrier.map_or(0, |b| b.term),
+            log_end_index: self.synced_end.0,
+            log_end_term: self.synced_end.1,
         };
         let bytes = frame(&record);
         if self.state_file.len() + bytes.len() as u64 > STATE_FILE_COMPACT_BYTES {
@@ -680,6 +768,8 @@ impl ReplicaLog {
         self.entries.clear();
         self.first_index = metadata.index + 1;
         self.snapshot_term = metadata.term;
+        self.synced_end = (metadata.index, metadata.term);
+        self.pending_synced = self.synced_end;
         self.conf_state = metadata.get_conf_state().clone();
         self.hard_state.commit = self.hard_state.commit.max(metadata.index);
         self.hard_state.term = self.hard_state.term.max(metadata.term);
@@ -724,6 +814,7 @@ impl ReplicaLog {
     /// What must be fsynced to make every append and state record so far durable.
     pub fn sync_handles(&mut self) -> io::Result<(Vec<Arc<dyn SyncHandle>>, i64)> {
         let ticket = self.log.begin_flush()?;
+        self.pending_synced = (self.last_index(), self.last_term());
         let mut handles = ticket.handles;
         handles.push(self.state_file.sync_handle()?);
         Ok((handles, ticket.up_to_offset))
@@ -732,6 +823,18 @@ impl ReplicaLog {
     /// Records that everything below `up_to_offset` is durable.
     pub fn flushed(&mut self, up_to_offset: i64) {
         self.log.flushed(up_to_offset);
+        self.synced_end = self.pending_synced;
+        self.clamp_synced_end();
+    }
+
+    /// After a truncation: what is durable ends at the log end at most.
+    fn clamp_synced_end(&mut self) {
+        if self.synced_end.0 > self.last_index() {
+            self.synced_end = (self.last_index(), self.last_term());
+        }
+        if self.pending_synced.0 > self.last_index() {
+            self.pending_synced = (self.last_index(), self.last_term());
+        }
     }
 
     /// The batch of an entry, CRC-checked, and checked against what the log knows of the
@@ -756,13 +859,13 @@ impl ReplicaLog {
     }
 
     /// The vote barrier persisted with the Raft state, if any.
-    pub fn vote_barrier(&self) -> Option<u64> {
+    pub fn vote_barrier(&self) -> Option<VoteBarrier> {
         self.vote_barrier
     }
 
     /// Sets the vote barrier and makes it durable at once (a replica that crashes right
     /// after learning it must still honour it).
-    pub fn persist_vote_barrier(&mut self, barrier: u64) -> io::Result<()> {
+    pub fn persist_vote_barrier(&mut self, barrier: VoteBarrier) -> io::Result<()> {
         self.vote_barrier = Some(barrier);
         self.write_state()?;
         self.state_file.sync()

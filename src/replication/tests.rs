@@ -175,6 +175,67 @@ fn a_vote_written_after_a_damaged_state_record_survives_a_restart() {
     assert_eq!((replica.hard_state().term, replica.hard_state().vote), (5, 3));
 }
 
+/// A vote barrier admits exactly the candidates at least as up to date as the log the
+/// replica held (Raft's order: last term, then last index); with the term unknown it
+/// admits nobody.
+#[test]
+fn a_vote_barrier_admits_candidates_that_hold_what_was_held() {
+    use crate::replication::VoteBarrier;
+    let held = VoteBarrier { index: 7, term: 3 };
+    assert!(held.admits(7, 3));
+    assert!(held.admits(9, 3));
+    assert!(held.admits(2, 4), "a later last term holds everything before it");
+    assert!(!held.admits(6, 3));
+    assert!(!held.admits(20, 2));
+    assert!(!VoteBarrier { index: 7, term: 0 }.admits(100, 100));
+    // The stricter of two: the later index; at one index, the known term.
+    let unknown = VoteBarrier { index: 7, term: 0 };
+    assert_eq!(unknown.raise(held), held);
+    assert_eq!(held.raise(unknown), held);
+    assert_eq!(held.raise(VoteBarrier { index: 9, term: 0 }).index, 9);
+}
+
+/// A replica that lost synced entries remembers where its log ended before (index and
+/// term, from the last state record), so it can still vote for a candidate that holds
+/// them all; entries of a round whose fsync never completed are not counted as lost.
+#[test]
+fn a_log_that_lost_synced_entries_knows_where_it_ended() {
+    let storage = MemoryStorage::new();
+    two_term_log(&storage); // entries 1..=8, terms 1 and 2, synced
+    {
+        // One more state record, after that sync: it names entry 8 (term 2) as durable.
+        let mut replica = open_replica(&storage, i64::MAX);
+        replica.write_state().unwrap();
+        sync(&mut replica);
+        // An append whose round never completes its fsync pass: the crash keeps the
+        // state record written with it (its file happened to reach the disk) and loses
+        // the entry, which the record must not claim.
+        replica
+            .append(&[entry(9, 2, batch("unsynced", 1))], 0)
+            .unwrap();
+        replica.write_state().unwrap();
+    }
+    let state = Path::new("/data/t-0").join(crate::replication::replica_log::STATE_FILE);
+    crate::storage::Storage::open(&storage, &state, false)
+        .unwrap()
+        .sync()
+        .unwrap();
+    storage.crash();
+    assert_eq!(
+        open_replica(&storage, i64::MAX).lost_barrier(),
+        None,
+        "only an unsynced append was lost"
+    );
+    // Damage cuts the log at entry 6 (a flipped epoch): entries 6..=8 were synced.
+    flip_epoch(&storage, 6, 1 << 24);
+    let replica = open_replica(&storage, i64::MAX);
+    assert_eq!(replica.last_index(), 5);
+    assert_eq!(
+        replica.lost_barrier(),
+        Some(crate::replication::VoteBarrier { index: 8, term: 2 })
+    );
+}
+
 /// A replica that lost acknowledged entries keeps its vote barrier across a restart: a
 /// wiped replica that crashes again while catching up must still not vote.
 #[test]
@@ -182,12 +243,13 @@ fn the_vote_barrier_survives_a_restart() {
     let storage = MemoryStorage::new();
     let mut replica = open_replica(&storage, 0);
     assert_eq!(replica.vote_barrier(), None);
-    replica.persist_vote_barrier(7).unwrap();
+    let barrier = crate::replication::VoteBarrier { index: 7, term: 3 };
+    replica.persist_vote_barrier(barrier).unwrap();
     storage.crash();
     let mut replica = open_replica(&storage, 0);
     assert_eq!(
         replica.vote_barrier(),
-        Some(7),
+        Some(barrier),
         "the barrier was lost by a crash"
     );
     replica.clear_vote_barrier();

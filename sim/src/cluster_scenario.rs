@@ -121,8 +121,8 @@ struct Settings {
     /// The broker whose disk may lose fsynced data (wipes, bit flips, misdirected writes).
     disk_victim: u64,
     /// Whether a fault kind damages synced bytes (bit flips, misdirected writes). Without
-    /// one, a broker must never read a corrupt batch: crashes only tear unsynced writes,
-    /// and recovery must cut those.
+    /// one, a broker must never read a corrupt batch nor lose durable entries: crashes
+    /// only tear unsynced writes, and recovery must cut those.
     damage_at_rest: bool,
     /// Seeds the broker's BUGGIFY points (`strand::buggify`) when this seed is buggified.
     buggify_seed: Option<u64>,
@@ -629,6 +629,16 @@ fn observe_leaders(shared: &Shared) {
     let brokers: Vec<_> = shared.brokers.lock().unwrap().values().cloned().collect();
     if !shared.settings.damage_at_rest {
         for broker in &brokers {
+            let lost = broker.node.replicas_that_lost_entries();
+            if lost > 0 {
+                shared.report(violation(
+                    "no-loss-without-damage",
+                    format!(
+                        "broker {}: {lost} replica log(s) came back without entries they had made durable, though no fault damaged synced data",
+                        broker.node.config.node_id
+                    ),
+                ));
+            }
             let found = broker.node.corrupt_reads();
             if found > 0 {
                 shared.report(violation(

@@ -63,6 +63,11 @@ struct PersistedState {
     log_end_index: u64,
     #[prost(uint64, tag = "12")]
     log_end_term: u64,
+    /// Set while the replica has started empty and no leader has told it what it must
+    /// hold yet (see `ReplicaLog::unproven`). Durable, so a replica whose first start on a
+    /// wiped disk failed after writing its state is still known as such at the next.
+    #[prost(bool, tag = "13")]
+    unproven: bool,
 }
 
 /// Where a replica's log ended before it lost entries it had acknowledged: until its log
@@ -145,8 +150,8 @@ pub struct ReplicaLog {
     lost_commit: Option<u64>,
     /// Where the log ended before it lost acknowledged entries (see `open`), if it did.
     lost_barrier: Option<VoteBarrier>,
-    /// Whether this open created the replica (no `raft-state` existed).
-    created: bool,
+    /// See [`ReplicaLog::unproven`].
+    unproven: bool,
     /// See [`VoteBarrier`]; written with the next state record.
     vote_barrier: Option<VoteBarrier>,
     /// See [`ReplicaLog::written_vote`].
@@ -440,7 +445,7 @@ impl ReplicaLog {
             read_error: Default::default(),
             lost_commit,
             lost_barrier,
-            created: fresh,
+            unproven: fresh || persisted.unproven,
             vote_barrier: (persisted.vote_barrier > 0).then_some(VoteBarrier {
                 index: persisted.vote_barrier,
                 term: persisted.vote_barrier_term,
@@ -611,6 +616,9 @@ impl ReplicaLog {
         let Some(first) = entries.first() else {
             return Ok(());
         };
+        // Entries come from a leader (this replica, elected, or the one whose append
+        // already cleared it): written with this round's state record.
+        self.unproven = false;
         assert!(
             first.index >= self.first_index,
             "entry {} is before the log start {}",
@@ -640,6 +648,11 @@ impl ReplicaLog {
             }
             self.entries.truncate(keep);
             self.clamp_synced_end();
+            // The truncation is durable (`truncate_to` syncs): so is a state record that
+            // no longer claims the dropped entries, or a crash before the next one would
+            // read their loss as damage.
+            self.write_state()?;
+            self.state_file.sync()?;
         }
         for entry in entries {
             assert_eq!(entry.index, self.last_index() + 1);
@@ -699,6 +712,7 @@ impl ReplicaLog {
             vote_barrier_term: self.vote_barrier.map_or(0, |b| b.term),
             log_end_index: self.synced_end.0,
             log_end_term: self.synced_end.1,
+            unproven: self.unproven,
         };
         let bytes = frame(&record);
         if self.state_file.len() + bytes.len() as u64 > STATE_FILE_COMPACT_BYTES {
@@ -770,6 +784,7 @@ impl ReplicaLog {
         self.snapshot_term = metadata.term;
         self.synced_end = (metadata.index, metadata.term);
         self.pending_synced = self.synced_end;
+        self.unproven = false;
         self.conf_state = metadata.get_conf_state().clone();
         self.hard_state.commit = self.hard_state.commit.max(metadata.index);
         self.hard_state.term = self.hard_state.term.max(metadata.term);
@@ -852,10 +867,12 @@ impl ReplicaLog {
         Ok(bytes)
     }
 
-    /// Whether opening created the replica: no Raft state existed (a new replica, or a
-    /// disk that lost everything: this replica cannot tell which).
-    pub fn created(&self) -> bool {
-        self.created
+    /// Whether the replica started with no Raft state (a new replica, or a disk that
+    /// was wiped or replaced) and has not heard from a leader since: its votes cannot
+    /// stand for anything it may once have acknowledged. Durable until cleared by the
+    /// barrier a leader's append gives it (or a snapshot).
+    pub fn unproven(&self) -> bool {
+        self.unproven
     }
 
     /// The vote barrier persisted with the Raft state, if any.
@@ -866,6 +883,7 @@ impl ReplicaLog {
     /// Sets the vote barrier and makes it durable at once (a replica that crashes right
     /// after learning it must still honour it).
     pub fn persist_vote_barrier(&mut self, barrier: VoteBarrier) -> io::Result<()> {
+        self.unproven = false;
         self.vote_barrier = Some(barrier);
         self.write_state()?;
         self.state_file.sync()

@@ -236,6 +236,24 @@ fn a_log_that_lost_synced_entries_knows_where_it_ended() {
     );
 }
 
+/// A replica that started with no Raft state stays "unproven" (it votes only for empty
+/// logs) across restarts until a leader's append gives it a barrier: a wiped broker
+/// whose first start failed after writing its state voted a stale leader in at the next
+/// start (found by the simulator, seed 1245).
+#[test]
+fn an_unproven_replica_stays_unproven_across_restarts() {
+    let storage = MemoryStorage::new();
+    assert!(open_replica(&storage, 0).unproven());
+    storage.crash();
+    let mut replica = open_replica(&storage, 0);
+    assert!(replica.unproven(), "a restart forgot that the replica started empty");
+    replica
+        .persist_vote_barrier(crate::replication::VoteBarrier { index: 3, term: 1 })
+        .unwrap();
+    drop(replica);
+    assert!(!open_replica(&storage, 0).unproven());
+}
+
 /// A replica that lost acknowledged entries keeps its vote barrier across a restart: a
 /// wiped replica that crashes again while catching up must still not vote.
 #[test]

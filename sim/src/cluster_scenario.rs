@@ -629,25 +629,26 @@ fn observe_leaders(shared: &Shared) {
     let brokers: Vec<_> = shared.brokers.lock().unwrap().values().cloned().collect();
     if !shared.settings.damage_at_rest {
         for broker in &brokers {
-            let lost = broker.node.replicas_that_lost_entries();
-            if lost > 0 {
-                shared.report(violation(
+            let id = broker.node.config.node_id;
+            let checks = [
+                (
                     "no-loss-without-damage",
-                    format!(
-                        "broker {}: {lost} replica log(s) came back without entries they had made durable, though no fault damaged synced data",
-                        broker.node.config.node_id
-                    ),
-                ));
-            }
-            let found = broker.node.corrupt_reads();
-            if found > 0 {
-                shared.report(violation(
+                    broker.node.replicas_that_lost_entries() as u64,
+                    "replica log(s) came back without entries they had made durable",
+                ),
+                (
                     "no-corruption-without-damage",
-                    format!(
-                        "broker {} read {found} corrupt batch(es) though no fault damaged synced data: recovery kept a torn or unsynced write",
-                        broker.node.config.node_id
-                    ),
-                ));
+                    broker.node.corrupt_reads(),
+                    "read(s) found a corrupt batch: recovery kept a torn or unsynced write",
+                ),
+            ];
+            for (invariant, count, what) in checks {
+                if count > 0 {
+                    shared.report(violation(
+                        invariant,
+                        format!("broker {id}: {count} {what}, though no fault damaged synced data"),
+                    ));
+                }
             }
         }
     }

@@ -1290,8 +1290,13 @@ impl ClusterNode {
                 }
             }
             if change.is_local_leader {
-                let image = self.image.read().unwrap().clone();
-                let Some(p) = image.partition(&replica.topic, replica.partition) else {
+                // Only this partition's fields: a copy of the whole image per leader change
+                // made the first elections of a topic quadratic in its partition count.
+                let Some((leader_epoch, replicas)) = self.with_image(|image| {
+                    image
+                        .partition(&replica.topic, replica.partition)
+                        .map(|p| (p.leader_epoch, p.replicas.clone()))
+                }) else {
                     continue;
                 };
                 let record = PartitionChange {
@@ -1300,11 +1305,11 @@ impl ClusterNode {
                     leader: self.config.node_id as i32,
                     // Planted bug: the epoch is not bumped with the leader.
                     leader_epoch: if crate::planted::on("stale-leader-epoch") {
-                        p.leader_epoch
+                        leader_epoch
                     } else {
                         change.term as i32
                     },
-                    isr: p.replicas.clone(),
+                    isr: replicas,
                 };
                 let batch = encode_batch(
                     &[MetadataRecord::new(Record::PartitionChange(record))],

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod broker;
+pub mod buggify;
 pub mod cli;
 pub mod client;
 pub mod clock;
@@ -15,7 +16,6 @@ pub mod large_alloc;
 pub mod log;
 pub mod metadata;
 pub mod planted;
-pub mod buggify;
 pub mod protocol;
 pub mod replication;
 pub mod storage;

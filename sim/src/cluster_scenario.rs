@@ -1150,9 +1150,9 @@ async fn check_created_topics(shared: &Shared, deadline: u64) -> Result<(), Viol
         loop {
             let missing = (1..=shared.settings.brokers).find_map(|id| {
                 let broker = shared.broker(id)?;
-                let count = broker.node.with_image(|image| {
-                    image.topics.get(&name).map(|t| t.partitions.len() as i32)
-                });
+                let count = broker
+                    .node
+                    .with_image(|image| image.topics.get(&name).map(|t| t.partitions.len() as i32));
                 (count != Some(partitions)).then_some((id, count))
             });
             if missing.is_none() {

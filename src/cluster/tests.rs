@@ -217,7 +217,14 @@ fn a_corrupt_committed_metadata_batch_cuts_the_log_at_start() {
         ..LogConfig::default()
     };
     let open = |storage: &MemoryStorage| {
-        ReplicaLog::open(Arc::new(storage.clone()), dir, config.clone(), 4, &[1, 2, 3]).unwrap()
+        ReplicaLog::open(
+            Arc::new(storage.clone()),
+            dir,
+            config.clone(),
+            4,
+            &[1, 2, 3],
+        )
+        .unwrap()
     };
     let mut replica = open(&storage);
     let batches: Vec<Bytes> = (0..4)
@@ -274,7 +281,10 @@ fn a_corrupt_committed_metadata_batch_cuts_the_log_at_start() {
     replay_committed(&mut replica, &mut image, true).unwrap();
     assert_eq!(replica.last_index(), 1, "cut at the corrupt entry");
     assert_eq!(replica.lost_commit(), Some(4));
-    assert_eq!(image.last_applied_offset, 0, "the record before the damage is applied");
+    assert_eq!(
+        image.last_applied_offset, 0,
+        "the record before the damage is applied"
+    );
     drop(replica);
     assert_eq!(
         open(&storage).vote_barrier().map(|b| b.index),

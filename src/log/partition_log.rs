@@ -352,7 +352,8 @@ impl PartitionLog {
 
     /// How many reads of this log found a corrupt batch since it was opened.
     pub fn corrupt_reads(&self) -> u64 {
-        self.corrupt_reads.load(std::sync::atomic::Ordering::Relaxed)
+        self.corrupt_reads
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn count_corrupt<T>(&self, result: Result<T, ReadError>) -> Result<T, ReadError> {

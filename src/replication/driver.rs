@@ -42,7 +42,11 @@ pub struct Committed {
 }
 
 /// A group's handles to fsync after a round's writes, and the offset they make durable.
-type GroupSyncs = (GroupId, Vec<std::sync::Arc<dyn crate::storage::SyncHandle>>, i64);
+type GroupSyncs = (
+    GroupId,
+    Vec<std::sync::Arc<dyn crate::storage::SyncHandle>>,
+    i64,
+);
 
 /// A round whose writes are done and whose fsync pass is still to come (see
 /// [`Driver::write_round`]).
@@ -1191,10 +1195,13 @@ fn commit_position(append: &Message) -> VoteBarrier {
         .chain(append.entries.iter().map(|e| (e.index, e.term)))
         .filter(|&(index, term)| index >= commit && term > 0)
         .min()
-        .map_or(VoteBarrier { index: commit, term: 0 }, |(index, term)| VoteBarrier {
-            index,
-            term,
-        })
+        .map_or(
+            VoteBarrier {
+                index: commit,
+                term: 0,
+            },
+            |(index, term)| VoteBarrier { index, term },
+        )
 }
 
 /// Runs a raft-rs call that reads `storage`, turning the panic raft-rs raises when such a

@@ -95,7 +95,8 @@ impl VoteBarrier {
     /// Whether a candidate whose log ends at (`last_index`, `last_term`) holds everything
     /// this replica had acknowledged.
     pub fn admits(&self, last_index: u64, last_term: u64) -> bool {
-        self.term > 0 && (last_term > self.term || (last_term == self.term && last_index >= self.index))
+        self.term > 0
+            && (last_term > self.term || (last_term == self.term && last_index >= self.index))
     }
 }
 
@@ -247,7 +248,6 @@ fn read_last_state(file: &dyn StorageFile) -> io::Result<StateFileScan> {
     }
     Ok(scan)
 }
-
 
 /// Keeps the first `keep` entries of a log being opened and cuts the partition log
 /// after them, durably.

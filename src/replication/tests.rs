@@ -172,7 +172,10 @@ fn a_vote_written_after_a_damaged_state_record_survives_a_restart() {
     sync(&mut replica);
     drop(replica);
     let replica = open_replica(&storage, 0);
-    assert_eq!((replica.hard_state().term, replica.hard_state().vote), (5, 3));
+    assert_eq!(
+        (replica.hard_state().term, replica.hard_state().vote),
+        (5, 3)
+    );
 }
 
 /// A vote barrier admits exactly the candidates at least as up to date as the log the
@@ -184,7 +187,10 @@ fn a_vote_barrier_admits_candidates_that_hold_what_was_held() {
     let held = VoteBarrier { index: 7, term: 3 };
     assert!(held.admits(7, 3));
     assert!(held.admits(9, 3));
-    assert!(held.admits(2, 4), "a later last term holds everything before it");
+    assert!(
+        held.admits(2, 4),
+        "a later last term holds everything before it"
+    );
     assert!(!held.admits(6, 3));
     assert!(!held.admits(20, 2));
     assert!(!VoteBarrier { index: 7, term: 0 }.admits(100, 100));
@@ -246,7 +252,10 @@ fn an_unproven_replica_stays_unproven_across_restarts() {
     assert!(open_replica(&storage, 0).unproven());
     storage.crash();
     let mut replica = open_replica(&storage, 0);
-    assert!(replica.unproven(), "a restart forgot that the replica started empty");
+    assert!(
+        replica.unproven(),
+        "a restart forgot that the replica started empty"
+    );
     replica
         .persist_vote_barrier(crate::replication::VoteBarrier { index: 3, term: 1 })
         .unwrap();
@@ -300,12 +309,18 @@ fn a_log_that_lost_its_first_segment_is_cut_not_renumbered() {
     let dir = Path::new("/data/t-0");
     drop(replica);
     crate::storage::Storage::remove_file(&storage, &dir.join("00000000000000000000.log")).unwrap();
-    crate::storage::Storage::remove_file(&storage, &dir.join("00000000000000000000.index")).unwrap();
-    crate::storage::Storage::remove_file(&storage, &dir.join("00000000000000000000.timeindex")).unwrap();
+    crate::storage::Storage::remove_file(&storage, &dir.join("00000000000000000000.index"))
+        .unwrap();
+    crate::storage::Storage::remove_file(&storage, &dir.join("00000000000000000000.timeindex"))
+        .unwrap();
     crate::storage::Storage::sync_dir(&storage, dir).unwrap();
 
     let replica = open_replica(&storage, 0);
-    assert_eq!(replica.last_index(), 0, "batches past the gap were kept as entries");
+    assert_eq!(
+        replica.last_index(),
+        0,
+        "batches past the gap were kept as entries"
+    );
     assert_eq!(replica.lost_commit(), Some(8));
     assert_eq!(replica.log().log_end_offset(), 0);
     drop(replica);
@@ -383,12 +398,12 @@ fn a_flipped_leader_epoch_is_cut_off_when_the_log_opens() {
     // Flips in ordinary entries (up, down, high bits) and in a no-op (to the previous
     // term, so the terms still look ordered).
     for (index, flip, keep) in [
-        (3, 0b10, 2),       // term 1 -> 3 mid-term
-        (7, 0b11, 6),       // term 2 -> 1 (goes down)
-        (6, 1 << 24, 5),    // far above any term
-        (8, 1 << 31, 7),    // negative
-        (5, 0b11, 4),       // the no-op of term 2 -> 1 (its value still says 2)
-        (2, 0b1, 1),        // term 1 -> 0
+        (3, 0b10, 2),    // term 1 -> 3 mid-term
+        (7, 0b11, 6),    // term 2 -> 1 (goes down)
+        (6, 1 << 24, 5), // far above any term
+        (8, 1 << 31, 7), // negative
+        (5, 0b11, 4),    // the no-op of term 2 -> 1 (its value still says 2)
+        (2, 0b1, 1),     // term 1 -> 0
     ] {
         let storage = MemoryStorage::new();
         two_term_log(&storage);

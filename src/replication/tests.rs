@@ -89,6 +89,16 @@ fn open_replica(storage: &MemoryStorage, recovery_point: i64) -> ReplicaLog {
     .unwrap()
 }
 
+/// Votes for `vote` in `term`, durably, and closes the replica.
+fn persist_vote(mut replica: ReplicaLog, term: u64, vote: u64) {
+    let mut hs = replica.hard_state().clone();
+    hs.term = term;
+    hs.vote = vote;
+    replica.set_hard_state(hs);
+    replica.write_state().unwrap();
+    sync(&mut replica);
+}
+
 fn sync(replica: &mut ReplicaLog) {
     let (handles, up_to) = replica.sync_handles().unwrap();
     handles.iter().for_each(|h| h.sync().unwrap());
@@ -115,18 +125,12 @@ fn a_vote_written_after_a_torn_state_record_survives_a_restart() {
     file.append(&[0, 0, 0, 40, 1, 2, 3, 4, 5, 6]).unwrap();
     file.sync().unwrap();
     drop(file);
-    let mut replica = open_replica(&storage, 0);
+    let replica = open_replica(&storage, 0);
     assert_eq!(
         (replica.hard_state().term, replica.hard_state().vote),
         (3, 2)
     );
-    let mut hs = replica.hard_state().clone();
-    hs.term = 4;
-    hs.vote = 1;
-    replica.set_hard_state(hs);
-    replica.write_state().unwrap();
-    sync(&mut replica);
-    drop(replica);
+    persist_vote(replica, 4, 1);
     let replica = open_replica(&storage, 0);
     assert_eq!(
         (replica.hard_state().term, replica.hard_state().vote),
@@ -157,20 +161,14 @@ fn a_vote_written_after_a_damaged_state_record_survives_a_restart() {
     let data = crate::storage::read_to_vec(&storage, &path).unwrap();
     let first = 8 + u32::from_be_bytes(data[..4].try_into().unwrap()) as usize;
     assert!(storage.corrupt(&path, first + 10, &[data[first + 10] ^ 0x40]));
-    let mut replica = open_replica(&storage, 0);
+    let replica = open_replica(&storage, 0);
     assert_eq!(
         (replica.hard_state().term, replica.hard_state().vote),
         (4, 1),
         "the vote of term 4 was forgotten"
     );
     // The file was rewritten without the damage: later records are read back too.
-    let mut hs = replica.hard_state().clone();
-    hs.term = 5;
-    hs.vote = 3;
-    replica.set_hard_state(hs);
-    replica.write_state().unwrap();
-    sync(&mut replica);
-    drop(replica);
+    persist_vote(replica, 5, 3);
     let replica = open_replica(&storage, 0);
     assert_eq!(
         (replica.hard_state().term, replica.hard_state().vote),

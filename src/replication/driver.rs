@@ -170,11 +170,10 @@ struct Group {
     /// and it votes only for candidates that hold what it held (see [`VoteBarrier`]), so
     /// it can never help elect a leader that lacks a committed entry.
     vote_barrier: Option<VoteBarrier>,
-    /// Set when the replica was created with an empty log in this start. Such a log may
+    /// Set when the replica is unproven with an empty log (`ReplicaLog::unproven`): it may
     /// be a disk that was wiped or replaced, whose votes no longer stand for what it once
-    /// acknowledged: it
-    /// votes only for candidates whose log is empty too (a group being formed) until a
-    /// leader's append tells it the commit index, which becomes its vote barrier.
+    /// acknowledged, so it votes only for candidates whose log is empty too (a group being
+    /// formed) until a leader's append gives it a vote barrier (`commit_position`).
     empty_start: bool,
     /// The Raft index the scrubber verifies next.
     scrub_next: u64,
@@ -856,18 +855,23 @@ impl Driver {
             {
                 // Raft's rule: a vote is durable before it is sent (a replica that forgets
                 // its vote can vote twice in one term). A later term written since covers
-                // it too: the replica never votes in an earlier term again.
-                let replica = group.storage.lock();
-                let (term, vote) = replica.written_vote();
-                for m in &persisted {
-                    if m.get_msg_type() == MessageType::MsgRequestVoteResponse && !m.reject {
-                        assert!(
-                            term > m.term || (term, vote) == (m.term, m.to),
-                            "group {name}: a vote for {} in term {} is sent before it is persisted (written: term {term}, vote {vote})",
-                            m.to,
-                            m.term
-                        );
-                    }
+                // it too: the replica never votes in an earlier term again. (Checked only
+                // when a grant goes out: no lock on the round's common path.)
+                let is_grant = |m: &Message| {
+                    m.get_msg_type() == MessageType::MsgRequestVoteResponse && !m.reject
+                };
+                let (term, vote) = if persisted.iter().any(is_grant) {
+                    group.storage.lock().written_vote()
+                } else {
+                    (0, 0)
+                };
+                for m in persisted.iter().filter(|m| is_grant(m)) {
+                    assert!(
+                        term > m.term || (term, vote) == (m.term, m.to),
+                        "group {name}: a vote for {} in term {} is sent before it is persisted (written: term {term}, vote {vote})",
+                        m.to,
+                        m.term
+                    );
                 }
             }
             let persisted = group.outgoing(persisted);

@@ -537,8 +537,9 @@ impl ReplicaLog {
     }
 
     /// Drops a committed entry found corrupt while the replica starts (and everything
-    /// after it), to be replicated again from a peer. The commit it held is remembered as
-    /// lost, durably (the vote barrier): the replica votes again only once it holds it.
+    /// after it), to be replicated again from a peer. Where the log ended is remembered,
+    /// durably, as the vote barrier: until it holds that again the replica votes only for
+    /// candidates that hold it all.
     pub fn cut_at_damage(&mut self, index: u64) -> io::Result<()> {
         let commit = self.hard_state.commit;
         let held = VoteBarrier {

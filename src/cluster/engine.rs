@@ -86,6 +86,13 @@ impl RecoveryPoints {
 /// directory left from a deleted topic is never taken for a new topic of the same name.
 const PARTITION_METADATA_FILE: &str = "partition.metadata";
 
+/// In the data directory: `directory.id = N`, the id this disk registers with (see
+/// `RegisterBroker::directory_id`), chosen when the directory is first used.
+pub(super) const DIRECTORY_ID_FILE: &str = "directory.id";
+
+/// Mixed into the broker's seed for the generator that picks a new directory id.
+const DIRECTORY_ID_STREAM: u64 = 0x6469_7265_6374_6f72;
+
 /// How long a producer waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {
@@ -230,6 +237,39 @@ pub struct ClusterNode {
     /// the process must exit and restart from what is durable.
     failure: watch::Sender<Option<String>>,
     rng: Mutex<rand::rngs::StdRng>,
+    /// See `DIRECTORY_ID_FILE`.
+    directory_id: u64,
+}
+
+/// This disk's directory id (`DIRECTORY_ID_FILE`), chosen and written down when the
+/// file is missing (a new or wiped disk) or unreadable (damage: a new id only makes more
+/// replicas wait for a leader before they vote).
+pub(super) fn directory_id(
+    storage: &dyn Storage,
+    data_dir: &std::path::Path,
+    rng: &mut rand::rngs::StdRng,
+) -> io::Result<u64> {
+    let path = data_dir.join(DIRECTORY_ID_FILE);
+    match crate::storage::read_to_vec(storage, &path) {
+        Ok(contents) => {
+            let parsed = std::str::from_utf8(&contents)
+                .ok()
+                .and_then(|text| text.trim().strip_prefix("directory.id = "))
+                .and_then(|n| n.parse::<u64>().ok())
+                .filter(|id| *id != 0);
+            if let Some(id) = parsed {
+                return Ok(id);
+            }
+            tracing::warn!(path = %path.display(), "unreadable directory id: choosing a new one");
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let id = rng.gen_range(1..=u64::MAX);
+    storage.create_dir_all(data_dir)?;
+    let contents = format!("directory.id = {id}\n");
+    crate::storage::write_atomic(storage, &path, contents.as_bytes())?;
+    Ok(id)
 }
 
 fn group_of(topic: &str, partition: i32) -> GroupId {
@@ -277,6 +317,10 @@ impl ClusterNode {
             driver.campaign(METADATA_GROUP).map_err(to_io)?;
         }
         let metadata_storage = driver.storage(METADATA_GROUP).expect("just added").clone();
+        // Its own stream, so choosing it draws nothing from the broker's generator.
+        let mut directory_rng =
+            rand::rngs::StdRng::seed_from_u64(config.seed ^ DIRECTORY_ID_STREAM);
+        let directory_id = directory_id(storage.as_ref(), &config.data_dir, &mut directory_rng)?;
         let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let node = Arc::new(ClusterNode {
             incarnation_id: rng.gen(),
@@ -290,6 +334,7 @@ impl ClusterNode {
             data_version: watch::channel(0).0,
             failure: watch::channel(None).0,
             rng: Mutex::new(rng),
+            directory_id,
             config,
         });
         node.reconcile(&mut driver)?;
@@ -740,6 +785,7 @@ impl ClusterNode {
             port: self.config.kafka_port,
             rack: None,
             incarnation_id: self.incarnation_id,
+            directory_id: self.directory_id,
         };
         let me = BrokerRef {
             node_id: self.config.node_id as i32,
@@ -782,6 +828,18 @@ impl ClusterNode {
                 return;
             }
         }
+    }
+
+    /// The metadata offset from which this broker's disk has been part of the cluster
+    /// (its first registration with its directory id), `i64::MAX` while the image does
+    /// not hold one. A replica placed here before it, with no Raft state on this disk,
+    /// was held by a disk that is gone (a wiped or replaced one).
+    fn disk_joined_at(&self, image: &MetadataImage) -> i64 {
+        image
+            .brokers
+            .get(&(self.config.node_id as i32))
+            .filter(|b| b.directory_id == self.directory_id)
+            .map_or(i64::MAX, |b| b.directory_since)
     }
 
     /// Hosts a replica for every partition the image places here, drops the others
@@ -839,13 +897,25 @@ impl ClusterNode {
                     &voters,
                 )?;
                 let fresh = replica_log.last_index() == 0;
+                let placed_at = topic.placed_at.get(index).copied().unwrap_or(i64::MAX);
+                let replaced_disk = fresh
+                    && replica_log.unproven()
+                    && voters.len() > 1
+                    && placed_at < self.disk_joined_at(&image);
                 let high_watermark = committed_offset(&replica_log);
                 driver
                     .add_group(group.clone(), replica_log)
                     .map_err(to_io)?;
+                if replaced_disk {
+                    tracing::info!(group = %group, placed_at,
+                        "placed here before this disk joined: votes for nobody until a leader brings it up to date");
+                }
+                driver
+                    .set_replaced_disk(&group, replaced_disk)
+                    .map_err(to_io)?;
                 // The preferred replica starts the first election, so leaders follow
                 // placement; a replica alone needs no election timeout.
-                if (fresh && p.replicas[0] == me) || voters.len() == 1 {
+                if (fresh && p.replicas[0] == me && !replaced_disk) || voters.len() == 1 {
                     driver.campaign(&group).map_err(to_io)?;
                 }
                 let storage = driver.storage(&group).expect("just added").clone();

@@ -18,6 +18,6 @@ pub use engine::{
 };
 
 #[cfg(test)]
-use engine::replay_committed;
+use engine::{directory_id, replay_committed, DIRECTORY_ID_FILE};
 #[cfg(test)]
 mod tests;

@@ -292,3 +292,33 @@ fn a_corrupt_committed_metadata_batch_cuts_the_log_at_start() {
         "the lost commit is not durable"
     );
 }
+
+/// A disk keeps its directory id across restarts; a wiped disk (or a damaged file) gets
+/// a new one, which is how the cluster tells its replicas from the old disk's.
+#[test]
+fn a_disk_keeps_its_directory_id_and_a_new_disk_gets_another() {
+    use rand::SeedableRng;
+    let storage = MemoryStorage::new();
+    let data_dir = std::path::Path::new("/data");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let first = directory_id(&storage, data_dir, &mut rng).unwrap();
+    assert_ne!(first, 0);
+    storage.crash();
+    let mut other_rng = rand::rngs::StdRng::seed_from_u64(2);
+    assert_eq!(
+        directory_id(&storage, data_dir, &mut other_rng).unwrap(),
+        first,
+        "the id did not survive a power loss"
+    );
+    let wiped = MemoryStorage::new();
+    let second = directory_id(&wiped, data_dir, &mut other_rng).unwrap();
+    assert_ne!(second, first);
+    let path = data_dir.join(DIRECTORY_ID_FILE);
+    crate::storage::write_atomic(&wiped, &path, b"directory.id = x\n").unwrap();
+    let third = directory_id(&wiped, data_dir, &mut other_rng).unwrap();
+    assert!(third != second && third != 0);
+    assert_eq!(
+        directory_id(&wiped, data_dir, &mut other_rng).unwrap(),
+        third
+    );
+}

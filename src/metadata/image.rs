@@ -15,6 +15,12 @@ pub struct BrokerInfo {
     pub port: i32,
     pub rack: Option<String>,
     pub incarnation_id: u64,
+    /// See `RegisterBroker::directory_id`.
+    pub directory_id: u64,
+    /// Offset of the first registration with this `directory_id`: the disk has been
+    /// part of the cluster since. A replica placed on the broker before it was held by
+    /// an earlier disk.
+    pub directory_since: i64,
     /// A fenced broker leads nothing and gets no new replicas.
     pub fenced: bool,
 }
@@ -24,6 +30,8 @@ pub struct TopicInfo {
     pub name: String,
     pub topic_id: uuid::Uuid,
     pub partitions: Vec<PartitionRecord>,
+    /// Offset of the record that placed each partition (its index in `partitions`).
+    pub placed_at: Vec<i64>,
     pub configs: BTreeMap<String, String>,
 }
 
@@ -104,7 +112,7 @@ impl MetadataImage {
         self.last_applied_offset = offset;
         match record.record.as_ref().ok_or(ApplyError::Empty)? {
             Record::RegisterBroker(r) => {
-                self.register(r);
+                self.register(offset, r);
                 Ok(())
             }
             Record::ClusterIdentity(c) => {
@@ -116,7 +124,7 @@ impl MetadataImage {
             }
             Record::FenceBroker(b) => self.set_fenced(b.node_id, true),
             Record::UnfenceBroker(b) => self.set_fenced(b.node_id, false),
-            Record::CreateTopic(t) => self.create_topic(t),
+            Record::CreateTopic(t) => self.create_topic(offset, t),
             Record::DeleteTopic(t) => self
                 .topics
                 .remove(&t.name)
@@ -131,6 +139,7 @@ impl MetadataImage {
                     .get_mut(&a.topic)
                     .ok_or_else(|| ApplyError::UnknownTopic(a.topic.clone()))?;
                 topic.partitions.extend(a.partitions.iter().cloned());
+                topic.placed_at.resize(topic.partitions.len(), offset);
                 Ok(())
             }
             Record::SetTopicConfigs(c) => {
@@ -169,12 +178,14 @@ impl MetadataImage {
         }
     }
 
-    fn register(&mut self, r: &RegisterBroker) {
-        let fenced = self
-            .brokers
-            .get(&r.node_id)
+    fn register(&mut self, offset: i64, r: &RegisterBroker) {
+        let known = self.brokers.get(&r.node_id);
+        let fenced = known
             .map(|b| b.fenced || b.incarnation_id != r.incarnation_id)
             .unwrap_or(true);
+        let directory_since = known
+            .filter(|b| b.directory_id == r.directory_id && r.directory_id != 0)
+            .map_or(offset, |b| b.directory_since);
         self.brokers.insert(
             r.node_id,
             BrokerInfo {
@@ -183,6 +194,8 @@ impl MetadataImage {
                 port: r.port,
                 rack: r.rack.clone(),
                 incarnation_id: r.incarnation_id,
+                directory_id: r.directory_id,
+                directory_since,
                 fenced,
             },
         );
@@ -197,7 +210,7 @@ impl MetadataImage {
         Ok(())
     }
 
-    fn create_topic(&mut self, t: &TopicRecord) -> Result<(), ApplyError> {
+    fn create_topic(&mut self, offset: i64, t: &TopicRecord) -> Result<(), ApplyError> {
         if self.topics.contains_key(&t.name) {
             return Err(ApplyError::TopicExists(t.name.clone()));
         }
@@ -215,6 +228,7 @@ impl MetadataImage {
             name: t.name.clone(),
             topic_id,
             partitions: t.partitions.clone(),
+            placed_at: vec![offset; t.partitions.len()],
             configs: t.configs.clone(),
         };
         self.topics.insert(t.name.clone(), info);

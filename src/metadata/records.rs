@@ -57,6 +57,10 @@ pub struct RegisterBroker {
     /// Differs on every process start, so a restart is told apart from a duplicate.
     #[prost(uint64, tag = "5")]
     pub incarnation_id: u64,
+    /// Names the broker's disk (its data directory), chosen when the directory was first
+    /// used: a wiped or replaced disk registers with a new one (0: not known).
+    #[prost(uint64, tag = "6")]
+    pub directory_id: u64,
 }
 
 #[derive(Clone, PartialEq, Eq, prost::Message)]

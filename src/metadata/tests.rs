@@ -36,6 +36,7 @@ impl Cluster {
                 port: 9000 + id,
                 rack: None,
                 incarnation_id: id as u64,
+                directory_id: 0,
             };
             let record = cluster.controller.register_broker(registration, 0);
             cluster.commit(record);
@@ -307,4 +308,64 @@ fn records_that_do_not_fit_change_nothing() {
     ));
     assert_eq!(c.image.topics, before.topics);
     assert_eq!(c.image.brokers, before.brokers);
+}
+
+/// The image knows when each partition was placed and since when each broker's disk has
+/// been in the cluster: a restart with the same directory id keeps the date, a new disk
+/// (wiped or replaced) starts a new one. A broker uses the two to tell a replica that
+/// never held anything from one its old disk held.
+#[test]
+fn placements_and_disks_are_dated() {
+    let mut image = MetadataImage::new();
+    let register = |node_id: i32, incarnation_id: u64, directory_id: u64| {
+        MetadataRecord::new(Record::RegisterBroker(RegisterBroker {
+            node_id,
+            host: "127.0.0.1".into(),
+            port: 9092,
+            rack: None,
+            incarnation_id,
+            directory_id,
+        }))
+    };
+    for (offset, id) in [(0, 1), (1, 2), (2, 3)] {
+        image
+            .apply(offset, &register(id, 10, 100 + id as u64))
+            .unwrap();
+    }
+    let partition = || PartitionRecord {
+        replicas: vec![1, 2, 3],
+        isr: vec![1, 2, 3],
+        leader: -1,
+        leader_epoch: 0,
+    };
+    let topic = MetadataRecord::new(Record::CreateTopic(TopicRecord {
+        name: "t".into(),
+        topic_id: vec![7; 16],
+        partitions: vec![partition(), partition()],
+        configs: BTreeMap::new(),
+    }));
+    image.apply(5, &topic).unwrap();
+    let more = MetadataRecord::new(Record::AddPartitions(AddPartitions {
+        topic: "t".into(),
+        partitions: vec![partition()],
+    }));
+    image.apply(8, &more).unwrap();
+    assert_eq!(image.topics["t"].placed_at, vec![5, 5, 8]);
+    // Broker 2 restarts on the same disk, twice (a retried registration too).
+    image.apply(9, &register(2, 11, 102)).unwrap();
+    image.apply(10, &register(2, 11, 102)).unwrap();
+    assert_eq!(image.brokers[&2].directory_since, 1);
+    // Broker 3 comes back on a new disk.
+    image.apply(11, &register(3, 12, 999)).unwrap();
+    assert_eq!(
+        (
+            image.brokers[&3].directory_id,
+            image.brokers[&3].directory_since
+        ),
+        (999, 11)
+    );
+    // A broker that does not name its disk never keeps an old date.
+    image.apply(12, &register(1, 13, 0)).unwrap();
+    image.apply(13, &register(1, 14, 0)).unwrap();
+    assert_eq!(image.brokers[&1].directory_since, 13);
 }

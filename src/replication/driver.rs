@@ -175,6 +175,12 @@ struct Group {
     /// acknowledged, so it votes only for candidates whose log is empty too (a group being
     /// formed) until a leader's append gives it a vote barrier (`commit_position`).
     empty_start: bool,
+    /// Set (with `empty_start`) when the replica was placed on this broker before its
+    /// disk joined the cluster (see [`Driver::set_replaced_disk`]): the disk
+    /// that held it is gone, and even a candidate with an empty log may lack what that
+    /// disk acknowledged. It neither votes nor campaigns until a leader's append gives it
+    /// a vote barrier.
+    replaced_disk: bool,
     /// The Raft index the scrubber verifies next.
     scrub_next: u64,
     /// Messages the driver itself answers with (see `survive_lost_log`), sent next round.
@@ -193,7 +199,7 @@ impl Group {
     /// Outgoing messages, without vote requests while the vote barrier stands, and with
     /// vote answers stamped with the request they answer.
     fn outgoing(&self, mut messages: Vec<Message>) -> Vec<Message> {
-        if self.vote_barrier.is_some() {
+        if self.vote_barrier.is_some() || self.replaced_disk {
             messages.retain(|m| !is_vote_request(m));
         }
         self.stamp_vote_responses(&mut messages);
@@ -336,6 +342,7 @@ impl Driver {
                 (None, barrier) => barrier,
             },
             empty_start,
+            replaced_disk: false,
             scrub_next: 0,
             replies: Vec::new(),
             vote_requests: BTreeMap::new(),
@@ -624,6 +631,7 @@ impl Driver {
                     // The leader's commit index: what this replica must hold before its
                     // vote means anything again.
                     group.empty_start = false;
+                    group.replaced_disk = false;
                     let commit = commit_position(&raft_message);
                     let barrier = group.vote_barrier.map_or(commit, |b| b.raise(commit));
                     group.vote_barrier = Some(barrier);
@@ -633,8 +641,13 @@ impl Driver {
                         return Err(DriverError::Io(e));
                     }
                 }
-                MessageType::MsgSnapshot => group.empty_start = false,
-                _ if is_vote_request(&raft_message) && raft_message.index > 0 => {
+                MessageType::MsgSnapshot => {
+                    group.empty_start = false;
+                    group.replaced_disk = false;
+                }
+                _ if is_vote_request(&raft_message)
+                    && (raft_message.index > 0 || group.replaced_disk) =>
+                {
                     self.groups.insert(message.group, group);
                     return Ok(());
                 }
@@ -700,6 +713,34 @@ impl Driver {
     /// commits.
     pub fn propose_anywhere(&mut self, group: &str, data: Vec<u8>) -> Result<(), DriverError> {
         self.group_mut(group)?.raw.propose(vec![], data)?;
+        Ok(())
+    }
+
+    /// Tells `group`, just added with an empty log and no leader heard from yet, whether
+    /// the disk it was placed on is the one it lives on now (its broker knows: see
+    /// `RegisterBroker::directory_id`). A replica that merely starts empty may be a wiped
+    /// disk's, so by default it votes only for candidates with empty logs too (a group
+    /// being formed):
+    /// - `replaced: false`: placed on this very disk, it never acknowledged anything and
+    ///   votes by Raft's rules alone (found by the simulator: two replicas refusing every
+    ///   candidate with a log left a new partition leaderless);
+    /// - `replaced: true`: placed before this disk joined, the disk that held it (and
+    ///   what it acknowledged) is gone, and even a candidate with an empty log may lack
+    ///   it: it votes for nobody and does not campaign until a leader's append tells it
+    ///   what it must hold (found by the simulator, seed 30076: a wiped broker and a
+    ///   replica that had lost its unsynced first entry elected a leader with an empty
+    ///   log over the one holding every acknowledged record).
+    ///
+    /// A group with no other voter, or one that has heard from a leader, is left alone.
+    pub fn set_replaced_disk(&mut self, group: &str, replaced: bool) -> Result<(), DriverError> {
+        let entry = self.group_mut(group)?;
+        if entry.empty_start && entry.multi_voter() {
+            if replaced {
+                entry.replaced_disk = true;
+            } else {
+                entry.empty_start = false;
+            }
+        }
         Ok(())
     }
 

@@ -26,6 +26,10 @@ const STATE_FILE_COMPACT_BYTES: u64 = 64 * 1024;
 /// Largest state record accepted when reading the file back.
 const STATE_RECORD_MAX_BYTES: usize = 64 * 1024;
 
+/// How many times a state record that does not read back is written again before the
+/// write counts as a storage failure.
+const STATE_WRITE_ATTEMPTS: usize = 3;
+
 #[derive(Clone, PartialEq, prost::Message)]
 struct PersistedState {
     #[prost(uint64, tag = "1")]
@@ -68,6 +72,12 @@ struct PersistedState {
     /// wiped disk failed after writing its state is still known as such at the next.
     #[prost(bool, tag = "13")]
     unproven: bool,
+    /// Counts the records this replica wrote (0: an older record that does not say). The
+    /// record with the highest count wins, wherever it lies in the file: a misdirected
+    /// write can put the newest record (a vote) before older ones, and the last record
+    /// by position would then bring back a term without it.
+    #[prost(uint64, tag = "14")]
+    sequence: u64,
 }
 
 /// Where a replica's log ended before it lost entries it had acknowledged: until its log
@@ -157,6 +167,10 @@ pub struct ReplicaLog {
     vote_barrier: Option<VoteBarrier>,
     /// See [`ReplicaLog::written_vote`].
     written_vote: (u64, u64),
+    /// The `sequence` of the last state record written or read.
+    state_sequence: u64,
+    /// (term, vote, vote barrier, unproven) of the last state record read back.
+    written_promise: (u64, u64, u64, bool),
     /// (index, term) of the last entry made durable by a completed fsync pass (see
     /// `PersistedState::log_end_index`), and of the last one the pass in progress covers.
     synced_end: (u64, u64),
@@ -210,7 +224,8 @@ struct StateFileScan {
     damaged: bool,
 }
 
-/// Reads a `raft-state` file. Records follow each other; the last valid one wins. A bad
+/// Reads a `raft-state` file. Records follow each other; the valid one with the highest
+/// `sequence` wins (the last one by position among equals: older records all say 0). A bad
 /// record at the end is a torn write (never synced). A bad record with valid ones after it
 /// is damage to synced data (a misdirected write, a bit flip): reading on from the next
 /// valid frame keeps the later records, whose vote would otherwise be forgotten (a
@@ -225,7 +240,13 @@ fn read_last_state(file: &dyn StorageFile) -> io::Result<StateFileScan> {
     let mut position = 0u64;
     while position + 8 <= len {
         if let Some((state, size)) = read_state_record(file, position)? {
-            scan.last = Some(state);
+            if scan
+                .last
+                .as_ref()
+                .is_none_or(|last| state.sequence >= last.sequence)
+            {
+                scan.last = Some(state);
+            }
             position += size;
             scan.valid_len = position;
             continue;
@@ -330,10 +351,10 @@ impl ReplicaLog {
             damaged,
         } = read_last_state(state_file.as_ref())?;
         if damaged {
-            // Rewrite the file with only its last valid record, before anything is
+            // Rewrite the file with only its winning record, before anything is
             // appended: the damaged bytes would otherwise stay in the middle of it.
             tracing::warn!(dir = %dir.display(),
-                "raft-state was damaged before its last records: rewriting it with the last valid one");
+                "raft-state was damaged before its last records: rewriting it with the newest valid one");
             if let Some(last) = &persisted {
                 write_atomic(storage.as_ref(), &state_path, &frame(last))?;
                 state_file = storage.open(&state_path, false)?;
@@ -451,6 +472,13 @@ impl ReplicaLog {
                 term: persisted.vote_barrier_term,
             }),
             written_vote: (persisted.term, persisted.vote),
+            state_sequence: persisted.sequence,
+            written_promise: (
+                persisted.term,
+                persisted.vote,
+                persisted.vote_barrier,
+                persisted.unproven,
+            ),
             // What a log reads back after a restart is what its disk holds.
             synced_end: (0, 0),
             pending_synced: (0, 0),
@@ -714,15 +742,44 @@ impl ReplicaLog {
             log_end_index: self.synced_end.0,
             log_end_term: self.synced_end.1,
             unproven: self.unproven,
+            sequence: self.state_sequence + 1,
         };
+        self.state_sequence = record.sequence;
         let bytes = frame(&record);
         if self.state_file.len() + bytes.len() as u64 > STATE_FILE_COMPACT_BYTES {
             write_atomic(self.storage.as_ref(), &self.state_path, &bytes)?;
             self.state_file = self.storage.open(&self.state_path, false)?;
-        } else {
-            self.state_file.append(&bytes)?;
+            return Ok(());
         }
-        Ok(())
+        let promise = (
+            record.term,
+            record.vote,
+            record.vote_barrier,
+            record.unproven,
+        );
+        if promise == self.written_promise {
+            return self.state_file.append(&bytes);
+        }
+        // A record that changes what this replica promised (a vote, a term, a barrier)
+        // is read back: a write the disk put somewhere else (a misdirected write) would
+        // lose it without a trace, and the replica could vote twice in one term (found by
+        // the simulator, seed 30242). Written again at the end until it reads back.
+        for _ in 0..STATE_WRITE_ATTEMPTS {
+            let at = self.state_file.len();
+            self.state_file.append(&bytes)?;
+            let mut back = vec![0u8; bytes.len()];
+            read_exact_at(self.state_file.as_ref(), at, &mut back)?;
+            if back == bytes {
+                self.written_promise = promise;
+                return Ok(());
+            }
+            tracing::warn!(path = %self.state_path.display(), position = at,
+                "a raft-state record did not read back where it was written: writing it again");
+        }
+        Err(io::Error::other(format!(
+            "{}: a raft-state record did not read back after {STATE_WRITE_ATTEMPTS} writes",
+            self.state_path.display()
+        )))
     }
 
     /// OffsetForLeaderEpoch: the largest leader epoch (Raft term) at or below `epoch` that

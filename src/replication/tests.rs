@@ -176,6 +176,104 @@ fn a_vote_written_after_a_damaged_state_record_survives_a_restart() {
     );
 }
 
+/// A misdirected write puts a record at an earlier place of raft-state and leaves its own
+/// place zero: the newest record (its `sequence`), not the last one by position, is the
+/// replica's state, or a vote given just before a crash is forgotten and the replica can
+/// vote twice in one term (found by the simulator, seed 30242).
+#[test]
+fn the_newest_state_record_wins_wherever_it_lies() {
+    let storage = MemoryStorage::new();
+    let mut replica = open_replica(&storage, 0);
+    for (term, vote) in [(2, 3), (3, 2), (4, 1)] {
+        let mut hs = raft::eraftpb::HardState::default();
+        hs.term = term;
+        hs.vote = vote;
+        replica.set_hard_state(hs);
+        replica.write_state().unwrap();
+        sync(&mut replica);
+    }
+    drop(replica);
+    let path = Path::new("/data/t-0").join(crate::replication::replica_log::STATE_FILE);
+    let data = crate::storage::read_to_vec(&storage, &path).unwrap();
+    let mut starts = vec![0usize];
+    while *starts.last().unwrap() < data.len() {
+        let at = *starts.last().unwrap();
+        starts.push(at + 8 + u32::from_be_bytes(data[at..at + 4].try_into().unwrap()) as usize);
+    }
+    starts.pop();
+    let (second, last) = (starts[1], *starts.last().unwrap());
+    let newest = data[last..].to_vec();
+    // The newest record lands over the second one; its own place is zero.
+    assert!(storage.corrupt(&path, second, &newest));
+    assert!(storage.corrupt(&path, last, &vec![0u8; newest.len()]));
+    let replica = open_replica(&storage, 0);
+    assert_eq!(
+        (replica.hard_state().term, replica.hard_state().vote),
+        (4, 1),
+        "the vote of term 4 was forgotten"
+    );
+}
+
+/// A vote whose record the disk writes somewhere else is never taken as written: the
+/// record is read back and written again, and a disk that keeps misdirecting it fails the
+/// write (the broker restarts) instead of letting the vote out.
+#[test]
+fn a_misdirected_vote_record_is_written_again_or_fails() {
+    use crate::storage::DiskFaults;
+    let storage = MemoryStorage::new();
+    let replica = open_replica(&storage, 0);
+    persist_vote(replica, 2, 3);
+    let mut replica = open_replica(&storage, 0);
+    storage.set_faults(
+        DiskFaults {
+            misdirect: 1.0,
+            ..Default::default()
+        },
+        7,
+    );
+    let mut hs = replica.hard_state().clone();
+    hs.term = 3;
+    hs.vote = 2;
+    replica.set_hard_state(hs);
+    assert!(
+        replica.write_state().is_err(),
+        "a vote that never reads back was taken as written"
+    );
+    // Half the writes misdirected: a vote that was written (and synced) is the one read
+    // at the next start.
+    storage.set_faults(
+        DiskFaults {
+            misdirect: 0.5,
+            ..Default::default()
+        },
+        11,
+    );
+    let mut written = 0;
+    for (term, vote) in [(4, 1), (5, 2), (6, 3), (7, 1), (8, 2), (9, 3)] {
+        let mut hs = replica.hard_state().clone();
+        hs.term = term;
+        hs.vote = vote;
+        replica.set_hard_state(hs);
+        if replica.write_state().is_err() {
+            continue;
+        }
+        written += 1;
+        sync(&mut replica);
+        drop(replica);
+        replica = open_replica(&storage, 0);
+        assert_eq!(
+            (replica.hard_state().term, replica.hard_state().vote),
+            (term, vote),
+            "a vote written and synced was forgotten"
+        );
+    }
+    assert!(written > 0, "no vote got through: the test checks nothing");
+    assert!(
+        storage.fault_counts().misdirected > 0,
+        "no write was misdirected: the test checks nothing"
+    );
+}
+
 /// A vote barrier admits exactly the candidates at least as up to date as the log the
 /// replica held (Raft's order: last term, then last index); with the term unknown it
 /// admits nobody.
@@ -1132,6 +1230,100 @@ mod driver {
         }
     }
 
+    /// Restarts `wiped` on an empty disk, as its broker does for a replica placed on it
+    /// before its current disk joined (`set_replaced_disk(true)`).
+    fn replace_disk(net: &mut Net, wiped: u64, seed: u64) {
+        let disk = MemoryStorage::new();
+        net.disks.insert(wiped, disk.clone());
+        let mut d = driver(wiped, &disk, seed);
+        for group in GROUPS {
+            d.set_replaced_disk(group, true).unwrap();
+        }
+        net.drivers.insert(wiped, d);
+    }
+
+    /// A replica on a replaced disk votes for nobody, not even for a candidate whose log
+    /// is as empty as its own (found by the simulator, seed 30076): a replica that never
+    /// received an entry would otherwise be elected with the wiped one's vote, over the
+    /// replica holding every committed entry.
+    #[test]
+    fn a_replaced_disk_never_elects_an_empty_replica() {
+        let mut net = Net::new(8);
+        // One replica is away from the start: its log stays empty.
+        let empty = 3;
+        net.down.insert(empty);
+        net.tick(60);
+        let leader = net.leader_of("t-0").expect("a leader of the other two");
+        let wiped = if leader == 1 { 2 } else { 1 };
+        net.propose_each(leader, "committed", 3);
+        let committed = committed_log(&net, leader);
+        assert_eq!(committed_log(&net, wiped), committed);
+        // The leader dies; the other holder's disk is replaced; the empty one returns.
+        net.down = BTreeSet::from([leader]);
+        replace_disk(&mut net, wiped, 9);
+        net.tick(80);
+        assert_eq!(
+            net.leader_of("t-0"),
+            None,
+            "a replica with an empty log was elected with the replaced disk's vote"
+        );
+        net.down.clear();
+        net.tick(80);
+        let now = net
+            .leader_of("t-0")
+            .expect("a leader once the holder is back");
+        net.propose_each(now, "after", 1);
+        net.tick(10);
+        let log = committed_log(&net, now);
+        assert!(log.starts_with(&committed), "committed entries were lost");
+        for id in 1..=3 {
+            assert_eq!(committed_log(&net, id), log);
+        }
+    }
+
+    /// A replica placed on its disk after the disk joined never acknowledged anything: it
+    /// votes by Raft's rules, so the one replica holding the committed entries can be
+    /// elected while the other holder's disk is replaced (found by the simulator: two
+    /// empty replicas refusing every candidate with a log left partitions leaderless).
+    #[test]
+    fn an_empty_replica_on_its_own_disk_elects_the_holder() {
+        let mut net = Net::new(10);
+        let empty = 3;
+        net.down.insert(empty);
+        net.tick(60);
+        let holder = net.leader_of("t-0").expect("a leader of the other two");
+        let wiped = if holder == 1 { 2 } else { 1 };
+        net.propose_each(holder, "committed", 3);
+        let committed = committed_log(&net, holder);
+        // The holder restarts (it must win an election again), the other holder's disk
+        // is replaced, and the empty replica, known to be on its own disk, returns.
+        let disk = net.disks[&holder].clone();
+        disk.crash();
+        net.drivers.insert(holder, driver(holder, &disk, 11));
+        replace_disk(&mut net, wiped, 12);
+        for group in GROUPS {
+            net.drivers
+                .get_mut(&empty)
+                .unwrap()
+                .set_replaced_disk(group, false)
+                .unwrap();
+        }
+        net.down.clear();
+        net.tick(80);
+        assert_eq!(
+            net.leader_of("t-0"),
+            Some(holder),
+            "the replica holding the committed entries was not elected"
+        );
+        net.propose_each(holder, "after", 1);
+        net.tick(10);
+        let log = committed_log(&net, holder);
+        assert!(log.starts_with(&committed), "committed entries were lost");
+        for id in 1..=3 {
+            assert_eq!(committed_log(&net, id), log);
+        }
+    }
+
     /// A vote answer meant for another request (an earlier incarnation of the candidate,
     /// in the same term) must not count: a wiped replica was elected with an empty log
     /// that way (found by the simulator, seed 24378). Answers carry the candidate's log
@@ -1896,6 +2088,7 @@ mod metadata_group {
                 port: 9090 + id as i32,
                 rack: None,
                 incarnation_id: id,
+                directory_id: 0,
             };
             let batch = encode_batch(
                 &[MetadataRecord::new(Record::RegisterBroker(registration))],

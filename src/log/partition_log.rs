@@ -114,7 +114,7 @@ impl PartitionLog {
         let mut cut_rest = false;
         for (i, &base) in bases.iter().enumerate() {
             let next_base = bases.get(i + 1).copied().unwrap_or(i64::MAX);
-            let stale = expected_next.map(|n| base < n).unwrap_or(false);
+            let stale = expected_next.is_some_and(|n| base != n);
             if cut_rest || stale {
                 Segment::open(
                     storage.as_ref(),
@@ -177,6 +177,9 @@ impl PartitionLog {
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
                 storage.sync_dir(parent)?;
             }
+        }
+        if report.segments_removed > 0 {
+            storage.sync_dir(dir)?;
         }
         report.segments = segments.len();
         let log_end_offset = segments.values().next_back().unwrap().next_offset();

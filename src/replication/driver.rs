@@ -170,10 +170,22 @@ struct Group {
     /// and it votes only for candidates that hold what it held (see [`VoteBarrier`]), so
     /// it can never help elect a leader that lacks a committed entry.
     vote_barrier: Option<VoteBarrier>,
+    /// Set while a vote barrier taken when the group opened has not yet seen a leader's
+    /// append; the replica votes for nobody meanwhile. The barrier (from the state record,
+    /// or the commit index) may fall short
+    /// of what the replica acknowledged: the entries of the last round before a crash
+    /// were fsynced and acknowledged, but no state record names them. The first append
+    /// from a leader of this replica's term or later raises it to the end of that
+    /// append: the leader holds every committed entry, so the replica must hold what the
+    /// leader sent before it votes again (found by the simulator, seed 44414: a barrier
+    /// three entries short let a replica elect a leader without a committed batch).
+    barrier_unconfirmed: bool,
     /// Set when the replica is unproven with an empty log (`ReplicaLog::unproven`): it may
     /// be a disk that was wiped or replaced, whose votes no longer stand for what it once
     /// acknowledged, so it votes only for candidates whose log is empty too (a group being
-    /// formed) until a leader's append gives it a vote barrier (`commit_position`).
+    /// formed) until a leader's append proves the leader current and gives it a vote
+    /// barrier (`Group::proves_current_leader`). Until then it takes appends only from a leader
+    /// that has committed nothing (a group being formed).
     empty_start: bool,
     /// Set (with `empty_start`) when the replica was placed on this broker before its
     /// disk joined the cluster (see [`Driver::set_replaced_disk`]): the disk
@@ -188,9 +200,60 @@ struct Group {
     /// The last vote request taken from each candidate: (term, last index, last term).
     /// Its answer carries that index and term back (see `stamp_vote_responses`).
     vote_requests: BTreeMap<u64, (u64, u64, u64)>,
+    /// While `empty_start`: the leader (and its term) whose appends this replica took
+    /// before it had committed anything (a group being formed).
+    formed_with: Option<(u64, u64)>,
+    /// While `empty_start`: a leader seen committing in its term (see
+    /// `Group::proves_current_leader`).
+    leader_seen: Option<LeaderSeen>,
+    /// While `empty_start`: the tick this replica last asked a leader for an append.
+    nudged_at: Option<u64>,
+}
+
+/// A leader a replica that started empty saw commit in its own term, unanswered.
+#[derive(Debug, Clone, Copy)]
+struct LeaderSeen {
+    leader: u64,
+    term: u64,
+    /// The driver tick it was first seen at.
+    since_tick: u64,
+    /// Where that append ended (and its commit): what the replica must hold before it
+    /// votes, once the leader is proven.
+    barrier: VoteBarrier,
 }
 
 impl Group {
+    /// Whether an append shows a leader that holds everything this replica's lost disk
+    /// may have acknowledged (this replica started empty and has acknowledged nothing
+    /// since). The leader must have committed an entry of its own term (its driver stamps
+    /// `commit_term`: see `stamp_commit_terms`), and it must have gone on leading, without
+    /// any answer from this replica, for two election timeouts: with check-quorum a
+    /// leader that lost its quorum steps down within one, so it is backed by a quorum of
+    /// the other replicas now, one of which took part in every commit the old disk
+    /// acknowledged (quorums intersect), so its term is at least as high as those
+    /// entries' and, elected, its log holds them below its commit index. A commit in its
+    /// own term alone proves nothing: a stale leader of an older term (paused, then
+    /// resumed) committed in its term too, and kept leading on this replica's answers
+    /// (found by the simulator, seed 40868).
+    ///
+    /// A group being formed is the exception: its followers take the first leader's
+    /// appends before it committed anything (a leader that has committed nothing holds
+    /// every committed entry: there is none it could be behind), and that leader
+    /// committing in its term proves it at once.
+    fn proves_current_leader(&self, message: &Message, now_tick: u64, election_tick: u64) -> bool {
+        match message.get_msg_type() {
+            MessageType::MsgAppend => {
+                message.commit > 0
+                    && message.commit_term == message.term
+                    && self.formed_with == Some((message.from, message.term))
+            }
+            MessageType::MsgHeartbeat => matches!(self.leader_seen, Some(seen)
+                if (seen.leader, seen.term) == (message.from, message.term)
+                    && now_tick >= seen.since_tick + 2 * election_tick),
+            _ => false,
+        }
+    }
+
     /// Whether the group has other voters (a replica to repair from).
     fn multi_voter(&self) -> bool {
         self.raw.raft.prs().conf().voters().ids().len() > 1
@@ -203,6 +266,7 @@ impl Group {
             messages.retain(|m| !is_vote_request(m));
         }
         self.stamp_vote_responses(&mut messages);
+        self.stamp_commit_terms(&mut messages);
         messages
     }
 
@@ -213,6 +277,17 @@ impl Group {
     /// by the simulator, seed 24378: metadata lost). Each answer carries the candidate's
     /// log position from the request back; the candidate drops a grant that does not
     /// match its own log (see `Driver::step`).
+    /// raft-rs leaves `commit_term` empty on appends; it is filled in with the term of
+    /// the entry at the commit index, which tells a replica that started empty whether
+    /// the leader committed in its own term (`Group::proves_current_leader`).
+    fn stamp_commit_terms(&self, messages: &mut [Message]) {
+        for m in messages.iter_mut() {
+            if m.get_msg_type() == MessageType::MsgAppend && m.commit > 0 {
+                m.commit_term = self.raw.raft.raft_log.term(m.commit).unwrap_or(0);
+            }
+        }
+    }
+
     fn stamp_vote_responses(&self, messages: &mut [Message]) {
         for m in messages.iter_mut() {
             if !matches!(
@@ -247,7 +322,10 @@ fn is_vote_request(m: &Message) -> bool {
 pub struct Driver {
     node_id: u64,
     config: DriverConfig,
-    groups: BTreeMap<GroupId, Group>,
+    /// Boxed: a group is taken out of the map and put back around every step and every
+    /// round, and a `RawNode` is large (moving it inside B-tree nodes was a fifth of the
+    /// simulator's time).
+    groups: BTreeMap<GroupId, Box<Group>>,
     rng: rand::rngs::StdRng,
     /// Ticks so far (the driver's clock for liveness).
     ticks: u64,
@@ -332,7 +410,7 @@ impl Driver {
             )))
         })??;
         let observed = (raw.raft.term, raw.raft.state, raw.raft.leader_id);
-        let mut entry = Group {
+        let mut entry = Box::new(Group {
             observed,
             timeout_drawn_for: (observed.0, observed.1),
             raw,
@@ -343,10 +421,15 @@ impl Driver {
             },
             empty_start,
             replaced_disk: false,
+            barrier_unconfirmed: false,
             scrub_next: 0,
             replies: Vec::new(),
             vote_requests: BTreeMap::new(),
-        };
+            formed_with: None,
+            leader_seen: None,
+            nudged_at: None,
+        });
+        entry.barrier_unconfirmed = entry.vote_barrier.is_some();
         self.reseed_timeout(&mut entry);
         self.groups.insert(group, entry);
         Ok(())
@@ -400,11 +483,12 @@ impl Driver {
                 tracing::warn!(group = %name, index, last_index,
                     "repairing a corrupt entry: dropping it and what follows, to be replicated again");
                 let last_term = log.position(last_index).map_or(0, |p| p.term);
-                log.truncate_for_repair(index)?;
-                VoteBarrier {
+                let held_until = VoteBarrier {
                     index: last_index,
                     term: last_term,
-                }
+                };
+                log.truncate_for_repair(index, held.map_or(held_until, |b| b.raise(held_until)))?;
+                held_until
             };
             self.add_group_storage(name.clone(), storage, Some(applied_before))?;
             if let Some(g) = self.groups.get_mut(&name) {
@@ -416,6 +500,8 @@ impl Driver {
                 // the only candidate that held everything, and the partition elected
                 // nobody).
                 g.empty_start = false;
+                // It knows exactly what it held: nothing to confirm.
+                g.barrier_unconfirmed = false;
                 let barrier = held.map_or(held_until, |b| b.raise(held_until));
                 g.vote_barrier = Some(barrier);
                 g.storage.lock().persist_vote_barrier(barrier)?;
@@ -424,7 +510,7 @@ impl Driver {
         for (name, group) in self.groups.iter_mut() {
             if let Some(barrier) = group.vote_barrier {
                 let mut log = group.storage.lock();
-                if log.last_index() >= barrier.index {
+                if log.last_index() >= barrier.index && !group.barrier_unconfirmed {
                     tracing::info!(group = %name, "caught up after a repair: votes again");
                     group.vote_barrier = None;
                     log.clear_vote_barrier();
@@ -531,6 +617,7 @@ impl Driver {
     fn group_mut(&mut self, group: &str) -> Result<&mut Group, DriverError> {
         self.groups
             .get_mut(group)
+            .map(|g| &mut **g)
             .ok_or_else(|| DriverError::UnknownGroup(group.to_string()))
     }
 
@@ -625,21 +712,88 @@ impl Driver {
                 return Ok(());
             }
         }
+        let (now_tick, election_tick) = (self.ticks, self.config.election_tick as u64);
         if group.empty_start {
             match raft_message.get_msg_type() {
-                MessageType::MsgAppend => {
-                    // The leader's commit index: what this replica must hold before its
-                    // vote means anything again.
+                MessageType::MsgAppend | MessageType::MsgHeartbeat
+                    if group.proves_current_leader(&raft_message, now_tick, election_tick) =>
+                {
+                    // Proven (see `Group::proves_current_leader`): the replica must hold
+                    // what the leader holds of what it sent, committed entries among
+                    // them, before its vote means anything again.
+                    let held = match group.leader_seen {
+                        Some(seen) if raft_message.get_msg_type() == MessageType::MsgHeartbeat => {
+                            seen.barrier
+                        }
+                        _ => VoteBarrier {
+                            index: raft_message.commit,
+                            term: raft_message.commit_term,
+                        }
+                        .raise(append_end(&raft_message)),
+                    };
+                    tracing::info!(group = %message.group, leader = raft_message.from, term = raft_message.term,
+                        "a replica that started empty follows a proven leader");
                     group.empty_start = false;
                     group.replaced_disk = false;
-                    let commit = commit_position(&raft_message);
-                    let barrier = group.vote_barrier.map_or(commit, |b| b.raise(commit));
+                    group.barrier_unconfirmed = false;
+                    let barrier = group.vote_barrier.map_or(held, |b| b.raise(held));
                     group.vote_barrier = Some(barrier);
                     let persisted = group.storage.lock().persist_vote_barrier(barrier);
                     if let Err(e) = persisted {
                         self.groups.insert(message.group, group);
                         return Err(DriverError::Io(e));
                     }
+                }
+                MessageType::MsgAppend if raft_message.commit == 0 && !group.replaced_disk => {
+                    // A leader that has committed nothing: a group being formed.
+                    group.formed_with = Some((raft_message.from, raft_message.term));
+                }
+                MessageType::MsgAppend | MessageType::MsgHeartbeat
+                    if group.formed_with != Some((raft_message.from, raft_message.term)) =>
+                {
+                    // Not proven current: a stale leader (one a newer quorum has moved
+                    // past, in a term this replica forgot with its disk) could commit an
+                    // entry with this replica's acknowledgement over entries the others
+                    // committed, or keep leading on its answers (found by the simulator,
+                    // seed 40868, in the metadata quorum). Dropped unanswered, but for a
+                    // heartbeat answer now and then (less often than check-quorum looks)
+                    // that makes the leader send an append to be seen.
+                    let (from, term) = (raft_message.from, raft_message.term);
+                    let seen = group.leader_seen.map(|s| (s.leader, s.term));
+                    if raft_message.get_msg_type() == MessageType::MsgAppend
+                        && raft_message.commit > 0
+                        && raft_message.commit_term == term
+                        && seen != Some((from, term))
+                    {
+                        group.leader_seen = Some(LeaderSeen {
+                            leader: from,
+                            term,
+                            since_tick: now_tick,
+                            barrier: VoteBarrier {
+                                index: raft_message.commit,
+                                term: raft_message.commit_term,
+                            }
+                            .raise(append_end(&raft_message)),
+                        });
+                    }
+                    let nudge_due = group
+                        .nudged_at
+                        .is_none_or(|at| now_tick >= at + 3 * election_tick);
+                    if raft_message.get_msg_type() == MessageType::MsgHeartbeat
+                        && seen != Some((from, term))
+                        && nudge_due
+                    {
+                        group.nudged_at = Some(now_tick);
+                        // A heartbeat answer: the leader resumes sending appends.
+                        let mut ask = Message::default();
+                        ask.set_msg_type(MessageType::MsgHeartbeatResponse);
+                        ask.to = from;
+                        ask.from = raft_message.to;
+                        ask.term = term;
+                        group.replies.push(ask);
+                    }
+                    self.groups.insert(message.group, group);
+                    return Ok(());
                 }
                 MessageType::MsgSnapshot => {
                     group.empty_start = false;
@@ -654,9 +808,29 @@ impl Driver {
                 _ => {}
             }
         }
+        if group.barrier_unconfirmed
+            && raft_message.get_msg_type() == MessageType::MsgAppend
+            && raft_message.term >= group.raw.raft.term
+        {
+            if let Some(barrier) = group.vote_barrier {
+                let raised = barrier.raise(append_end(&raft_message));
+                group.barrier_unconfirmed = false;
+                if raised != barrier {
+                    tracing::info!(group = %message.group, index = raised.index, term = raised.term,
+                        "a leader's append raises the vote barrier to the end of what it sent");
+                    group.vote_barrier = Some(raised);
+                    let persisted = group.storage.lock().persist_vote_barrier(raised);
+                    if let Err(e) = persisted {
+                        self.groups.insert(message.group, group);
+                        return Err(DriverError::Io(e));
+                    }
+                }
+            }
+        }
         if let Some(barrier) = group.vote_barrier {
             if is_vote_request(&raft_message)
-                && !barrier.admits(raft_message.index, raft_message.log_term)
+                && (group.barrier_unconfirmed
+                    || !barrier.admits(raft_message.index, raft_message.log_term))
             {
                 // No vote for a candidate that may lack what this replica had
                 // acknowledged (see `Group::vote_barrier`): dropped unanswered.
@@ -1213,6 +1387,28 @@ fn survive_lost_log(
                 return Some(reply);
             }
         }
+        MessageType::MsgAppend
+            if message.index > 0 && message.log_term == 0 && message.term >= raft.term =>
+        {
+            // A leader whose idea of this replica runs past its own log announces the
+            // entry before with term 0 (raft-rs's term for an index it does not have).
+            // `check_peer_message` refuses it (raft-rs would take it as matching an entry
+            // this replica may lack); answered with a rejection naming where this log
+            // ends, so the leader probes back into its own log instead of sending the same
+            // append forever (found by the simulator, seed 48014: a follower never caught
+            // up again).
+            let hint = (message.index - 1).min(raft.raft_log.last_index());
+            let mut reply = Message::default();
+            reply.set_msg_type(MessageType::MsgAppendResponse);
+            reply.to = message.from;
+            reply.from = message.to;
+            reply.term = message.term;
+            reply.reject = true;
+            reply.index = message.index;
+            reply.reject_hint = hint;
+            reply.log_term = raft.raft_log.term(hint).unwrap_or(0);
+            return Some(reply);
+        }
         MessageType::MsgAppendResponse if message.reject && raft.state == StateRole::Leader => {
             let from = message.from;
             let hint = message.reject_hint;
@@ -1230,23 +1426,18 @@ fn survive_lost_log(
     None
 }
 
-/// The barrier a replica with an empty start takes from a leader's append: a position in
-/// the leader's log at or after its commit index, with its term when the message shows
-/// one (the probe's previous entry, or an entry it carries). A candidate at least as up to
-/// date as that position holds every committed entry up to it.
-fn commit_position(append: &Message) -> VoteBarrier {
-    let commit = append.commit;
-    std::iter::once((append.index, append.log_term))
-        .chain(append.entries.iter().map(|e| (e.index, e.term)))
-        .filter(|&(index, term)| index >= commit && term > 0)
-        .min()
-        .map_or(
-            VoteBarrier {
-                index: commit,
-                term: 0,
-            },
-            |(index, term)| VoteBarrier { index, term },
-        )
+/// Where a leader's append ends in its log: its last entry, or the entry it follows.
+fn append_end(append: &Message) -> VoteBarrier {
+    append.entries.last().map_or(
+        VoteBarrier {
+            index: append.index,
+            term: append.log_term,
+        },
+        |e| VoteBarrier {
+            index: e.index,
+            term: e.term,
+        },
+    )
 }
 
 /// Runs a raft-rs call that reads `storage`, turning the panic raft-rs raises when such a

@@ -422,6 +422,44 @@ impl ReplicaLog {
                 "a batch's leader epoch does not fit the log's terms (damage outside the CRC): cutting the log there");
             cut_entries(&mut log, &mut entries, keep, persisted.first_offset)?;
         }
+        // Positions come from batch headers, read without their CRC: the last entry kept
+        // is the one whose end no later batch confirms (a flipped offset delta inside it
+        // breaks the run right after it), so its CRC is checked, and it is cut while it
+        // fails (found by the simulator, seed 46947: such an entry's end, 2^27 past the
+        // log, became the replica's high watermark).
+        let mut keep = entries.len();
+        while keep > 0 {
+            let entry = &entries[keep - 1];
+            let intact = match log.read_batch(entry.base_offset) {
+                Ok(stored) => crate::log::batch::parse_whole(&stored).is_ok_and(|h| {
+                    h.base_offset == entry.base_offset && h.next_offset() == entry.next_offset
+                }),
+                Err(ReadError::Io(e)) => return Err(e),
+                Err(_) => false,
+            };
+            if intact {
+                break;
+            }
+            keep -= 1;
+        }
+        if keep < entries.len() {
+            tracing::warn!(dir = %dir.display(), index = persisted.first_index + keep as u64,
+                "the log's last batch is corrupt: cutting the log there");
+            cut_entries(&mut log, &mut entries, keep, persisted.first_offset)?;
+        }
+        // The log must end where its last entry does: a segment whose batches were lost
+        // (an empty one after a gap) would otherwise make the next entry land past a
+        // hole, at offsets no other replica gives it (found by the simulator, seed 45046:
+        // the replica's offsets ran 61 ahead of its leader's).
+        let entries_end = entries
+            .back()
+            .map_or(persisted.first_offset, |e| e.next_offset);
+        if log.log_end_offset() != entries_end {
+            tracing::warn!(dir = %dir.display(), entries_end, log_end = log.log_end_offset(),
+                "the log goes on past its last batch: cutting it there");
+            let keep = entries.len();
+            cut_entries(&mut log, &mut entries, keep, persisted.first_offset)?;
+        }
         let mut hard_state = HardState::default();
         hard_state.term = persisted.term;
         hard_state.vote = persisted.vote;
@@ -490,6 +528,10 @@ impl ReplicaLog {
             replica.state_file.sync()?;
             replica.storage.sync_dir(dir)?;
         }
+        if let Some(lost) = replica.lost_barrier {
+            let barrier = replica.vote_barrier.map_or(lost, |b| b.raise(lost));
+            replica.persist_vote_barrier(barrier)?;
+        }
         // A crash between persisting a new log start and deleting the segments below it.
         replica.log.delete_segments_below(persisted.first_offset)?;
         replica.check_invariants();
@@ -538,7 +580,9 @@ impl ReplicaLog {
     /// as after a lost disk; its group rejoins as a follower and the leader sends the
     /// dropped entries again (`driver::survive_lost_log`). Raft's "committed entries
     /// never change" holds for the group: a quorum of other replicas still holds them.
-    pub fn truncate_for_repair(&mut self, from_index: u64) -> io::Result<()> {
+    pub fn truncate_for_repair(&mut self, from_index: u64, barrier: VoteBarrier) -> io::Result<()> {
+        // Durable before the entries go: a crash in between must not forget the loss.
+        self.persist_vote_barrier(self.vote_barrier.map_or(barrier, |b| b.raise(barrier)))?;
         use std::sync::atomic::Ordering;
         assert!(
             from_index >= self.first_index && from_index <= self.last_index(),
@@ -574,7 +618,8 @@ impl ReplicaLog {
             index: self.last_index(),
             term: self.last_term(),
         };
-        self.truncate_for_repair(index)?;
+        let barrier = self.lost_barrier.map_or(held, |b| b.raise(held));
+        self.truncate_for_repair(index, barrier)?;
         let lost = self.lost_commit.unwrap_or(0).max(commit);
         self.lost_commit = Some(lost);
         let held = self.lost_barrier.map_or(held, |b| b.raise(held));

@@ -336,6 +336,15 @@ fn a_log_that_lost_synced_entries_knows_where_it_ended() {
         replica.lost_barrier(),
         Some(crate::replication::VoteBarrier { index: 8, term: 2 })
     );
+    // The barrier is durable at once: a vote written before the replica catches up
+    // (its record names the short log as durable) must not make the next start forget
+    // the loss (found by the simulator, seed 33779: a stale leader was elected with
+    // such a replica's vote, losing committed entries).
+    persist_vote(replica, 3, 2);
+    assert_eq!(
+        open_replica(&storage, i64::MAX).vote_barrier(),
+        Some(crate::replication::VoteBarrier { index: 8, term: 2 })
+    );
 }
 
 /// A replica that started with no Raft state stays "unproven" (it votes only for empty
@@ -1249,9 +1258,14 @@ mod driver {
     #[test]
     fn a_replaced_disk_never_elects_an_empty_replica() {
         let mut net = Net::new(8);
-        // One replica is away from the start: its log stays empty.
+        // One replica is away from the start: its log stays empty. It is on the disk it
+        // was placed on (its broker says so), so it votes by Raft's rules.
         let empty = 3;
         net.down.insert(empty);
+        for group in GROUPS {
+            let d = net.drivers.get_mut(&empty).unwrap();
+            d.set_replaced_disk(group, false).unwrap();
+        }
         net.tick(60);
         let leader = net.leader_of("t-0").expect("a leader of the other two");
         let wiped = if leader == 1 { 2 } else { 1 };
@@ -1361,6 +1375,183 @@ mod driver {
         d.step(grant(0, 0)).unwrap();
         d.round(0).unwrap();
         assert_eq!(d.leader("t-0").map(|(_, term)| term), Some(1));
+    }
+
+    /// A replica that started empty (a wiped disk's, maybe) answers no leader until it
+    /// has seen it commit in its own term and go on leading, unanswered, for two election
+    /// timeouts (check-quorum makes a leader without a quorum step down within one). A
+    /// stale leader would otherwise commit with its acknowledgements over entries the
+    /// others committed (found by the simulator, seed 40868: a paused leader of term 1,
+    /// which had committed in term 1, resumed and took a wiped replica's answers while
+    /// the others were in term 2). Now and then it answers a heartbeat, so that the leader
+    /// sends it an append to be seen.
+    #[test]
+    fn an_empty_replica_answers_only_a_current_leader() {
+        use raft::eraftpb::MessageType;
+        let disk = MemoryStorage::new();
+        let mut d = driver(1, &disk, 13);
+        let message = |kind: MessageType, term: u64, commit: u64, commit_term: u64| {
+            let mut m = raft::eraftpb::Message::default();
+            m.set_msg_type(kind);
+            m.from = 2;
+            m.to = 1;
+            m.term = term;
+            if kind == MessageType::MsgAppend {
+                m.index = 8;
+                m.log_term = term;
+                m.commit_term = commit_term;
+            }
+            m.commit = commit;
+            GroupMessage {
+                group: "t-0".into(),
+                message: m,
+            }
+        };
+        let answers = |d: &mut Driver| -> Vec<MessageType> {
+            let out = d.round(0).unwrap();
+            out.outgoing
+                .get(&2)
+                .into_iter()
+                .flatten()
+                .filter(|m| m.group == "t-0")
+                .map(|m| m.message.get_msg_type())
+                // Its own campaigns (it hears from no leader) are not answers.
+                .filter(|kind| {
+                    !matches!(
+                        kind,
+                        MessageType::MsgRequestPreVote | MessageType::MsgRequestVote
+                    )
+                })
+                .collect()
+        };
+        let election_tick = DriverConfig::default().election_tick;
+        let ticks = |d: &mut Driver, n: usize| (0..n).for_each(|_| d.tick().unwrap());
+        // A heartbeat from a leader it has not seen: answered once, to get an append.
+        d.step(message(MessageType::MsgHeartbeat, 3, 0, 0)).unwrap();
+        assert_eq!(answers(&mut d), vec![MessageType::MsgHeartbeatResponse]);
+        d.step(message(MessageType::MsgHeartbeat, 3, 0, 0)).unwrap();
+        assert!(answers(&mut d).is_empty(), "asked again at once");
+        // Its commit index holds an entry of an older term: not proven, however long.
+        d.step(message(MessageType::MsgAppend, 3, 5, 1)).unwrap();
+        ticks(&mut d, 3 * election_tick);
+        d.step(message(MessageType::MsgAppend, 3, 5, 1)).unwrap();
+        assert!(
+            answers(&mut d).is_empty(),
+            "an unproven leader's append was answered"
+        );
+        // Committed in its own term: seen now, followed only two election timeouts on.
+        d.step(message(MessageType::MsgAppend, 3, 5, 3)).unwrap();
+        ticks(&mut d, election_tick);
+        d.step(message(MessageType::MsgHeartbeat, 3, 0, 0)).unwrap();
+        assert!(
+            answers(&mut d).is_empty(),
+            "followed after one election timeout"
+        );
+        assert!(d.storage("t-0").unwrap().lock().unproven());
+        ticks(&mut d, election_tick);
+        d.step(message(MessageType::MsgHeartbeat, 3, 0, 0)).unwrap();
+        assert_eq!(answers(&mut d), vec![MessageType::MsgHeartbeatResponse]);
+        // It must hold what the leader sent (up to index 8) before it votes.
+        let log = d.storage("t-0").unwrap().lock();
+        assert!(!log.unproven());
+        assert_eq!(
+            log.vote_barrier(),
+            Some(crate::replication::VoteBarrier { index: 8, term: 3 })
+        );
+    }
+
+    /// An append after an entry the leader itself lacks (announced with term 0) is
+    /// refused, and answered with a rejection naming where this log ends: without the
+    /// answer the leader sent the same append forever and the follower never caught up
+    /// (found by the simulator, seed 48014).
+    #[test]
+    fn an_append_after_an_entry_of_term_0_is_answered_with_a_rejection() {
+        let disk = MemoryStorage::new();
+        let mut d = driver(1, &disk, 15);
+        let mut m = raft::eraftpb::Message::default();
+        m.set_msg_type(raft::eraftpb::MessageType::MsgAppend);
+        m.from = 2;
+        m.to = 1;
+        m.term = 4;
+        m.index = 71;
+        m.log_term = 0;
+        m.commit = 70;
+        let refused = d.step(GroupMessage {
+            group: "t-0".into(),
+            message: m,
+        });
+        assert!(matches!(refused, Err(DriverError::Refused { .. })));
+        let out = d.round(0).unwrap();
+        let replies: Vec<_> = out
+            .outgoing
+            .get(&2)
+            .into_iter()
+            .flatten()
+            .filter(|g| g.group == "t-0")
+            .map(|g| &g.message)
+            .collect();
+        assert_eq!(replies.len(), 1, "no answer to the leader");
+        let reply = replies[0];
+        assert_eq!(
+            reply.get_msg_type(),
+            raft::eraftpb::MessageType::MsgAppendResponse
+        );
+        assert!(reply.reject);
+        assert_eq!((reply.index, reply.reject_hint, reply.term), (71, 0, 4));
+    }
+
+    /// A barrier found when a log opens (the state record named a longer log than the
+    /// one that reopened) may fall short: the last round's entries were fsynced and
+    /// acknowledged, but no record names them. The first append from a current leader
+    /// raises it to the end of what that leader sent (found by the simulator, seed
+    /// 44414); later appends do not move it.
+    #[test]
+    fn a_barrier_from_a_damaged_log_is_raised_by_the_first_leader_append() {
+        use crate::replication::VoteBarrier;
+        let disk = MemoryStorage::new();
+        {
+            let dir = Path::new("/data").join("t-0");
+            let mut replica = ReplicaLog::open(
+                Arc::new(disk.clone()),
+                &dir,
+                LogConfig::default(),
+                0,
+                &[1, 2, 3],
+            )
+            .unwrap();
+            let mut hs = replica.hard_state().clone();
+            hs.term = 2;
+            replica.set_hard_state(hs);
+            replica
+                .persist_vote_barrier(VoteBarrier { index: 3, term: 1 })
+                .unwrap();
+        }
+        let mut d = driver(1, &disk, 14);
+        let append = |index: u64, log_term: u64| {
+            let mut m = raft::eraftpb::Message::default();
+            m.set_msg_type(raft::eraftpb::MessageType::MsgAppend);
+            m.from = 2;
+            m.to = 1;
+            m.term = 2;
+            m.index = index;
+            m.log_term = log_term;
+            GroupMessage {
+                group: "t-0".into(),
+                message: m,
+            }
+        };
+        d.step(append(6, 2)).unwrap();
+        d.round(0).unwrap();
+        assert_eq!(
+            d.storage("t-0").unwrap().lock().vote_barrier(),
+            Some(VoteBarrier { index: 6, term: 2 })
+        );
+        d.step(append(9, 2)).unwrap();
+        d.round(0).unwrap();
+        assert_eq!(
+            d.storage("t-0").unwrap().lock().vote_barrier(),
+            Some(VoteBarrier { index: 6, term: 2 })
+        );
     }
 
     /// A batch that rots on the leader's disk after it committed: sending it to a

@@ -170,16 +170,6 @@ struct Group {
     /// and it votes only for candidates that hold what it held (see [`VoteBarrier`]), so
     /// it can never help elect a leader that lacks a committed entry.
     vote_barrier: Option<VoteBarrier>,
-    /// Set while a vote barrier taken when the group opened has not yet seen a leader's
-    /// append; the replica votes for nobody meanwhile. The barrier (from the state record,
-    /// or the commit index) may fall short
-    /// of what the replica acknowledged: the entries of the last round before a crash
-    /// were fsynced and acknowledged, but no state record names them. The first append
-    /// from a leader of this replica's term or later raises it to the end of that
-    /// append: the leader holds every committed entry, so the replica must hold what the
-    /// leader sent before it votes again (found by the simulator, seed 44414: a barrier
-    /// three entries short let a replica elect a leader without a committed batch).
-    barrier_unconfirmed: bool,
     /// Set when the replica is unproven with an empty log (`ReplicaLog::unproven`): it may
     /// be a disk that was wiped or replaced, whose votes no longer stand for what it once
     /// acknowledged, so it votes only for candidates whose log is empty too (a group being
@@ -421,7 +411,6 @@ impl Driver {
             },
             empty_start,
             replaced_disk: false,
-            barrier_unconfirmed: false,
             scrub_next: 0,
             replies: Vec::new(),
             vote_requests: BTreeMap::new(),
@@ -429,7 +418,6 @@ impl Driver {
             leader_seen: None,
             nudged_at: None,
         });
-        entry.barrier_unconfirmed = entry.vote_barrier.is_some();
         self.reseed_timeout(&mut entry);
         self.groups.insert(group, entry);
         Ok(())
@@ -500,8 +488,6 @@ impl Driver {
                 // the only candidate that held everything, and the partition elected
                 // nobody).
                 g.empty_start = false;
-                // It knows exactly what it held: nothing to confirm.
-                g.barrier_unconfirmed = false;
                 let barrier = held.map_or(held_until, |b| b.raise(held_until));
                 g.vote_barrier = Some(barrier);
                 g.storage.lock().persist_vote_barrier(barrier)?;
@@ -510,7 +496,7 @@ impl Driver {
         for (name, group) in self.groups.iter_mut() {
             if let Some(barrier) = group.vote_barrier {
                 let mut log = group.storage.lock();
-                if log.last_index() >= barrier.index && !group.barrier_unconfirmed {
+                if log.last_index() >= barrier.index {
                     tracing::info!(group = %name, "caught up after a repair: votes again");
                     group.vote_barrier = None;
                     log.clear_vote_barrier();
@@ -735,7 +721,6 @@ impl Driver {
                         "a replica that started empty follows a proven leader");
                     group.empty_start = false;
                     group.replaced_disk = false;
-                    group.barrier_unconfirmed = false;
                     let barrier = group.vote_barrier.map_or(held, |b| b.raise(held));
                     group.vote_barrier = Some(barrier);
                     let persisted = group.storage.lock().persist_vote_barrier(barrier);
@@ -808,29 +793,9 @@ impl Driver {
                 _ => {}
             }
         }
-        if group.barrier_unconfirmed
-            && raft_message.get_msg_type() == MessageType::MsgAppend
-            && raft_message.term >= group.raw.raft.term
-        {
-            if let Some(barrier) = group.vote_barrier {
-                let raised = barrier.raise(append_end(&raft_message));
-                group.barrier_unconfirmed = false;
-                if raised != barrier {
-                    tracing::info!(group = %message.group, index = raised.index, term = raised.term,
-                        "a leader's append raises the vote barrier to the end of what it sent");
-                    group.vote_barrier = Some(raised);
-                    let persisted = group.storage.lock().persist_vote_barrier(raised);
-                    if let Err(e) = persisted {
-                        self.groups.insert(message.group, group);
-                        return Err(DriverError::Io(e));
-                    }
-                }
-            }
-        }
         if let Some(barrier) = group.vote_barrier {
             if is_vote_request(&raft_message)
-                && (group.barrier_unconfirmed
-                    || !barrier.admits(raft_message.index, raft_message.log_term))
+                && !barrier.admits(raft_message.index, raft_message.log_term)
             {
                 // No vote for a candidate that may lack what this replica had
                 // acknowledged (see `Group::vote_barrier`): dropped unanswered.

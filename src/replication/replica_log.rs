@@ -78,6 +78,14 @@ struct PersistedState {
     /// by position would then bring back a term without it.
     #[prost(uint64, tag = "14")]
     sequence: u64,
+    /// Where the log ended when the record was written, this round's entries included
+    /// (0: an older record that does not say). They may have been fsynced and
+    /// acknowledged with no later record naming them as durable: a log that lost
+    /// durable entries (damage) may have lost those too.
+    #[prost(uint64, tag = "15")]
+    written_end_index: u64,
+    #[prost(uint64, tag = "16")]
+    written_end_term: u64,
 }
 
 /// Where a replica's log ended before it lost entries it had acknowledged: until its log
@@ -422,11 +430,11 @@ impl ReplicaLog {
                 "a batch's leader epoch does not fit the log's terms (damage outside the CRC): cutting the log there");
             cut_entries(&mut log, &mut entries, keep, persisted.first_offset)?;
         }
-        // Positions come from batch headers, read without their CRC: the last entry kept
-        // is the one whose end no later batch confirms (a flipped offset delta inside it
-        // breaks the run right after it), so its CRC is checked, and it is cut while it
-        // fails (found by the simulator, seed 46947: such an entry's end, 2^27 past the
-        // log, became the replica's high watermark).
+        // Positions come from batch headers, read without their CRC (a segment below the
+        // recovery point is trusted up to its last index entry). The last entry kept is
+        // the one no later batch confirms, so its CRC is checked, and it is cut while it
+        // fails (found by the simulator, seeds 43067 and 46947: such an entry's end, far
+        // past the log, became the replica's high watermark).
         let mut keep = entries.len();
         while keep > 0 {
             let entry = &entries[keep - 1];
@@ -470,15 +478,26 @@ impl ReplicaLog {
         let lost_commit = (persisted.commit > last_index).then_some(persisted.commit);
         // Votes must stand for everything it acknowledged: the entries durable before the
         // last state record was written (with the last one's term, so that it can still
-        // vote for a candidate that holds them all). A record from before that was known
-        // gives its commit index, term unknown.
-        let lost_barrier = if persisted.log_end_term > 0 {
-            (persisted.log_end_index > last_index).then_some(VoteBarrier {
-                index: persisted.log_end_index,
-                term: persisted.log_end_term,
-            })
-        } else {
-            lost_commit.map(|index| VoteBarrier { index, term: 0 })
+        // vote for a candidate that holds them all), and, once damage is certain (the log
+        // ends below those or below the commit index), the entries of the record's own
+        // round too: they may have been fsynced and acknowledged with no later record
+        // naming them (found by the simulator, seed 44414: a barrier three entries short
+        // let the replica elect a leader without a committed batch). A record from
+        // before either was known gives its commit index, term unknown.
+        let durable = (persisted.log_end_term > 0).then_some(VoteBarrier {
+            index: persisted.log_end_index,
+            term: persisted.log_end_term,
+        });
+        let written = (persisted.written_end_term > 0).then_some(VoteBarrier {
+            index: persisted.written_end_index,
+            term: persisted.written_end_term,
+        });
+        let damaged = lost_commit.is_some() || durable.is_some_and(|d| d.index > last_index);
+        let lost_barrier = match (durable, written) {
+            (None, None) => lost_commit.map(|index| VoteBarrier { index, term: 0 }),
+            _ if !damaged => None,
+            (Some(d), Some(w)) => Some(d.raise(w)),
+            (Some(b), None) | (None, Some(b)) => Some(b),
         };
         if let Some(barrier) = lost_barrier {
             tracing::warn!(dir = %dir.display(), commit = persisted.commit, last_index,
@@ -788,6 +807,8 @@ impl ReplicaLog {
             log_end_term: self.synced_end.1,
             unproven: self.unproven,
             sequence: self.state_sequence + 1,
+            written_end_index: self.last_index(),
+            written_end_term: self.last_term(),
         };
         self.state_sequence = record.sequence;
         let bytes = frame(&record);

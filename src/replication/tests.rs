@@ -482,6 +482,60 @@ fn flip_epoch(storage: &MemoryStorage, index: u64, flip: i32) {
     assert!(storage.corrupt(&path, at + 12, &(term ^ flip).to_be_bytes()));
 }
 
+/// A replica log's positions come from batch headers; a segment opened below the
+/// recovery point is CRC-checked only from its last index entry on. A flipped offset
+/// delta in an earlier batch breaks the run right after it, and that batch is then the
+/// last one kept, its end far past the log: it is CRC-checked and cut too (found by the
+/// simulator, seeds 43067 and 46947: such an end became the replica's high watermark).
+#[test]
+fn a_corrupt_batch_left_last_by_a_cut_is_cut_too() {
+    let storage = MemoryStorage::new();
+    let config = LogConfig {
+        index_interval_bytes: 1,
+        ..LogConfig::default()
+    };
+    let open = |storage: &MemoryStorage| {
+        ReplicaLog::open(
+            Arc::new(storage.clone()),
+            Path::new("/data/t-0"),
+            config.clone(),
+            i64::MAX,
+            &[1, 2, 3],
+        )
+        .unwrap()
+    };
+    {
+        let mut replica = open(&storage);
+        let entries: Vec<Entry> = (1..=8)
+            .map(|i| entry(i, 1, batch(&format!("e{i}"), 3)))
+            .collect();
+        replica.append(&entries, 0).unwrap();
+        let mut hs = replica.hard_state().clone();
+        hs.term = 1;
+        hs.commit = 8;
+        replica.set_hard_state(hs);
+        replica.write_state().unwrap();
+        sync(&mut replica);
+    }
+    let (end_of_6, start_of_7) = {
+        let replica = open(&storage);
+        let p7 = replica.position(7).unwrap();
+        (replica.position(6).unwrap().next_offset, p7.base_offset)
+    };
+    // Entry 7's batch on disk: flip the high bit of its lastOffsetDelta (bytes 23..27).
+    let path = Path::new("/data/t-0").join("00000000000000000000.log");
+    let stored = open(&storage).log().read_batch(start_of_7).unwrap();
+    let data = crate::storage::read_to_vec(&storage, &path).unwrap();
+    let at = data
+        .windows(stored.len())
+        .position(|w| w == &stored[..])
+        .unwrap();
+    assert!(storage.corrupt(&path, at + 23, &[data[at + 23] ^ 0x08]));
+    let replica = open(&storage);
+    assert_eq!(replica.last_index(), 6);
+    assert_eq!(replica.log().log_end_offset(), end_of_6);
+}
+
 /// A log of terms 1 (entries 1..=4) and 2 (5..=8), each term starting with its no-op,
 /// all committed and synced.
 fn two_term_log(storage: &MemoryStorage) {

@@ -351,21 +351,45 @@ fn a_log_that_lost_synced_entries_knows_where_it_ended() {
 }
 
 /// Entries written, fsynced and acknowledged in one round are named by no state record
-/// as durable (the record of their round is written before the fsync), yet damage can
-/// take them: the barrier covers where the log ended when that record was written
-/// (found by the simulator, seed 44414: a barrier three entries short let the replica
-/// elect a leader that lacked a committed batch).
+/// as durable (the record of their round is written before the fsync), yet damage that
+/// cuts the log below what is named durable may have taken them too: the barrier covers
+/// where the log ended when that record was written (found by the simulator, seed
+/// 44414: a barrier three entries short let the replica elect a leader that lacked a
+/// committed batch). A log cut only within its last round is a crash before that
+/// round's fsync as far as the replica can tell: no barrier (seed 60566).
 #[test]
 fn a_damaged_log_covers_the_entries_of_its_last_round() {
     let storage = MemoryStorage::new();
-    two_term_log(&storage); // one round: entries 1..=8, their record, the fsync
+    two_term_log(&storage); // entries 1..=8 and their record, fsynced
+    {
+        // A record naming 1..=8 as durable, then a round with 9 and 10, fsynced.
+        let mut replica = open_replica(&storage, i64::MAX);
+        replica.write_state().unwrap();
+        sync(&mut replica);
+        replica
+            .append(
+                &[entry(9, 2, batch("e9", 1)), entry(10, 2, batch("e10", 1))],
+                0,
+            )
+            .unwrap();
+        replica.write_state().unwrap();
+        sync(&mut replica);
+    }
     flip_epoch(&storage, 6, 1 << 24);
     let replica = open_replica(&storage, i64::MAX);
     assert_eq!(replica.last_index(), 5);
     assert_eq!(
         replica.lost_barrier(),
-        Some(crate::replication::VoteBarrier { index: 8, term: 2 })
+        Some(crate::replication::VoteBarrier { index: 10, term: 2 })
     );
+    drop(replica);
+    // A log whose only record is its first round's, cut within that round: no barrier.
+    let fresh = MemoryStorage::new();
+    two_term_log(&fresh);
+    flip_epoch(&fresh, 6, 1 << 24);
+    let replica = open_replica(&fresh, i64::MAX);
+    assert_eq!(replica.last_index(), 5);
+    assert_eq!(replica.lost_barrier(), None);
 }
 
 /// A replica that started with no Raft state stays "unproven" (it votes only for empty

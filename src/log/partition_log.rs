@@ -114,7 +114,7 @@ impl PartitionLog {
         let mut cut_rest = false;
         for (i, &base) in bases.iter().enumerate() {
             let next_base = bases.get(i + 1).copied().unwrap_or(i64::MAX);
-            let stale = expected_next.is_some_and(|n| base != n);
+            let stale = expected_next.is_some_and(|n| base < n);
             if cut_rest || stale {
                 Segment::open(
                     storage.as_ref(),

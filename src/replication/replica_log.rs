@@ -510,6 +510,19 @@ impl ReplicaLog {
                 "the log lost entries it had acknowledged: votes only for candidates that hold them, until it is caught up again");
         }
         hard_state.commit = persisted.commit.min(last_index);
+        // A replica's term is never below its log's last term. The state record of the
+        // round that brought an entry of a new term (a follower's term change, no vote:
+        // a vote is synced before it is sent) can be lost to a crash that kept the entry
+        // (the round's files are fsynced one by one); raft-rs then answers a pre-vote
+        // from term 0 and panics (found by the simulator, seed 67646). The term comes
+        // back from the log, with no vote.
+        let log_term = entries.back().map_or(persisted.snapshot_term, |e| e.term);
+        if hard_state.term < log_term {
+            tracing::warn!(dir = %dir.display(), term = hard_state.term, log_term,
+                "raft-state is behind the log's last term (its record was lost): taking the log's term");
+            hard_state.term = log_term;
+            hard_state.vote = 0;
+        }
         let mut conf_state = ConfState::default();
         conf_state.voters = persisted.voters.clone();
         conf_state.learners = persisted.learners.clone();

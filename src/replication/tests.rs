@@ -560,6 +560,81 @@ fn a_corrupt_batch_left_last_by_a_cut_is_cut_too() {
     assert_eq!(replica.log().log_end_offset(), end_of_6);
 }
 
+/// A crash can keep a round's entries and lose its state record (the files are fsynced
+/// one by one): a replica must not reopen with a term below its log's last term (raft-rs
+/// answered a pre-vote with term 0 and panicked; found by the simulator, seed 67646).
+#[test]
+fn a_lost_term_comes_back_from_the_log() {
+    let storage = MemoryStorage::new();
+    {
+        let mut replica = open_replica(&storage, 0);
+        replica.append(&[entry(1, 3, Bytes::new())], 0).unwrap();
+        let (handles, _) = replica.sync_handles().unwrap();
+        // Only the log's files reach the disk: the state record of term 3 is lost.
+        for h in &handles {
+            h.sync().unwrap();
+        }
+    }
+    let path = Path::new("/data/t-0").join(crate::replication::replica_log::STATE_FILE);
+    let records = crate::storage::read_to_vec(&storage, &path).unwrap();
+    storage.crash();
+    // The crash kept the fresh replica's first record only.
+    assert!(crate::storage::read_to_vec(&storage, &path).unwrap().len() <= records.len());
+    let replica = open_replica(&storage, 0);
+    assert_eq!(replica.last_index(), 1);
+    assert_eq!(
+        (replica.hard_state().term, replica.hard_state().vote),
+        (3, 0)
+    );
+}
+
+/// A partition log may go on past a hole (a segment whose files were lost; compaction
+/// leaves such holes on purpose), but a replica log must end where its last entry does:
+/// the next entry would otherwise land past the hole, at offsets no other replica gives
+/// it (found by the simulator, seeds 30992, 31095 and 45046). It is cut there, durably.
+#[test]
+fn a_replica_log_is_cut_where_its_entries_end() {
+    let storage = MemoryStorage::new();
+    two_term_log(&storage); // segments of 300 bytes: several of them
+    let (ends, bases) = {
+        let replica = open_replica(&storage, i64::MAX);
+        let ends: Vec<i64> = (1..=8)
+            .map(|i| replica.position(i).unwrap().next_offset)
+            .collect();
+        (ends, replica.log().segment_base_offsets())
+    };
+    assert!(bases.len() >= 3, "the test needs three segments: {bases:?}");
+    // The second segment's files are lost.
+    let dir = Path::new("/data/t-0");
+    let middle = format!("{:020}", bases[1]);
+    for suffix in ["log", "index", "timeindex"] {
+        let path = dir.join(format!("{middle}.{suffix}"));
+        if crate::storage::Storage::exists(&storage, &path) {
+            crate::storage::Storage::remove_file(&storage, &path).unwrap();
+        }
+    }
+    // And the last segment lost its batches (its file is empty): no entry after the
+    // hole shows it, the segment's base alone puts the log's end past it.
+    let last_segment = dir.join(format!("{:020}.log", bases[bases.len() - 1]));
+    let mut file = crate::storage::Storage::open(&storage, &last_segment, false).unwrap();
+    file.truncate(0).unwrap();
+    file.sync().unwrap();
+    crate::storage::Storage::sync_dir(&storage, dir).unwrap();
+    let kept_end = bases[1];
+    let replica = open_replica(&storage, i64::MAX);
+    assert_eq!(replica.log().log_end_offset(), kept_end);
+    let last = replica.last_index();
+    assert_eq!(replica.position(last).unwrap().next_offset, kept_end);
+    assert!(ends.contains(&kept_end));
+    drop(replica);
+    // And after a power loss.
+    storage.crash();
+    assert_eq!(
+        open_replica(&storage, i64::MAX).log().log_end_offset(),
+        kept_end
+    );
+}
+
 /// A log of terms 1 (entries 1..=4) and 2 (5..=8), each term starting with its no-op,
 /// all committed and synced.
 fn two_term_log(storage: &MemoryStorage) {

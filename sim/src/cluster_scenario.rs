@@ -578,11 +578,24 @@ async fn supervise(seed: u64, faults: &Faults, shared: Arc<Shared>) -> Result<()
         return Err(v);
     }
     // A broker may still stop on a storage failure while it repairs (damage found by an
-    // append or a read): the process supervisor keeps restarting it, as during faults.
-    // On the client node: the supervisor's own node has no network.
+    // append or a read): the process supervisor keeps restarting it, as during faults,
+    // also while the topics are checked (a broker that stopped there kept its stale
+    // image and failed seed 61880). The check runs on the client node: the supervisor's
+    // own node has no network.
     let s = shared.clone();
-    client
-        .spawn(async move { check_created_topics(&s, deadline).await })
+    let checked = Arc::new(AtomicBool::new(false));
+    let done = checked.clone();
+    let check = client.spawn(async move {
+        let result = check_created_topics(&s, deadline).await;
+        done.store(true, Ordering::Relaxed);
+        result
+    });
+    // Bounded: the check gives up at `deadline` (a panicking check ends the wait too).
+    while !checked.load(Ordering::Relaxed) && Shared::now_ms() <= deadline + 60_000 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        restart_failed(&shared, &handle, &hosts, &mut injected, u64::MAX, &mut rng);
+    }
+    check
         .await
         .map_err(|e| violation("no-panic", format!("topic check task: {e}")))??;
     let logs = converge(&shared, deadline, || {

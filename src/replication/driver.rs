@@ -173,15 +173,15 @@ struct Group {
     /// Set when the replica is unproven with an empty log (`ReplicaLog::unproven`): it may
     /// be a disk that was wiped or replaced, whose votes no longer stand for what it once
     /// acknowledged, so it votes only for candidates whose log is empty too (a group being
-    /// formed) until a leader's append proves the leader current and gives it a vote
-    /// barrier (`Group::proves_current_leader`). Until then it takes appends only from a leader
-    /// that has committed nothing (a group being formed).
+    /// formed), and answers no leader (appends, heartbeats) but one that has committed
+    /// nothing (a group being formed), until a leader is proven current
+    /// (`Group::proves_current_leader`); that gives it a vote barrier.
     empty_start: bool,
     /// Set (with `empty_start`) when the replica was placed on this broker before its
-    /// disk joined the cluster (see [`Driver::set_replaced_disk`]): the disk
-    /// that held it is gone, and even a candidate with an empty log may lack what that
-    /// disk acknowledged. It neither votes nor campaigns until a leader's append gives it
-    /// a vote barrier.
+    /// disk joined the cluster (see [`Driver::set_replaced_disk`]): the disk that held it
+    /// is gone, and even a candidate with an empty log may lack what that disk
+    /// acknowledged. It neither votes nor campaigns, nor takes a forming group's appends,
+    /// until a leader is proven current.
     replaced_disk: bool,
     /// The Raft index the scrubber verifies next.
     scrub_next: u64,

@@ -1340,16 +1340,12 @@ fn survive_lost_log(
                 message.commit = raft.raft_log.committed;
                 // And tell the leader where this log really ends (a rejection it takes
                 // below), or it would never send anything while no new entry comes.
-                let mut reply = Message::default();
-                reply.set_msg_type(MessageType::MsgAppendResponse);
-                reply.to = message.from;
-                reply.from = message.to;
-                reply.term = message.term;
-                reply.reject = true;
-                reply.index = last_index;
-                reply.reject_hint = last_index;
-                reply.log_term = raft.raft_log.last_term();
-                return Some(reply);
+                return Some(rejection(
+                    message,
+                    last_index,
+                    last_index,
+                    raft.raft_log.last_term(),
+                ));
             }
         }
         MessageType::MsgAppend
@@ -1363,16 +1359,8 @@ fn survive_lost_log(
             // append forever (found by the simulator, seed 48014: a follower never caught
             // up again).
             let hint = (message.index - 1).min(raft.raft_log.last_index());
-            let mut reply = Message::default();
-            reply.set_msg_type(MessageType::MsgAppendResponse);
-            reply.to = message.from;
-            reply.from = message.to;
-            reply.term = message.term;
-            reply.reject = true;
-            reply.index = message.index;
-            reply.reject_hint = hint;
-            reply.log_term = raft.raft_log.term(hint).unwrap_or(0);
-            return Some(reply);
+            let log_term = raft.raft_log.term(hint).unwrap_or(0);
+            return Some(rejection(message, message.index, hint, log_term));
         }
         MessageType::MsgAppendResponse if message.reject && raft.state == StateRole::Leader => {
             let from = message.from;
@@ -1389,6 +1377,21 @@ fn survive_lost_log(
         _ => {}
     }
     None
+}
+
+/// An append rejection answering `message` (a heartbeat or an append from the leader):
+/// `index` is what it rejects, `hint` and `log_term` where this log can match.
+fn rejection(message: &Message, index: u64, hint: u64, log_term: u64) -> Message {
+    let mut reply = Message::default();
+    reply.set_msg_type(MessageType::MsgAppendResponse);
+    reply.to = message.from;
+    reply.from = message.to;
+    reply.term = message.term;
+    reply.reject = true;
+    reply.index = index;
+    reply.reject_hint = hint;
+    reply.log_term = log_term;
+    reply
 }
 
 /// Where a leader's append ends in its log: its last entry, or the entry it follows.

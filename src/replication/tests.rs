@@ -90,13 +90,26 @@ fn open_replica(storage: &MemoryStorage, recovery_point: i64) -> ReplicaLog {
 }
 
 /// Votes for `vote` in `term`, durably, and closes the replica.
-fn persist_vote(mut replica: ReplicaLog, term: u64, vote: u64) {
-    let mut hs = replica.hard_state().clone();
-    hs.term = term;
-    hs.vote = vote;
-    replica.set_hard_state(hs);
-    replica.write_state().unwrap();
-    sync(&mut replica);
+fn persist_vote(replica: ReplicaLog, term: u64, vote: u64) {
+    persist_votes(replica, &[(term, vote)]);
+}
+
+/// The (term, vote) of the replica reopened from `storage`.
+fn reopened_vote(storage: &MemoryStorage) -> (u64, u64) {
+    let replica = open_replica(storage, 0);
+    (replica.hard_state().term, replica.hard_state().vote)
+}
+
+/// Persists each (term, vote) in turn, each record synced.
+fn persist_votes(mut replica: ReplicaLog, votes: &[(u64, u64)]) {
+    for &(term, vote) in votes {
+        let mut hs = replica.hard_state().clone();
+        hs.term = term;
+        hs.vote = vote;
+        replica.set_hard_state(hs);
+        replica.write_state().unwrap();
+        sync(&mut replica);
+    }
 }
 
 fn sync(replica: &mut ReplicaLog) {
@@ -131,9 +144,8 @@ fn a_vote_written_after_a_torn_state_record_survives_a_restart() {
         (3, 2)
     );
     persist_vote(replica, 4, 1);
-    let replica = open_replica(&storage, 0);
     assert_eq!(
-        (replica.hard_state().term, replica.hard_state().vote),
+        reopened_vote(&storage),
         (4, 1),
         "the vote of term 4 was forgotten"
     );
@@ -146,16 +158,7 @@ fn a_vote_written_after_a_torn_state_record_survives_a_restart() {
 #[test]
 fn a_vote_written_after_a_damaged_state_record_survives_a_restart() {
     let storage = MemoryStorage::new();
-    let mut replica = open_replica(&storage, 0);
-    for (term, vote) in [(2, 3), (3, 2), (4, 1)] {
-        let mut hs = raft::eraftpb::HardState::default();
-        hs.term = term;
-        hs.vote = vote;
-        replica.set_hard_state(hs);
-        replica.write_state().unwrap();
-        sync(&mut replica);
-    }
-    drop(replica);
+    persist_votes(open_replica(&storage, 0), &[(2, 3), (3, 2), (4, 1)]);
     // Rot a byte inside the second record (the first is the fresh replica's own).
     let path = Path::new("/data/t-0").join(crate::replication::replica_log::STATE_FILE);
     let data = crate::storage::read_to_vec(&storage, &path).unwrap();
@@ -183,16 +186,7 @@ fn a_vote_written_after_a_damaged_state_record_survives_a_restart() {
 #[test]
 fn the_newest_state_record_wins_wherever_it_lies() {
     let storage = MemoryStorage::new();
-    let mut replica = open_replica(&storage, 0);
-    for (term, vote) in [(2, 3), (3, 2), (4, 1)] {
-        let mut hs = raft::eraftpb::HardState::default();
-        hs.term = term;
-        hs.vote = vote;
-        replica.set_hard_state(hs);
-        replica.write_state().unwrap();
-        sync(&mut replica);
-    }
-    drop(replica);
+    persist_votes(open_replica(&storage, 0), &[(2, 3), (3, 2), (4, 1)]);
     let path = Path::new("/data/t-0").join(crate::replication::replica_log::STATE_FILE);
     let data = crate::storage::read_to_vec(&storage, &path).unwrap();
     let mut starts = vec![0usize];
@@ -206,9 +200,8 @@ fn the_newest_state_record_wins_wherever_it_lies() {
     // The newest record lands over the second one; its own place is zero.
     assert!(storage.corrupt(&path, second, &newest));
     assert!(storage.corrupt(&path, last, &vec![0u8; newest.len()]));
-    let replica = open_replica(&storage, 0);
     assert_eq!(
-        (replica.hard_state().term, replica.hard_state().vote),
+        reopened_vote(&storage),
         (4, 1),
         "the vote of term 4 was forgotten"
     );
@@ -575,11 +568,7 @@ fn a_lost_term_comes_back_from_the_log() {
             h.sync().unwrap();
         }
     }
-    let path = Path::new("/data/t-0").join(crate::replication::replica_log::STATE_FILE);
-    let records = crate::storage::read_to_vec(&storage, &path).unwrap();
     storage.crash();
-    // The crash kept the fresh replica's first record only.
-    assert!(crate::storage::read_to_vec(&storage, &path).unwrap().len() <= records.len());
     let replica = open_replica(&storage, 0);
     assert_eq!(replica.last_index(), 1);
     assert_eq!(
@@ -1210,6 +1199,19 @@ mod driver {
             }
         }
 
+        /// One more write through `leader` (it shows the leader every follower's log; a
+        /// heartbeat does not), then: `committed` survived, and every replica of `t-0`
+        /// holds the same committed log.
+        fn write_and_check_converged(&mut self, leader: u64, committed: &[(i64, bytes::Bytes)]) {
+            self.propose_each(leader, "after", 1);
+            self.tick(10);
+            let log = committed_log(self, leader);
+            assert!(log.starts_with(committed), "committed entries were lost");
+            for id in 1..=3 {
+                assert_eq!(committed_log(self, id), log);
+            }
+        }
+
         fn leader_of(&self, group: &str) -> Option<u64> {
             let leaders: BTreeSet<u64> = self
                 .drivers
@@ -1404,13 +1406,7 @@ mod driver {
             .leader_of("t-0")
             .expect("a leader once the old one is back");
         // The next write shows the leader the wiped replica's log (a heartbeat does not).
-        net.propose_each(now, "after", 1);
-        net.tick(10);
-        let log = committed_log(&net, now);
-        assert!(log.starts_with(&committed), "committed entries were lost");
-        for id in 1..=3 {
-            assert_eq!(committed_log(&net, id), log);
-        }
+        net.write_and_check_converged(now, &committed);
     }
 
     /// Restarts `wiped` on an empty disk, as its broker does for a replica placed on it
@@ -1460,13 +1456,7 @@ mod driver {
         let now = net
             .leader_of("t-0")
             .expect("a leader once the holder is back");
-        net.propose_each(now, "after", 1);
-        net.tick(10);
-        let log = committed_log(&net, now);
-        assert!(log.starts_with(&committed), "committed entries were lost");
-        for id in 1..=3 {
-            assert_eq!(committed_log(&net, id), log);
-        }
+        net.write_and_check_converged(now, &committed);
     }
 
     /// A replica placed on its disk after the disk joined never acknowledged anything: it
@@ -1503,13 +1493,7 @@ mod driver {
             Some(holder),
             "the replica holding the committed entries was not elected"
         );
-        net.propose_each(holder, "after", 1);
-        net.tick(10);
-        let log = committed_log(&net, holder);
-        assert!(log.starts_with(&committed), "committed entries were lost");
-        for id in 1..=3 {
-            assert_eq!(committed_log(&net, id), log);
-        }
+        net.write_and_check_converged(holder, &committed);
     }
 
     /// A vote answer meant for another request (an earlier incarnation of the candidate,

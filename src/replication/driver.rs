@@ -465,32 +465,29 @@ impl Driver {
             // and a wiped broker's metadata image missed the topics they created.
             let applied_before = group.raw.raft.raft_log.applied;
             drop(group);
-            let held_until = {
+            {
                 let mut log = storage.lock();
                 let last_index = log.last_index();
                 tracing::warn!(group = %name, index, last_index,
                     "repairing a corrupt entry: dropping it and what follows, to be replicated again");
-                let last_term = log.position(last_index).map_or(0, |p| p.term);
                 let held_until = VoteBarrier {
                     index: last_index,
-                    term: last_term,
+                    term: log.position(last_index).map_or(0, |p| p.term),
                 };
+                // Persisted before the entries go; the rebuilt group reads it back.
                 log.truncate_for_repair(index, held.map_or(held_until, |b| b.raise(held_until)))?;
-                held_until
-            };
+            }
             self.add_group_storage(name.clone(), storage, Some(applied_before))?;
             if let Some(g) = self.groups.get_mut(&name) {
                 // Not what the new node observes: its first round reports its leader.
                 g.observed = (0, StateRole::Follower, u64::MAX);
                 // Its log may be empty now, but it is not a replica that never held
-                // anything: the barrier below says what it held (found by the simulator:
+                // anything: its barrier says what it held (found by the simulator:
                 // repaired to an empty log, it took itself for a wiped one and refused
                 // the only candidate that held everything, and the partition elected
                 // nobody).
                 g.empty_start = false;
-                let barrier = held.map_or(held_until, |b| b.raise(held_until));
-                g.vote_barrier = Some(barrier);
-                g.storage.lock().persist_vote_barrier(barrier)?;
+                debug_assert!(g.vote_barrier.is_some(), "a repaired group has a barrier");
             }
         }
         for (name, group) in self.groups.iter_mut() {
@@ -711,11 +708,7 @@ impl Driver {
                         Some(seen) if raft_message.get_msg_type() == MessageType::MsgHeartbeat => {
                             seen.barrier
                         }
-                        _ => VoteBarrier {
-                            index: raft_message.commit,
-                            term: raft_message.commit_term,
-                        }
-                        .raise(append_end(&raft_message)),
+                        _ => committed_end(&raft_message),
                     };
                     tracing::info!(group = %message.group, leader = raft_message.from, term = raft_message.term,
                         "a replica that started empty follows a proven leader");
@@ -754,11 +747,7 @@ impl Driver {
                             leader: from,
                             term,
                             since_tick: now_tick,
-                            barrier: VoteBarrier {
-                                index: raft_message.commit,
-                                term: raft_message.commit_term,
-                            }
-                            .raise(append_end(&raft_message)),
+                            barrier: committed_end(&raft_message),
                         });
                     }
                     let nudge_due = group
@@ -1392,6 +1381,16 @@ fn rejection(message: &Message, index: u64, hint: u64, log_term: u64) -> Message
     reply.reject_hint = hint;
     reply.log_term = log_term;
     reply
+}
+
+/// What a replica must hold before it votes, from a proven leader's append: the
+/// leader's commit position, or the end of what the append carries if later.
+fn committed_end(append: &Message) -> VoteBarrier {
+    VoteBarrier {
+        index: append.commit,
+        term: append.commit_term,
+    }
+    .raise(append_end(append))
 }
 
 /// Where a leader's append ends in its log: its last entry, or the entry it follows.

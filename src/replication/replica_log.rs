@@ -656,12 +656,11 @@ impl ReplicaLog {
             term: self.last_term(),
         };
         let barrier = self.lost_barrier.map_or(held, |b| b.raise(held));
+        // Persists the barrier (raised with any earlier one) before the entries go.
         self.truncate_for_repair(index, barrier)?;
-        let lost = self.lost_commit.unwrap_or(0).max(commit);
-        self.lost_commit = Some(lost);
-        let held = self.lost_barrier.map_or(held, |b| b.raise(held));
-        self.lost_barrier = Some(held);
-        self.persist_vote_barrier(self.vote_barrier.map_or(held, |b| b.raise(held)))
+        self.lost_commit = Some(self.lost_commit.unwrap_or(0).max(commit));
+        self.lost_barrier = Some(barrier);
+        Ok(())
     }
 
     /// The term of the last entry (the snapshot's with no entries).

@@ -465,6 +465,14 @@ impl ClusterNode {
     }
 
     /// [`ClusterNode::fail`], answering every waiting producer with the error first.
+    /// A (simulated) slow disk: an fsync pass takes time, and a crash may land in it.
+    async fn fsync_latency(&self) {
+        let latency = self.storage.sync_latency();
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+    }
+
     fn fail_pending(&self, pending: &mut BTreeMap<(GroupId, u64), Pending>, why: String) {
         for (_, p) in std::mem::take(pending) {
             let _ = p.reply.send(Err(ProduceError::Storage(why.clone())));
@@ -1060,14 +1068,23 @@ impl ClusterNode {
                 }
             };
             if written.needs_sync() {
-                // A (simulated) slow disk: its fsync takes time, and a crash may land
-                // after the writes and before they are durable.
-                let latency = self.storage.sync_latency();
-                if !latency.is_zero() {
-                    tokio::time::sleep(latency).await;
-                }
+                // A crash may land after the entries are written and before they are
+                // durable.
+                self.fsync_latency().await;
             }
-            let mut output = match driver.finish_round(written) {
+            let synced = match driver.sync_entries(written) {
+                Ok(synced) => synced,
+                Err(e) => {
+                    // An fsync or write failed: nothing after it can be trusted (fsyncgate).
+                    self.fail_pending(&mut pending, format!("replication round: {e}"));
+                    return;
+                }
+            };
+            if synced.needs_sync() {
+                // ... and after they are durable, before the records naming them are.
+                self.fsync_latency().await;
+            }
+            let mut output = match driver.finish_round(synced) {
                 Ok(output) => output,
                 Err(e) => {
                     // An fsync or write failed: nothing after it can be trusted (fsyncgate).

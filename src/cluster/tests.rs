@@ -252,9 +252,10 @@ fn a_corrupt_committed_metadata_batch_cuts_the_log_at_start() {
     hard_state.commit = 4;
     replica.set_hard_state(hard_state);
     replica.write_state().unwrap();
-    let (handles, up_to) = replica.sync_handles().unwrap();
+    let (handles, up_to) = replica.log_sync_handles().unwrap();
     handles.iter().for_each(|h| h.sync().unwrap());
     replica.flushed(up_to);
+    replica.state_sync_handle().unwrap().sync().unwrap();
     drop(replica);
 
     // Rot the second batch (inside its CRC-covered records).

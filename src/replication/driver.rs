@@ -41,14 +41,15 @@ pub struct Committed {
     pub next_offset: i64,
 }
 
-/// A group's handles to fsync after a round's writes, and the offset they make durable.
+/// A group's log handles to fsync after a round's writes, and the offset they make
+/// durable.
 type GroupSyncs = (
     GroupId,
     Vec<std::sync::Arc<dyn crate::storage::SyncHandle>>,
     i64,
 );
 
-/// A round whose writes are done and whose fsync pass is still to come (see
+/// A round whose entries are written and whose fsync passes are still to come (see
 /// [`Driver::write_round`]).
 pub struct WrittenRound {
     output: RoundOutput,
@@ -58,9 +59,25 @@ pub struct WrittenRound {
 }
 
 impl WrittenRound {
-    /// Whether the round wrote anything that its fsync pass must make durable.
+    /// Whether the round wrote anything that its fsync passes must make durable.
     pub fn needs_sync(&self) -> bool {
         !self.handles.is_empty()
+    }
+}
+
+/// A round whose entries are durable and whose state records are written, not yet
+/// fsynced (see [`Driver::sync_entries`]).
+pub struct SyncedRound {
+    output: RoundOutput,
+    readies: Vec<(GroupId, raft::Ready)>,
+    state_handles: Vec<std::sync::Arc<dyn crate::storage::SyncHandle>>,
+    broken: bool,
+}
+
+impl SyncedRound {
+    /// Whether state records wait for the second fsync pass.
+    pub fn needs_sync(&self) -> bool {
+        !self.state_handles.is_empty()
     }
 }
 
@@ -920,14 +937,23 @@ impl Driver {
     /// stamps segment rolls.
     pub fn round(&mut self, now_ms: i64) -> Result<RoundOutput, DriverError> {
         let written = self.write_round(now_ms)?;
-        self.finish_round(written)
+        let synced = self.sync_entries(written)?;
+        self.finish_round(synced)
     }
 
-    /// The first half of a [`Driver::round`]: every group's `Ready` written (entries and
-    /// hard state), nothing fsynced and no message that depends on them out yet. The
-    /// caller may wait here (a slow disk's fsync in the simulation, so a crash can land
-    /// between the writes and their fsync), then must call [`Driver::finish_round`]
-    /// before anything else touches the driver.
+    /// The first step of a [`Driver::round`]: every group's `Ready` taken and its entries
+    /// appended, nothing fsynced and no message that depends on them out yet. The caller
+    /// may wait here (a slow disk's fsync in the simulation, so a crash can land between
+    /// the writes and their fsync), then must call [`Driver::sync_entries`] and
+    /// [`Driver::finish_round`] before anything else touches the driver.
+    ///
+    /// A round's state records (hard state, and where the durable log ends) are written
+    /// only once its entries are fsynced: a record then names every entry this replica
+    /// will acknowledge as durable, so a log that reopens ending below it was damaged
+    /// after the fact, never cut by a crash (found by the simulator, seed 49127: the last
+    /// round's entries, fsynced and acknowledged, were damaged before any record named
+    /// them, and the replica could not tell that from a crash before their fsync). It
+    /// costs no fsync: the record was fsynced in the same pass before, now in a second.
     pub fn write_round(&mut self, now_ms: i64) -> Result<WrittenRound, DriverError> {
         // A read that failed since the last round (while raft-rs read entries to send).
         for group in self.groups.values() {
@@ -975,8 +1001,7 @@ impl Driver {
             // Planted bug: a hard state change alone (a vote, a new term) is not written.
             let state_changed = ready.hs().is_some() && !crate::planted::on("vote-not-persisted");
             if !ready.entries().is_empty() || state_changed {
-                replica.write_state()?;
-                let (group_handles, up_to) = replica.sync_handles()?;
+                let (group_handles, up_to) = replica.log_sync_handles()?;
                 handles.push((name.clone(), group_handles, up_to));
             }
             drop(replica);
@@ -990,31 +1015,47 @@ impl Driver {
         })
     }
 
-    /// The second half of a [`Driver::round`]: one fsync pass over what
-    /// [`Driver::write_round`] wrote, then the messages, commits and leader changes.
-    pub fn finish_round(&mut self, written: WrittenRound) -> Result<RoundOutput, DriverError> {
+    /// The second step of a [`Driver::round`]: one fsync pass over the entries
+    /// [`Driver::write_round`] appended, then each written group's state record, naming
+    /// them durable. The caller may wait again (the records' fsync), then must call
+    /// [`Driver::finish_round`].
+    pub fn sync_entries(&mut self, written: WrittenRound) -> Result<SyncedRound, DriverError> {
         let WrittenRound {
             mut output,
             readies,
             handles,
-            mut broken,
+            broken,
         } = written;
         // One fsync pass covers every group written this round.
-        // (Planted bug `skip-fsync`: no pass at all.)
-        let no_fsync = crate::planted::on("skip-fsync");
-        for (_, group_handles, _) in handles.iter().filter(|_| !no_fsync) {
-            for handle in group_handles {
-                match handle.sync() {
-                    // Planted bug: a failed fsync is taken for a good one.
-                    Err(_) if crate::planted::on("ignore-failed-fsync") => {}
-                    result => result?,
-                }
-            }
+        for (_, group_handles, _) in &handles {
+            sync_all(group_handles)?;
         }
         output.groups_synced = handles.len();
+        let mut state_handles = Vec::with_capacity(handles.len());
         for (name, _, up_to) in handles {
-            self.groups[&name].storage.lock().flushed(up_to);
+            let mut replica = self.groups[&name].storage.lock();
+            replica.flushed(up_to);
+            replica.write_state()?;
+            state_handles.push(replica.state_sync_handle()?);
         }
+        Ok(SyncedRound {
+            output,
+            readies,
+            state_handles,
+            broken,
+        })
+    }
+
+    /// The last step of a [`Driver::round`]: the fsync pass over the state records
+    /// [`Driver::sync_entries`] wrote, then the messages, commits and leader changes.
+    pub fn finish_round(&mut self, synced: SyncedRound) -> Result<RoundOutput, DriverError> {
+        let SyncedRound {
+            mut output,
+            readies,
+            state_handles,
+            mut broken,
+        } = synced;
+        sync_all(&state_handles)?;
         for (name, mut ready) in readies {
             let group = self
                 .groups
@@ -1114,6 +1155,22 @@ impl Driver {
         }
         Ok(output)
     }
+}
+
+/// Fsyncs every handle, stopping at the first failure (a failed fsync may have dropped
+/// the dirty pages: a retry that succeeds proves nothing). Planted bugs: `skip-fsync`
+/// syncs nothing, `ignore-failed-fsync` takes a failure for success.
+fn sync_all(handles: &[std::sync::Arc<dyn crate::storage::SyncHandle>]) -> io::Result<()> {
+    if crate::planted::on("skip-fsync") {
+        return Ok(());
+    }
+    for handle in handles {
+        match handle.sync() {
+            Err(_) if crate::planted::on("ignore-failed-fsync") => {}
+            result => result?,
+        }
+    }
+    Ok(())
 }
 
 fn route(outgoing: &mut BTreeMap<u64, Vec<GroupMessage>>, group: &str, messages: Vec<Message>) {

@@ -61,8 +61,9 @@ struct PersistedState {
     /// Where the log ended at the last fsync pass completed before this record was
     /// written, and that entry's term (0: an older record that does not say). Those
     /// entries were durable before the record existed: a log that reopens ending below
-    /// them lost entries it had acknowledged. (Entries of the record's own round are left
-    /// out: a crash before that round's fsync may keep the record and lose them.)
+    /// them lost entries it had acknowledged. A replication round writes its record after
+    /// its entries' fsync and before its acknowledgements go out, so this covers every
+    /// entry acknowledged before the record.
     #[prost(uint64, tag = "11")]
     log_end_index: u64,
     #[prost(uint64, tag = "12")]
@@ -78,10 +79,11 @@ struct PersistedState {
     /// by position would then bring back a term without it.
     #[prost(uint64, tag = "14")]
     sequence: u64,
-    /// Where the log ended when the record was written, this round's entries included
-    /// (0: an older record that does not say). They may have been fsynced and
-    /// acknowledged with no later record naming them as durable: a log that lost
-    /// durable entries (damage) may have lost those too.
+    /// Where the log ended when the record was written, entries not yet fsynced included
+    /// (0: an older record that does not say). A record written between a round's writes
+    /// and its fsync (older builds did that in every round) did not name that round's
+    /// entries as durable, yet they may have been acknowledged: a log that lost durable
+    /// entries (damage) may have lost those too.
     #[prost(uint64, tag = "15")]
     written_end_index: u64,
     #[prost(uint64, tag = "16")]
@@ -479,11 +481,12 @@ impl ReplicaLog {
         // Votes must stand for everything it acknowledged: the entries durable before the
         // last state record was written (with the last one's term, so that it can still
         // vote for a candidate that holds them all), and, once damage is certain (the log
-        // ends below those or below the commit index), the entries of the record's own
-        // round too: they may have been fsynced and acknowledged with no later record
-        // naming them (found by the simulator, seed 44414: a barrier three entries short
-        // let the replica elect a leader without a committed batch). A record from
-        // before either was known gives its commit index, term unknown.
+        // ends below those), the entries written but not yet fsynced when the record was
+        // written too: a record written before its round's fsync (every round's record,
+        // in older builds) does not name them, yet they may have been acknowledged (found
+        // by the simulator, seed 44414: a barrier three entries short let the replica
+        // elect a leader without a committed batch). A record from before either was
+        // known gives its commit index, term unknown.
         let durable = (persisted.log_end_term > 0).then_some(VoteBarrier {
             index: persisted.log_end_index,
             term: persisted.log_end_term,
@@ -492,11 +495,11 @@ impl ReplicaLog {
             index: persisted.written_end_index,
             term: persisted.written_end_term,
         });
-        // Only a log that ends below its durable end is certainly damaged: the commit
-        // index can be written in the same round as the entries it covers, and a crash
-        // may keep that record and lose them (found by the simulator, seed 60566: a
-        // replica took such a crash for damage and its barrier asked for entries that
-        // no replica held any more).
+        // Only a log that ends below its durable end is certainly damaged: an older
+        // build wrote the commit index in the same round as the entries it covers, before
+        // their fsync, and a crash may keep that record and lose them (found by the
+        // simulator, seed 60566: a replica took such a crash for damage and its barrier
+        // asked for entries that no replica held any more).
         let damaged = persisted.log_end_index > last_index;
         let lost_barrier = match (durable, written) {
             (None, None) => lost_commit.map(|index| VoteBarrier { index, term: 0 }),
@@ -967,13 +970,17 @@ impl ReplicaLog {
         Ok(dropped)
     }
 
-    /// What must be fsynced to make every append and state record so far durable.
-    pub fn sync_handles(&mut self) -> io::Result<(Vec<Arc<dyn SyncHandle>>, i64)> {
+    /// What must be fsynced to make every append so far durable, and the offset it makes
+    /// durable (for [`ReplicaLog::flushed`]). State records have their own handle.
+    pub fn log_sync_handles(&mut self) -> io::Result<(Vec<Arc<dyn SyncHandle>>, i64)> {
         let ticket = self.log.begin_flush()?;
         self.pending_synced = (self.last_index(), self.last_term());
-        let mut handles = ticket.handles;
-        handles.push(self.state_file.sync_handle()?);
-        Ok((handles, ticket.up_to_offset))
+        Ok((ticket.handles, ticket.up_to_offset))
+    }
+
+    /// What must be fsynced to make every state record so far durable.
+    pub fn state_sync_handle(&self) -> io::Result<Arc<dyn SyncHandle>> {
+        self.state_file.sync_handle()
     }
 
     /// Records that everything below `up_to_offset` is durable.

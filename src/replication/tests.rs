@@ -113,9 +113,10 @@ fn persist_votes(mut replica: ReplicaLog, votes: &[(u64, u64)]) {
 }
 
 fn sync(replica: &mut ReplicaLog) {
-    let (handles, up_to) = replica.sync_handles().unwrap();
+    let (handles, up_to) = replica.log_sync_handles().unwrap();
     handles.iter().for_each(|h| h.sync().unwrap());
     replica.flushed(up_to);
+    replica.state_sync_handle().unwrap().sync().unwrap();
 }
 
 /// A vote must survive a torn record before it (found by a 20,000-seed simulation run:
@@ -562,7 +563,7 @@ fn a_lost_term_comes_back_from_the_log() {
     {
         let mut replica = open_replica(&storage, 0);
         replica.append(&[entry(1, 3, Bytes::new())], 0).unwrap();
-        let (handles, _) = replica.sync_handles().unwrap();
+        let (handles, _) = replica.log_sync_handles().unwrap();
         // Only the log's files reach the disk: the state record of term 3 is lost.
         for h in &handles {
             h.sync().unwrap();
@@ -1369,6 +1370,66 @@ mod driver {
         let expected = committed_log(&net, leader);
         assert!(expected.len() >= 5);
         assert_eq!(committed_log(&net, victim), expected);
+    }
+
+    /// A follower acknowledges an entry and stops before writing anything else; damage
+    /// then takes that entry from its disk. It must know it held the entry (a state
+    /// record written once the entry was durable, before the acknowledgement went out),
+    /// or it would vote for a candidate without it (found by the simulator, seed 49127:
+    /// the replica could not tell the damage from a crash before the entry's fsync).
+    #[test]
+    fn an_acknowledged_entry_lost_to_damage_is_known_to_be_lost() {
+        let mut net = Net::new(9);
+        net.tick(40);
+        let leader = net.leader_of("t-0").unwrap();
+        let follower = (1..=3).find(|id| *id != leader).unwrap();
+        net.propose_each(leader, "before", 2);
+        let index = net
+            .drivers
+            .get_mut(&leader)
+            .unwrap()
+            .propose("t-0", batch("acked", 1).to_vec())
+            .unwrap();
+        let appends = net.drivers.get_mut(&leader).unwrap().round(0).unwrap();
+        for message in appends.outgoing.get(&follower).cloned().unwrap_or_default() {
+            net.drivers
+                .get_mut(&follower)
+                .unwrap()
+                .step(message)
+                .unwrap();
+        }
+        let answer = net.drivers.get_mut(&follower).unwrap().round(0).unwrap();
+        let acknowledged = answer.outgoing.get(&leader).is_some_and(|batch| {
+            batch.iter().any(|m| {
+                m.group == "t-0"
+                    && m.message.get_msg_type() == raft::eraftpb::MessageType::MsgAppendResponse
+                    && !m.message.reject
+                    && m.message.index >= index
+            })
+        });
+        assert!(acknowledged, "the follower did not acknowledge the entry");
+        let term = net.drivers[&follower]
+            .storage("t-0")
+            .unwrap()
+            .lock()
+            .position(index)
+            .unwrap()
+            .term;
+        // The follower stops here (nothing else reaches its disk); damage then hits the
+        // acknowledged entry's records.
+        let disk = net.disks[&follower].clone();
+        net.drivers.remove(&follower);
+        disk.crash();
+        let (path, at) = super::batch_location(&disk, index);
+        assert!(disk.corrupt(&path, at + 61, &[0xff; 4]));
+        let restarted = driver(follower, &disk, 9);
+        let replica = restarted.storage("t-0").unwrap().lock();
+        assert_eq!(replica.last_index(), index - 1, "the damaged entry is cut");
+        assert_eq!(
+            replica.vote_barrier(),
+            Some(crate::replication::VoteBarrier { index, term }),
+            "the replica forgot it acknowledged the entry"
+        );
     }
 
     /// A wiped disk must not vote away what it once acknowledged (found by the

@@ -1,5 +1,6 @@
 //! The cluster node and its driver task (see the module comment in `mod.rs`).
 
+use super::metadata_reads::MetadataReads;
 use crate::clock;
 use crate::error::ApiError;
 use crate::log::config::effective_config;
@@ -40,6 +41,10 @@ const BALANCE_EVERY_TICKS: u64 = 50;
 const ISR_CHECK_EVERY_TICKS: u64 = 10;
 /// How long an admin change waits for its record to be applied.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a metadata read waits for the leader's read point before asking again, and
+/// the pause before it does.
+const READ_RETRY: Duration = Duration::from_secs(1);
+const READ_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -199,6 +204,11 @@ enum Command {
     ProposeMetadata {
         records: Vec<MetadataRecord>,
     },
+    /// A linearizable read point of the metadata image (see `metadata_reads`): answered
+    /// once the image applied everything the quorum had committed when it was asked.
+    ReadMetadata {
+        reply: oneshot::Sender<()>,
+    },
     /// Stop the driver task (clean shutdown); answered once it stopped.
     Stop {
         done: oneshot::Sender<()>,
@@ -239,6 +249,8 @@ pub struct ClusterNode {
     rng: Mutex<rand::rngs::StdRng>,
     /// See `DIRECTORY_ID_FILE`.
     directory_id: u64,
+    /// Only the driver task touches it.
+    metadata_reads: Mutex<MetadataReads>,
 }
 
 /// This disk's directory id (`DIRECTORY_ID_FILE`), chosen and written down when the
@@ -307,6 +319,7 @@ impl ClusterNode {
         let mut image = MetadataImage::new();
         replay_committed(&mut metadata_replica, &mut image, voters.len() > 1)?;
         let fresh_metadata = metadata_replica.last_index() == 0;
+        let metadata_applied = metadata_replica.hard_state().commit;
         let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
         let mut driver = Driver::new(config.node_id, config.driver, rng.gen());
         driver
@@ -335,6 +348,7 @@ impl ClusterNode {
             failure: watch::channel(None).0,
             rng: Mutex::new(rng),
             directory_id,
+            metadata_reads: Mutex::new(MetadataReads::new(metadata_applied)),
             config,
         });
         node.reconcile(&mut driver)?;
@@ -610,14 +624,51 @@ impl ClusterNode {
         }
     }
 
+    /// Brings this broker's metadata image up to everything the metadata quorum had
+    /// committed when it was called (a linearizable read through the leader), so that an
+    /// admin request is checked against the cluster's metadata, not a lagging copy: a
+    /// topic another broker just created exists, one it just deleted does not (found by
+    /// the simulator, seed 110599: DeleteTopics answered "unknown topic" from a lagging
+    /// image right after the topic's creation was acknowledged).
+    async fn catch_up_image(&self) -> Result<(), ApiError> {
+        let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
+        loop {
+            let (reply, answered) = oneshot::channel();
+            if self
+                .commands
+                .send(Command::ReadMetadata { reply })
+                .await
+                .is_err()
+            {
+                return Err(ApiError::new(
+                    ResponseError::NotController,
+                    "the broker is stopping",
+                ));
+            }
+            // No leader known, or the request lost with a leader change: ask again.
+            if let Ok(Ok(())) = tokio::time::timeout(READ_RETRY, answered).await {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::new(
+                    ResponseError::RequestTimedOut,
+                    "the metadata quorum gave no read point in time",
+                ));
+            }
+            tokio::time::sleep(READ_RETRY_PAUSE).await;
+        }
+    }
+
     /// Creates a topic through the metadata log; returns once this broker applied it.
     pub async fn create_topic(&self, request: CreateTopic) -> Result<uuid::Uuid, ApiError> {
+        self.catch_up_image().await?;
         let image = self.image();
         let topic_id = uuid::Uuid::from_bytes(self.rng.lock().unwrap().gen());
         let seed = self.placement_seed();
         let record = self
             .controller(&image)
-            .create_topic(&image, &request, topic_id, seed)?;
+            .create_topic(&image, &request, topic_id, seed)?
+            .based_on(image.last_applied_offset);
         self.propose_metadata(vec![record.clone()]).await?;
         let name = request.name.clone();
         self.await_image(
@@ -659,8 +710,12 @@ impl ClusterNode {
 
     /// Deletes a topic through the metadata log; every replica of it is then dropped.
     pub async fn delete_topic(&self, name: &str) -> Result<uuid::Uuid, ApiError> {
+        self.catch_up_image().await?;
         let image = self.image();
-        let record = self.controller(&image).delete_topic(&image, name)?;
+        let record = self
+            .controller(&image)
+            .delete_topic(&image, name)?
+            .based_on(image.last_applied_offset);
         let topic_id = image.topics[name].topic_id;
         self.propose_metadata(vec![record.clone()]).await?;
         self.await_image(
@@ -680,11 +735,13 @@ impl ClusterNode {
         count: i32,
         validate_only: bool,
     ) -> Result<(), ApiError> {
+        self.catch_up_image().await?;
         let image = self.image();
         let seed = self.placement_seed();
         let record = self
             .controller(&image)
-            .create_partitions(&image, name, count, seed)?;
+            .create_partitions(&image, name, count, seed)?
+            .based_on(image.last_applied_offset);
         if validate_only {
             return Ok(());
         }
@@ -713,10 +770,12 @@ impl ClusterNode {
         configs: BTreeMap<String, String>,
         validate_only: bool,
     ) -> Result<(), ApiError> {
+        self.catch_up_image().await?;
         let image = self.image();
         let record = self
             .controller(&image)
-            .set_topic_configs(&image, name, configs.clone())?;
+            .set_topic_configs(&image, name, configs.clone())?
+            .based_on(image.last_applied_offset);
         effective_config(&self.config.log_defaults, &configs)
             .map_err(|e| ApiError::new(ResponseError::InvalidConfig, e.to_string()))?;
         if validate_only {
@@ -1284,6 +1343,12 @@ impl ClusterNode {
                     tracing::debug!(error = %e, "metadata proposal dropped (no leader yet); it is retried");
                 }
             }
+            Command::ReadMetadata { reply } => {
+                let asked = self.metadata_reads.lock().unwrap().ask(reply);
+                if let Some(context) = asked {
+                    let _ = driver.read_index(METADATA_GROUP, context);
+                }
+            }
         }
     }
 
@@ -1295,8 +1360,10 @@ impl ClusterNode {
     ) -> io::Result<()> {
         let mut image_changed = false;
         let mut data_changed = false;
+        let mut metadata_applied = None;
         for c in &output.committed {
             if c.group == METADATA_GROUP {
+                metadata_applied = Some(c.index);
                 let storage = driver
                     .storage(METADATA_GROUP)
                     .expect("always hosted")
@@ -1410,6 +1477,19 @@ impl ClusterNode {
             let applied = self.image.read().unwrap().last_applied_offset;
             self.image_version.send_replace(applied);
         }
+        {
+            let mut reads = self.metadata_reads.lock().unwrap();
+            for read in output
+                .read_indexes
+                .iter()
+                .filter(|r| r.group == METADATA_GROUP)
+            {
+                reads.answered(&read.context, read.index);
+            }
+            if let Some(index) = metadata_applied {
+                reads.applied(index);
+            }
+        }
         if data_changed {
             self.data_version.send_modify(|v| *v += 1);
         }
@@ -1460,6 +1540,8 @@ fn apply_metadata_batch(
         }
         if let Err(e) = image.apply(offset, record) {
             tracing::debug!(error = %e, "metadata record refused (identically on every broker)");
+        } else {
+            tracing::trace!(offset, record = ?record, "metadata record applied");
         }
     }
     Ok(())

@@ -11,6 +11,7 @@
 //! A single node is a cluster of one: the same path with one voter per group.
 
 mod engine;
+mod metadata_reads;
 
 pub use engine::{
     check_leader_epoch, ClusterConfig, ClusterNode, ProduceError, ProduceTicket, RecoveryPoints,

@@ -30,9 +30,12 @@ pub struct TopicInfo {
     pub name: String,
     pub topic_id: uuid::Uuid,
     pub partitions: Vec<PartitionRecord>,
-    /// Offset of the record that placed each partition (its index in `partitions`).
+    /// Offset of the record that placed each partition (its index in `partitions`); the
+    /// first is the topic's creation.
     pub placed_at: Vec<i64>,
     pub configs: BTreeMap<String, String>,
+    /// Offset of the record that last set `configs` (the creation at first).
+    pub configs_changed_at: i64,
 }
 
 /// Why a record was refused.
@@ -50,6 +53,8 @@ pub enum ApplyError {
     UnknownPartition(String, i32),
     #[error("invalid record: {0}")]
     Invalid(String),
+    #[error("stale admin change: {0}")]
+    Stale(String),
 }
 
 /// Brokers and topics, keyed in sorted order so iteration never depends on hashing.
@@ -61,6 +66,13 @@ pub struct MetadataImage {
     pub cluster_id: Option<String>,
     /// Offset of the last record applied (-1 for none).
     pub last_applied_offset: i64,
+    /// Where each deleted topic name was last deleted (a name created again leaves
+    /// it), at most [`MetadataImage::MAX_DELETED_NAMES`]: a creation checked against an
+    /// image from before the deletion is stale.
+    deleted_at: BTreeMap<String, i64>,
+    /// Deletions at or below this offset are forgotten: a creation checked against an
+    /// image this old is stale whatever its name.
+    deleted_forgotten_up_to: i64,
 }
 
 fn check_partition(
@@ -103,6 +115,9 @@ impl MetadataImage {
         }
     }
 
+    /// Deleted topic names remembered at most (see `deleted_at`).
+    pub const MAX_DELETED_NAMES: usize = 4096;
+
     /// Applies the record at `offset` of the metadata log.
     pub fn apply(&mut self, offset: i64, record: &MetadataRecord) -> Result<(), ApplyError> {
         assert!(
@@ -110,7 +125,13 @@ impl MetadataImage {
             "metadata records are applied once, in order"
         );
         self.last_applied_offset = offset;
-        match record.record.as_ref().ok_or(ApplyError::Empty)? {
+        let change = record.record.as_ref().ok_or(ApplyError::Empty)?;
+        if let Some(based_on) = record.based_on_offset {
+            if let Some(why) = self.changed_since(based_on, change) {
+                return Err(ApplyError::Stale(why));
+            }
+        }
+        match change {
             Record::RegisterBroker(r) => {
                 self.register(offset, r);
                 Ok(())
@@ -125,11 +146,23 @@ impl MetadataImage {
             Record::FenceBroker(b) => self.set_fenced(b.node_id, true),
             Record::UnfenceBroker(b) => self.set_fenced(b.node_id, false),
             Record::CreateTopic(t) => self.create_topic(offset, t),
-            Record::DeleteTopic(t) => self
-                .topics
-                .remove(&t.name)
-                .map(|_| ())
-                .ok_or_else(|| ApplyError::UnknownTopic(t.name.clone())),
+            Record::DeleteTopic(t) => {
+                self.topics
+                    .remove(&t.name)
+                    .ok_or_else(|| ApplyError::UnknownTopic(t.name.clone()))?;
+                self.deleted_at.insert(t.name.clone(), offset);
+                if self.deleted_at.len() > Self::MAX_DELETED_NAMES {
+                    let (oldest, at) = self
+                        .deleted_at
+                        .iter()
+                        .min_by_key(|(_, at)| **at)
+                        .map(|(name, at)| (name.clone(), *at))
+                        .expect("not empty");
+                    self.deleted_at.remove(&oldest);
+                    self.deleted_forgotten_up_to = self.deleted_forgotten_up_to.max(at);
+                }
+                Ok(())
+            }
             Record::AddPartitions(a) => {
                 for p in &a.partitions {
                     check_partition(p, &self.brokers)?;
@@ -148,6 +181,7 @@ impl MetadataImage {
                     .get_mut(&c.topic)
                     .ok_or_else(|| ApplyError::UnknownTopic(c.topic.clone()))?;
                 topic.configs = c.configs.clone();
+                topic.configs_changed_at = offset;
                 Ok(())
             }
             Record::PartitionChange(c) => {
@@ -230,9 +264,42 @@ impl MetadataImage {
             partitions: t.partitions.clone(),
             placed_at: vec![offset; t.partitions.len()],
             configs: t.configs.clone(),
+            configs_changed_at: offset,
         };
         self.topics.insert(t.name.clone(), info);
+        self.deleted_at.remove(&t.name);
         Ok(())
+    }
+
+    /// Why an admin change checked against the image at `based_on` no longer holds, if
+    /// it does not: what it depends on changed after that offset. Such a change may
+    /// commit late or twice (a broker proposes it again while it waits, and a proposal
+    /// thought lost with a leader change can still commit); applied anyway, a creation
+    /// brought a deleted topic back and added partitions were added twice (found by the
+    /// simulator, seed 110510). Changes to a topic that does not exist (or exists, for a
+    /// creation) are left to the record's own checks.
+    fn changed_since(&self, based_on: i64, change: &Record) -> Option<String> {
+        let topic = |name: &str| self.topics.get(name);
+        let (name, changed_at) = match change {
+            Record::CreateTopic(t) => {
+                if based_on < self.deleted_forgotten_up_to {
+                    return Some(format!(
+                        "topic {} was checked at {based_on}, before the deletions still remembered",
+                        t.name
+                    ));
+                }
+                (&t.name, *self.deleted_at.get(&t.name)?)
+            }
+            // Another topic of the same name, created since.
+            Record::DeleteTopic(t) => (&t.name, *topic(&t.name)?.placed_at.first()?),
+            // Partitions added since (or another topic of the same name).
+            Record::AddPartitions(a) => (&a.topic, *topic(&a.topic)?.placed_at.iter().max()?),
+            Record::SetTopicConfigs(c) => (&c.topic, topic(&c.topic)?.configs_changed_at),
+            _ => return None,
+        };
+        (changed_at > based_on).then(|| {
+            format!("topic {name} changed at offset {changed_at}, after {based_on} that the change was checked against")
+        })
     }
 
     /// Unfenced brokers, sorted by id: where new replicas may go.

@@ -11,6 +11,13 @@ use std::collections::BTreeMap;
 pub struct MetadataRecord {
     #[prost(oneof = "Record", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
     pub record: Option<Record>,
+    /// For an admin change: the offset of the image it was checked against (none: an
+    /// unconditional record). The change applies only if what it depends on has not
+    /// changed since (see `MetadataImage::changed_since`): it may commit late, or twice
+    /// (a broker proposes it again while it waits, and a proposal thought lost with a
+    /// leader change can still commit).
+    #[prost(int64, optional, tag = "16")]
+    pub based_on_offset: Option<i64>,
 }
 
 #[derive(Clone, PartialEq, prost::Oneof)]
@@ -140,6 +147,15 @@ impl MetadataRecord {
     pub fn new(record: Record) -> MetadataRecord {
         MetadataRecord {
             record: Some(record),
+            based_on_offset: None,
+        }
+    }
+
+    /// The record as an admin change checked against the image at `offset`.
+    pub fn based_on(self, offset: i64) -> MetadataRecord {
+        MetadataRecord {
+            based_on_offset: Some(offset),
+            ..self
         }
     }
 }

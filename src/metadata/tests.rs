@@ -369,3 +369,117 @@ fn placements_and_disks_are_dated() {
     image.apply(13, &register(1, 14, 0)).unwrap();
     assert_eq!(image.brokers[&1].directory_since, 13);
 }
+
+/// An admin change is checked against one broker's image and may commit late, or twice
+/// (the broker proposes it again while it waits; a proposal thought lost with a leader
+/// change can still commit). It applies only if what it depends on did not change after
+/// the image it was checked against: applied anyway, added partitions were added twice,
+/// and a creation brought a deleted topic back (found by the simulator, seed 110510).
+#[test]
+fn a_stale_admin_change_is_refused() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    let request = CreateTopic {
+        name: "t".into(),
+        partitions: Some(1),
+        replication_factor: Some(3),
+        ..Default::default()
+    };
+    let checked_at = c.image.last_applied_offset;
+    let create = c
+        .controller
+        .create_topic(
+            &c.image,
+            &request,
+            uuid::Uuid::from_u128(7),
+            PlacementSeed::default(),
+        )
+        .unwrap()
+        .based_on(checked_at);
+    c.commit(create.clone());
+    let grow = c
+        .controller
+        .create_partitions(&c.image, "t", 3, PlacementSeed::default())
+        .unwrap()
+        .based_on(c.image.last_applied_offset);
+    let configs = BTreeMap::from([("retention.ms".to_string(), "1000".to_string())]);
+    let set = c
+        .controller
+        .set_topic_configs(&c.image, "t", configs.clone())
+        .unwrap()
+        .based_on(c.image.last_applied_offset);
+    c.commit(grow.clone());
+    assert!(
+        matches!(c.try_commit(grow), Err(ApplyError::Stale(_))),
+        "partitions added twice"
+    );
+    assert_eq!(c.image.topics["t"].partitions.len(), 3);
+    // Partitions added since do not make a config change stale; a config change since does.
+    c.commit(set.clone());
+    assert_eq!(c.image.topics["t"].configs, configs);
+    assert!(matches!(c.try_commit(set), Err(ApplyError::Stale(_))));
+    let delete = c
+        .controller
+        .delete_topic(&c.image, "t")
+        .unwrap()
+        .based_on(c.image.last_applied_offset);
+    c.commit(delete.clone());
+    assert!(matches!(
+        c.try_commit(create.clone()),
+        Err(ApplyError::Stale(_))
+    ));
+    assert!(
+        c.image.topics.is_empty(),
+        "a late creation brought the topic back"
+    );
+    // A creation checked after the deletion applies; the late deletion then does not
+    // delete the new topic.
+    let recreate = c
+        .controller
+        .create_topic(
+            &c.image,
+            &request,
+            uuid::Uuid::from_u128(8),
+            PlacementSeed::default(),
+        )
+        .unwrap()
+        .based_on(c.image.last_applied_offset);
+    c.commit(recreate);
+    assert!(matches!(c.try_commit(delete), Err(ApplyError::Stale(_))));
+    assert_eq!(c.image.topics["t"].topic_id, uuid::Uuid::from_u128(8));
+}
+
+/// The image remembers `MAX_DELETED_NAMES` deletions; a creation checked against an
+/// image older than the ones it forgot is refused, whatever its name.
+#[test]
+fn forgotten_deletions_make_old_creations_stale() {
+    let mut c = Cluster::new(&[1]);
+    let checked_at = c.image.last_applied_offset;
+    let create = |c: &Cluster, name: &str| {
+        let request = CreateTopic {
+            name: name.into(),
+            partitions: Some(1),
+            replication_factor: Some(1),
+            ..Default::default()
+        };
+        c.controller
+            .create_topic(
+                &c.image,
+                &request,
+                uuid::Uuid::from_u128(c.offset as u128 + 1),
+                PlacementSeed::default(),
+            )
+            .unwrap()
+    };
+    let late = create(&c, "late").based_on(checked_at);
+    for k in 0..=MetadataImage::MAX_DELETED_NAMES {
+        let name = format!("t{k}");
+        let record = create(&c, &name);
+        c.commit(record);
+        let delete = c.controller.delete_topic(&c.image, &name).unwrap();
+        c.commit(delete);
+    }
+    assert!(matches!(c.try_commit(late), Err(ApplyError::Stale(_))));
+    let fresh = create(&c, "fresh").based_on(c.image.last_applied_offset);
+    c.commit(fresh);
+    assert!(c.image.topics.contains_key("fresh"));
+}

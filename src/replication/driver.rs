@@ -101,6 +101,18 @@ pub struct RoundOutput {
     pub groups_synced: usize,
     /// Groups that installed a leader's snapshot (their log restarts at `next_offset`).
     pub snapshots: Vec<SnapshotInstalled>,
+    /// Answers to [`Driver::read_index`]: the leader's commit index when it confirmed it
+    /// still leads, with the request's context.
+    pub read_indexes: Vec<ReadIndexed>,
+}
+
+/// A linearizable read point of a group (raft-rs ReadIndex): everything committed before
+/// the request was made is at or below `index`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadIndexed {
+    pub group: GroupId,
+    pub index: u64,
+    pub context: Vec<u8>,
 }
 
 impl RoundOutput {
@@ -115,6 +127,7 @@ impl RoundOutput {
         self.leader_changes.extend(later.leader_changes);
         self.groups_synced += later.groups_synced;
         self.snapshots.extend(later.snapshots);
+        self.read_indexes.extend(later.read_indexes);
     }
 }
 
@@ -889,6 +902,16 @@ impl Driver {
         Ok(())
     }
 
+    /// Asks the group's leader (through this replica) for a linearizable read point: the
+    /// answer comes in a later round's [`RoundOutput::read_indexes`] with `context`, once
+    /// the leader confirmed with a quorum that it still leads. A request made with no
+    /// leader known, or lost with a leader change, is never answered: the caller times
+    /// out and asks again.
+    pub fn read_index(&mut self, group: &str, context: Vec<u8>) -> Result<(), DriverError> {
+        self.group_mut(group)?.raw.read_index(context);
+        Ok(())
+    }
+
     pub fn campaign(&mut self, group: &str) -> Result<(), DriverError> {
         self.group_mut(group)?.raw.campaign()?;
         Ok(())
@@ -986,6 +1009,13 @@ impl Driver {
                 name,
                 group.outgoing(ready.take_messages()),
             );
+            output
+                .read_indexes
+                .extend(ready.take_read_states().into_iter().map(|r| ReadIndexed {
+                    group: name.clone(),
+                    index: r.index,
+                    context: r.request_ctx,
+                }));
             let mut replica = group.storage.lock();
             if !ready.snapshot().is_empty() {
                 replica.apply_snapshot(ready.snapshot())?;

@@ -103,9 +103,17 @@ struct History {
     reads: BTreeMap<(i32, i64), String>,
     /// (partition, leader epoch) -> the broker seen leading it.
     leaders: BTreeMap<(i32, i64), u64>,
-    /// Topics created while faults ran whose creation a broker acknowledged, with their
-    /// partition counts.
+    /// Topics created while faults ran whose creation (and every partition addition) a
+    /// broker acknowledged, with their partition counts.
     topics: BTreeMap<String, i32>,
+    /// Topics whose deletion a broker acknowledged (and not created again since).
+    deleted: BTreeSet<String>,
+    /// Topics whose last change was not answered before the load stopped: either state
+    /// is right.
+    uncertain: BTreeSet<String>,
+    /// Topics a change was tried on without a definite answer: it may still take effect
+    /// (see `admin_loop`), so no other change is made to them.
+    frozen: BTreeSet<String>,
 }
 
 /// Settings drawn from the seed.
@@ -1102,62 +1110,217 @@ async fn find_leader(shared: &Shared, partition: i32, rng: &mut impl Rng) -> Opt
     None
 }
 
-/// Topics the admin task creates at most.
-const MAX_CREATED_TOPICS: u32 = 8;
+/// Topic changes (creations, partition additions, deletions) the admin task makes at most.
+const MAX_ADMIN_OPS: u32 = 12;
 
-/// Creates topics while the faults run (CreateTopics to a random broker, which forwards
-/// it to the metadata leader), and records each creation a broker acknowledged. A
-/// creation that failed is tried again with the same name and partition count; "already
-/// exists" then means an earlier try went through.
+/// A topic change the admin task makes.
+#[derive(Debug, Clone)]
+enum AdminOp {
+    Create { name: String, partitions: i32 },
+    AddPartitions { name: String, to: i32 },
+    Delete { name: String },
+}
+
+impl AdminOp {
+    fn name(&self) -> &str {
+        match self {
+            AdminOp::Create { name, .. }
+            | AdminOp::AddPartitions { name, .. }
+            | AdminOp::Delete { name, .. } => name,
+        }
+    }
+
+    /// The next change, drawn from what is known to exist: a new topic, more partitions
+    /// for a topic, a deletion, or a deleted topic's name created again.
+    fn draw(rng: &mut impl Rng, history: &History, created: u32) -> AdminOp {
+        let open = |name: &String| !history.frozen.contains(name);
+        let topics: Vec<(&String, &i32)> = history.topics.iter().filter(|(n, _)| open(n)).collect();
+        let deleted: Vec<&String> = history.deleted.iter().filter(|n| open(n)).collect();
+        let partitions = rng.gen_range(1..=3);
+        match rng.gen_range(0..20) {
+            0..=4 if !topics.is_empty() => {
+                let (name, from) = topics[rng.gen_range(0..topics.len())];
+                AdminOp::AddPartitions {
+                    name: name.clone(),
+                    to: from + rng.gen_range(1..=2),
+                }
+            }
+            5..=7 if !topics.is_empty() => {
+                let (name, _) = topics[rng.gen_range(0..topics.len())];
+                AdminOp::Delete { name: name.clone() }
+            }
+            8..=9 if !deleted.is_empty() => AdminOp::Create {
+                name: deleted[rng.gen_range(0..deleted.len())].clone(),
+                partitions,
+            },
+            _ => AdminOp::Create {
+                name: format!("extra-{created}"),
+                partitions,
+            },
+        }
+    }
+}
+
+/// Changes topics while the faults run (CreateTopics, CreatePartitions, DeleteTopics to
+/// a random broker, which forwards them to the metadata leader), and records each change
+/// a broker acknowledged. A change is tried again until it is answered.
+///
+/// An attempt that got no definite answer (a timeout, a lost connection, or any error:
+/// most can come after the record was proposed) may still take effect at any later time
+/// (a paused broker resumes and runs it, as Kafka would): after one, no other change is
+/// made to that name, so that only repeats of the same change can land late; on a
+/// retry, "already exists" (creation), "the count must be larger" (partitions) and
+/// "unknown topic" (deletion) then mean an earlier attempt went through. The same answer
+/// with no such attempt before contradicts what the brokers acknowledged
+/// (`admin-answers`).
 async fn admin_loop(shared: Arc<Shared>) {
     let mut rng = thread_rng();
-    let mut next = 0u32;
-    let mut partitions = rng.gen_range(1..=3);
-    while !shared.stop_load.load(Ordering::Relaxed) && next < MAX_CREATED_TOPICS {
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(500..=3000))).await;
-        let name = format!("extra-{next}");
-        let id = rng.gen_range(1..=shared.settings.brokers);
-        let Some(mut client) = connect(kafka_addr(id)).await else {
-            continue;
-        };
-        let result =
-            tokio::time::timeout(OP_TIMEOUT, client.create_topic(&name, partitions, &[])).await;
-        let created = match result {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) => {
-                let exists = e.downcast_ref::<kafka_protocol::ResponseError>()
-                    == Some(&kafka_protocol::ResponseError::TopicAlreadyExists);
-                if !exists {
-                    shared.event(format!("create {name} via broker {id}: {e:#}"));
+    let mut created = 0u32;
+    for _ in 0..MAX_ADMIN_OPS {
+        if shared.stop_load.load(Ordering::Relaxed) {
+            break;
+        }
+        let op = AdminOp::draw(&mut rng, &shared.history.lock().unwrap(), created);
+        if matches!(&op, AdminOp::Create { name, .. } if *name == format!("extra-{created}")) {
+            created += 1;
+        }
+        let name = op.name().to_string();
+        shared
+            .history
+            .lock()
+            .unwrap()
+            .uncertain
+            .insert(name.clone());
+        let done = loop {
+            if shared.stop_load.load(Ordering::Relaxed) {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(500..=3000))).await;
+            let id = rng.gen_range(1..=shared.settings.brokers);
+            let Some(mut client) = connect(kafka_addr(id)).await else {
+                continue;
+            };
+            use kafka_protocol::ResponseError as E;
+            let (call, went_through_before) = match &op {
+                AdminOp::Create { name, partitions } => (
+                    tokio::time::timeout(OP_TIMEOUT, client.create_topic(name, *partitions, &[]))
+                        .await,
+                    E::TopicAlreadyExists,
+                ),
+                AdminOp::AddPartitions { name, to, .. } => (
+                    tokio::time::timeout(OP_TIMEOUT, client.create_partitions(name, *to)).await,
+                    E::InvalidPartitions,
+                ),
+                AdminOp::Delete { name, .. } => (
+                    tokio::time::timeout(OP_TIMEOUT, client.delete_topic(name)).await,
+                    E::UnknownTopicOrPartition,
+                ),
+            };
+            let code = match &call {
+                Ok(Ok(())) => break true,
+                Ok(Err(e)) => e.downcast_ref::<E>().copied(),
+                Err(_) => None,
+            };
+            let frozen = shared.history.lock().unwrap().frozen.contains(&name);
+            if code == Some(went_through_before) {
+                if frozen {
+                    break true;
                 }
-                exists
+                shared.report(violation(
+                    "admin-answers",
+                    format!("{op:?} via broker {id}: {went_through_before:?}, with every earlier change to the topic acknowledged"),
+                ));
+                break false;
             }
-            Err(_) => {
-                shared.event(format!("create {name} via broker {id}: timed out"));
-                false
+            match &call {
+                Ok(Err(e)) => shared.event(format!("{op:?} via broker {id}: {e:#}")),
+                _ => shared.event(format!("{op:?} via broker {id}: timed out")),
             }
+            // Most errors can come after the record was proposed (a timeout waiting for
+            // it, a broker stopping): taken as no definite answer, all of them.
+            shared.history.lock().unwrap().frozen.insert(name.clone());
         };
-        if created {
-            shared.event(format!(
-                "topic {name} ({partitions} partitions) created via broker {id}"
-            ));
-            shared
-                .history
-                .lock()
-                .unwrap()
-                .topics
-                .insert(name, partitions);
-            next += 1;
-            partitions = rng.gen_range(1..=3);
+        if !done {
+            break;
+        }
+        shared.event(format!("{op:?} acknowledged"));
+        let mut history = shared.history.lock().unwrap();
+        history.uncertain.remove(&name);
+        match op {
+            AdminOp::Create { name, partitions } => {
+                history.deleted.remove(&name);
+                history.topics.insert(name, partitions);
+            }
+            AdminOp::AddPartitions { name, to } => {
+                history.topics.insert(name, to);
+            }
+            AdminOp::Delete { name } => {
+                history.topics.remove(&name);
+                history.deleted.insert(name);
+            }
         }
     }
 }
 
 /// After healing: every topic whose creation was acknowledged is in every broker's
 /// metadata with its partitions (`topics-durable`), and each of its partitions elects a
-/// leader and takes an acks=all write (`liveness`).
+/// leader and takes an acks=all write (`liveness`); every topic whose deletion was
+/// acknowledged is gone from every broker's metadata and no broker hosts a replica of
+/// it any more (`topics-durable`).
 async fn check_created_topics(shared: &Shared, deadline: u64) -> Result<(), Violation> {
-    let created = shared.history.lock().unwrap().topics.clone();
+    let (created, deleted) = {
+        let history = shared.history.lock().unwrap();
+        let known = |name: &String| !history.uncertain.contains(name);
+        let created: BTreeMap<String, i32> = history
+            .topics
+            .iter()
+            .filter(|(name, _)| known(name))
+            .map(|(name, partitions)| (name.clone(), *partitions))
+            .collect();
+        let deleted: Vec<String> = history
+            .deleted
+            .iter()
+            .filter(|n| known(n))
+            .cloned()
+            .collect();
+        (created, deleted)
+    };
+    for name in deleted {
+        loop {
+            let left = (1..=shared.settings.brokers).find_map(|id| {
+                let broker = shared.broker(id)?;
+                if broker
+                    .node
+                    .with_image(|image| image.topics.contains_key(&name))
+                {
+                    return Some(format!("broker {id} still has it in its metadata"));
+                }
+                let prefix = format!("{name}-");
+                broker
+                    .node
+                    .replica_storages()
+                    .into_iter()
+                    .map(|(group, _)| group)
+                    .find(|group| {
+                        group
+                            .strip_prefix(&prefix)
+                            .is_some_and(|p| p.parse::<i32>().is_ok())
+                    })
+                    .map(|group| format!("broker {id} still hosts replica {group}"))
+            });
+            let Some(left) = left else {
+                shared.event(format!("topic {name}: deleted everywhere"));
+                break;
+            };
+            if Shared::now_ms() > deadline {
+                return Err(violation(
+                    "topics-durable",
+                    format!("topic {name} was deleted; after healing {left}"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     for (name, partitions) in created {
         let mut written = BTreeSet::new();
         loop {

@@ -277,6 +277,35 @@ impl Client {
         check(result.error_code)
     }
 
+    /// Raises a topic's partition count to `count` (Strand places the new partitions).
+    pub async fn create_partitions(&mut self, name: &str, count: i32) -> Result<()> {
+        let topic = create_partitions_request::CreatePartitionsTopic::default()
+            .with_name(TopicName(str_bytes(name)))
+            .with_count(count);
+        let request = CreatePartitionsRequest::default()
+            .with_topics(vec![topic])
+            .with_timeout_ms(30_000);
+        let response = self.send(&request, 3).await?;
+        let result = response
+            .results
+            .first()
+            .ok_or_else(|| anyhow!("empty CreatePartitions response"))?;
+        check(result.error_code)
+    }
+
+    /// Deletes a topic by name.
+    pub async fn delete_topic(&mut self, name: &str) -> Result<()> {
+        let request = DeleteTopicsRequest::default()
+            .with_topic_names(vec![TopicName(str_bytes(name))])
+            .with_timeout_ms(30_000);
+        let response = self.send(&request, 5).await?;
+        let result = response
+            .responses
+            .first()
+            .ok_or_else(|| anyhow!("empty DeleteTopics response"))?;
+        check(result.error_code)
+    }
+
     /// Produces one encoded batch; returns its base offset (None for acks=0).
     pub async fn produce_batch(
         &mut self,

@@ -368,7 +368,7 @@ async fn broker_main(
         peers,
         raft_listen: Some(SocketAddr::from(([0, 0, 0, 0], RAFT_PORT))),
         default_replication_factor: 3,
-        raft_tick_ms: 50,
+        raft_tick_ms: 100,
         broker_session_timeout_ms: 3_000,
         ..BrokerConfig::default()
     };
@@ -1750,7 +1750,6 @@ fn replicas_identical(shared: &Shared) -> Result<Logs, String> {
 fn check_history(shared: &Shared, logs: &Logs) -> Result<(), Violation> {
     let history = shared.history.lock().unwrap();
     let mut at: BTreeMap<(i32, i64), String> = BTreeMap::new();
-    let mut where_is: BTreeMap<String, (i32, i64)> = BTreeMap::new();
     for (partition, log) in logs {
         for batch in log.values() {
             let records = decode_records(batch).map_err(|e| {
@@ -1773,17 +1772,17 @@ fn check_history(shared: &Shared, logs: &Logs) -> Result<(), Violation> {
                         ),
                     ));
                 }
-                if let Some((p, o)) = where_is.insert(value.clone(), (*partition, record.offset)) {
-                    return Err(violation(
-                        "no-duplicates",
-                        format!(
-                            "{value:?} at p{p} offset {o} and at offset {}",
-                            record.offset
-                        ),
-                    ));
-                }
                 at.insert((*partition, record.offset), value);
             }
+        }
+    }
+    let mut where_is: BTreeMap<&str, (i32, i64)> = BTreeMap::new();
+    for ((partition, offset), value) in &at {
+        if let Some((p, o)) = where_is.insert(value, (*partition, *offset)) {
+            return Err(violation(
+                "no-duplicates",
+                format!("{value:?} at p{p} offset {o} and at p{partition} offset {offset}"),
+            ));
         }
     }
     for ((partition, offset), value) in &history.reads {

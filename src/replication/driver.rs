@@ -342,9 +342,9 @@ fn is_vote_request(m: &Message) -> bool {
 pub struct Driver {
     node_id: u64,
     config: DriverConfig,
-    /// Boxed: a group is taken out of the map and put back around every step and every
-    /// round, and a `RawNode` is large (moving it inside B-tree nodes was a fifth of the
-    /// simulator's time).
+    /// Boxed: a `RawNode` is large, and B-tree nodes move their values around on inserts
+    /// and removals (when groups were taken out and put back around every step, moving
+    /// them was a fifth of the simulator's time). Groups are now worked on in place.
     groups: BTreeMap<GroupId, Box<Group>>,
     rng: rand::rngs::StdRng,
     /// Ticks so far (the driver's clock for liveness).
@@ -448,7 +448,7 @@ impl Driver {
             leader_seen: None,
             nudged_at: None,
         });
-        self.reseed_timeout(&mut entry);
+        reseed_timeout(&mut self.rng, self.config.election_tick, &mut entry);
         self.groups.insert(group, entry);
         Ok(())
     }
@@ -620,13 +620,6 @@ impl Driver {
         Some(in_sync)
     }
 
-    fn reseed_timeout(&mut self, group: &mut Group) {
-        let election = self.config.election_tick;
-        let timeout = self.rng.gen_range(election..2 * election);
-        group.raw.raft.set_randomized_election_timeout(timeout);
-        group.timeout_drawn_for = (group.raw.raft.term, group.raw.raft.state);
-    }
-
     fn group_mut(&mut self, group: &str) -> Result<&mut Group, DriverError> {
         self.groups
             .get_mut(group)
@@ -637,19 +630,16 @@ impl Driver {
     /// Advances every group's logical clock by one tick.
     pub fn tick(&mut self) -> Result<(), DriverError> {
         self.ticks += 1;
-        let names: Vec<GroupId> = self.groups.keys().cloned().collect();
         let mut broken = false;
-        for name in names {
-            let mut group = self.groups.remove(&name).expect("listed above");
+        for group in self.groups.values_mut() {
             // A campaign reads the unapplied entries (see `storage_guarded`).
             let multi_voter = group.multi_voter();
             let ticked = storage_guarded(&group.storage, multi_voter, || group.raw.tick());
             if !matches!(ticked, Ok(Some(_))) {
                 broken = true;
             }
-            self.after_step(&mut group);
-            self.buggify_leader_transfer(&mut group);
-            self.groups.insert(name, group);
+            after_step(&mut self.rng, self.config.election_tick, group);
+            buggify_leader_transfer(self.node_id, group);
             ticked?;
         }
         if broken {
@@ -658,51 +648,20 @@ impl Driver {
         Ok(())
     }
 
-    /// BUGGIFY: now and then a leader hands leadership to a caught-up follower for no
-    /// reason (an early leader transfer), so elections and epoch changes happen under
-    /// load far more often than faults alone cause them.
-    fn buggify_leader_transfer(&self, group: &mut Group) {
-        let raft = &group.raw.raft;
-        if raft.state != StateRole::Leader
-            || raft.lead_transferee.is_some()
-            || !crate::buggify::fire(0.002)
-        {
-            return;
-        }
-        let last_index = raft.raft_log.last_index();
-        let target = raft
-            .prs()
-            .iter()
-            .filter(|(id, p)| **id != self.node_id && p.matched >= last_index)
-            .map(|(id, _)| *id)
-            .min();
-        if let Some(target) = target {
-            group.raw.transfer_leader(target);
-        }
-    }
-
-    /// Reseeds the election timeout after any change of term or role.
-    fn after_step(&mut self, group: &mut Group) {
-        if (group.raw.raft.term, group.raw.raft.state) != group.timeout_drawn_for {
-            self.reseed_timeout(group);
-        }
-    }
-
     /// Delivers a message from a peer. Messages for groups not hosted here are dropped,
     /// and so is a message that fails [`check_peer_message`]: raft-rs trusts its peers
     /// and panics (or the next round fails) on some shapes a buggy or hostile peer can
     /// send, and one bad frame must not stop a broker.
     pub fn step(&mut self, message: GroupMessage) -> Result<(), DriverError> {
-        let Some(mut group) = self.groups.remove(&message.group) else {
+        let Some(group) = self.groups.get_mut(&message.group) else {
             return Err(DriverError::UnknownGroup(message.group));
         };
         let mut raft_message = message.message;
         if let Some(reply) = survive_lost_log(&message.group, &mut group.raw, &mut raft_message) {
             group.replies.push(reply);
         }
-        if let Err(reason) = check_peer_message(self.node_id, &group, &raft_message) {
+        if let Err(reason) = check_peer_message(self.node_id, group, &raft_message) {
             let from = raft_message.from;
-            self.groups.insert(message.group.clone(), group);
             return Err(DriverError::Refused {
                 group: message.group,
                 from,
@@ -721,7 +680,6 @@ impl Driver {
             if (raft_message.index, raft_message.log_term) != (log.last_index(), log.last_term()) {
                 // A grant for another request than this replica's own (an earlier
                 // incarnation's): dropped (see `Group::stamp_vote_responses`).
-                self.groups.insert(message.group, group);
                 return Ok(());
             }
         }
@@ -748,7 +706,6 @@ impl Driver {
                     group.vote_barrier = Some(barrier);
                     let persisted = group.storage.lock().persist_vote_barrier(barrier);
                     if let Err(e) = persisted {
-                        self.groups.insert(message.group, group);
                         return Err(DriverError::Io(e));
                     }
                 }
@@ -796,7 +753,6 @@ impl Driver {
                         ask.term = term;
                         group.replies.push(ask);
                     }
-                    self.groups.insert(message.group, group);
                     return Ok(());
                 }
                 MessageType::MsgSnapshot => {
@@ -806,7 +762,6 @@ impl Driver {
                 _ if is_vote_request(&raft_message)
                     && (raft_message.index > 0 || group.replaced_disk) =>
                 {
-                    self.groups.insert(message.group, group);
                     return Ok(());
                 }
                 _ => {}
@@ -818,7 +773,6 @@ impl Driver {
             {
                 // No vote for a candidate that may lack what this replica had
                 // acknowledged (see `Group::vote_barrier`): dropped unanswered.
-                self.groups.insert(message.group, group);
                 return Ok(());
             }
         }
@@ -831,8 +785,7 @@ impl Driver {
         let multi_voter = group.multi_voter();
         // A vote can commit and read entries (see `storage_guarded`).
         let stepped = storage_guarded(&group.storage, multi_voter, || group.raw.step(raft_message));
-        self.after_step(&mut group);
-        self.groups.insert(message.group, group);
+        after_step(&mut self.rng, self.config.election_tick, group);
         match stepped? {
             Some(result) => result.map_err(DriverError::from),
             None => self.repair_corrupt_groups(),
@@ -1154,10 +1107,8 @@ impl Driver {
             // Groups whose raft-rs state is unknown after a failed read: rebuilt now.
             self.repair_corrupt_groups()?;
         }
-        let names: Vec<GroupId> = self.groups.keys().cloned().collect();
-        for name in names {
-            let mut group = self.groups.remove(&name).expect("listed above");
-            self.after_step(&mut group);
+        for (name, group) in self.groups.iter_mut() {
+            after_step(&mut self.rng, self.config.election_tick, group);
             if group.raw.raft.state == StateRole::Leader {
                 // Elected with empty logs all around (a group being formed): its own log
                 // is the reference now, and it must vote normally when it falls back to
@@ -1181,7 +1132,6 @@ impl Driver {
                 }
                 group.observed = now;
             }
-            self.groups.insert(name, group);
         }
         Ok(output)
     }
@@ -1201,6 +1151,44 @@ fn sync_all(handles: &[std::sync::Arc<dyn crate::storage::SyncHandle>]) -> io::R
         }
     }
     Ok(())
+}
+
+/// Reseeds the election timeout after any change of term or role.
+fn after_step(rng: &mut rand::rngs::StdRng, election_tick: usize, group: &mut Group) {
+    if (group.raw.raft.term, group.raw.raft.state) != group.timeout_drawn_for {
+        reseed_timeout(rng, election_tick, group);
+    }
+}
+
+/// Draws the group's randomized election timeout from the driver's seeded generator
+/// (raft-rs would draw it from a thread RNG).
+fn reseed_timeout(rng: &mut rand::rngs::StdRng, election_tick: usize, group: &mut Group) {
+    let timeout = rng.gen_range(election_tick..2 * election_tick);
+    group.raw.raft.set_randomized_election_timeout(timeout);
+    group.timeout_drawn_for = (group.raw.raft.term, group.raw.raft.state);
+}
+
+/// BUGGIFY: now and then a leader hands leadership to a caught-up follower for no
+/// reason (an early leader transfer), so elections and epoch changes happen under
+/// load far more often than faults alone cause them.
+fn buggify_leader_transfer(node_id: u64, group: &mut Group) {
+    let raft = &group.raw.raft;
+    if raft.state != StateRole::Leader
+        || raft.lead_transferee.is_some()
+        || !crate::buggify::fire(0.002)
+    {
+        return;
+    }
+    let last_index = raft.raft_log.last_index();
+    let target = raft
+        .prs()
+        .iter()
+        .filter(|(id, p)| **id != node_id && p.matched >= last_index)
+        .map(|(id, _)| *id)
+        .min();
+    if let Some(target) = target {
+        group.raw.transfer_leader(target);
+    }
 }
 
 fn route(outgoing: &mut BTreeMap<u64, Vec<GroupMessage>>, group: &str, messages: Vec<Message>) {

@@ -630,7 +630,7 @@ impl ClusterNode {
     /// topic another broker just created exists, one it just deleted does not (found by
     /// the simulator, seed 110599: DeleteTopics answered "unknown topic" from a lagging
     /// image right after the topic's creation was acknowledged).
-    async fn catch_up_image(&self) -> Result<(), ApiError> {
+    pub async fn catch_up_image(&self) -> Result<(), ApiError> {
         let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
         loop {
             let (reply, answered) = oneshot::channel();

@@ -25,6 +25,12 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: DeleteTopicsReq
             .map(|n| (Some(n.0.to_string()), uuid::Uuid::nil()))
             .collect()
     };
+    // Topic ids are looked up in this broker's image: first brought up to the quorum's,
+    // so a topic created a moment ago through another broker is found. (If that fails,
+    // the lookup goes on with the image as it is; the deletion catches up again.)
+    if targets.iter().any(|(name, _)| name.is_none()) {
+        let _ = broker.node.catch_up_image().await;
+    }
     let mut responses = Vec::with_capacity(targets.len());
     for (name, id) in targets {
         let name = name.or_else(|| {

@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod config;
 pub mod dev_cluster;
 pub mod error;
+pub mod group;
 pub mod large_alloc;
 pub mod log;
 pub mod metadata;

@@ -1,0 +1,407 @@
+//! The group coordinator driven as clients drive it: members join, sync, heartbeat,
+//! leave, stop heartbeating and come back, with the clock moved by hand.
+
+use super::coordinator::*;
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use std::collections::BTreeMap;
+
+const SESSION_MS: i32 = 10_000;
+const REBALANCE_MS: i32 = 30_000;
+const GROUP: &str = "g";
+
+struct Harness {
+    coordinator: GroupCoordinator,
+    now_ms: i64,
+    next_request: RequestId,
+    joins: BTreeMap<RequestId, JoinResponse>,
+    syncs: BTreeMap<RequestId, SyncResponse>,
+}
+
+fn protocols(names: &[&str]) -> Vec<(String, Bytes)> {
+    names
+        .iter()
+        .map(|n| (n.to_string(), Bytes::from(format!("meta-{n}"))))
+        .collect()
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Harness {
+            coordinator: GroupCoordinator::new(CoordinatorConfig::default(), 7),
+            now_ms: 1_000,
+            next_request: 0,
+            joins: BTreeMap::new(),
+            syncs: BTreeMap::new(),
+        }
+    }
+
+    fn take(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Join(id, answer) => assert!(self.joins.insert(id, answer).is_none()),
+                Effect::Sync(id, answer) => assert!(self.syncs.insert(id, answer).is_none()),
+            }
+        }
+    }
+
+    fn join_with(&mut self, member_id: &str, instance: Option<&str>, names: &[&str]) -> RequestId {
+        self.next_request += 1;
+        let request = self.next_request;
+        let join = JoinRequest {
+            group_id: GROUP.into(),
+            member_id: member_id.into(),
+            group_instance_id: instance.map(String::from),
+            client_id: "client".into(),
+            client_host: "/127.0.0.1".into(),
+            session_timeout_ms: SESSION_MS,
+            rebalance_timeout_ms: REBALANCE_MS,
+            protocol_type: "consumer".into(),
+            protocols: protocols(names),
+            require_known_member_id: true,
+        };
+        let (answer, effects) = self.coordinator.join(request, join, self.now_ms);
+        self.take(effects);
+        if let Some(answer) = answer {
+            assert!(self.joins.insert(request, answer).is_none());
+        }
+        request
+    }
+
+    /// A new dynamic member, through KIP-394's two steps; returns its member id and
+    /// the request of its second JoinGroup.
+    fn new_member(&mut self) -> (String, RequestId) {
+        let first = self.join_with("", None, &["range"]);
+        let answer = self.joins.remove(&first).expect("answered at once");
+        assert_eq!(answer.error, Some(ResponseError::MemberIdRequired));
+        assert!(answer.member_id.starts_with("client-"));
+        let second = self.join_with(&answer.member_id, None, &["range"]);
+        (answer.member_id, second)
+    }
+
+    fn sync(
+        &mut self,
+        member_id: &str,
+        generation: i32,
+        assignments: &[(&str, &str)],
+    ) -> RequestId {
+        self.next_request += 1;
+        let request = self.next_request;
+        let sync = SyncRequest {
+            group_id: GROUP.into(),
+            member_id: member_id.into(),
+            generation_id: generation,
+            group_instance_id: None,
+            protocol_type: Some("consumer".into()),
+            protocol_name: None,
+            assignments: assignments
+                .iter()
+                .map(|(m, a)| (m.to_string(), Bytes::from(a.to_string())))
+                .collect(),
+        };
+        let (answer, effects) = self.coordinator.sync(request, sync, self.now_ms);
+        self.take(effects);
+        if let Some(answer) = answer {
+            assert!(self.syncs.insert(request, answer).is_none());
+        }
+        request
+    }
+
+    fn heartbeat(&mut self, member_id: &str, generation: i32) -> Option<ResponseError> {
+        self.coordinator
+            .heartbeat(GROUP, member_id, generation, None, self.now_ms)
+    }
+
+    fn advance(&mut self, ms: i64) {
+        self.now_ms += ms;
+        let effects = self.coordinator.tick(self.now_ms);
+        self.take(effects);
+    }
+
+    fn state(&self) -> GroupState {
+        self.coordinator.describe(GROUP).unwrap().state
+    }
+
+    /// Every member's JoinGroup answer, then the leader's assignment of `member-i`
+    /// values to each: returns the generation.
+    fn form_generation(&mut self, requests: &[(String, RequestId)]) -> i32 {
+        let answers: Vec<JoinResponse> = requests
+            .iter()
+            .map(|(_, r)| self.joins.remove(r).expect("join answered"))
+            .collect();
+        let generation = answers[0].generation_id;
+        assert!(answers
+            .iter()
+            .all(|a| a.error.is_none() && a.generation_id == generation));
+        let leader = answers[0].leader.clone();
+        let leader_answer = answers.iter().find(|a| a.member_id == leader).unwrap();
+        assert_eq!(
+            leader_answer.members.len(),
+            requests.len(),
+            "the leader sees every member"
+        );
+        assert!(answers
+            .iter()
+            .filter(|a| a.member_id != leader)
+            .all(|a| a.members.is_empty()));
+        let assignment: Vec<(String, String)> = requests
+            .iter()
+            .map(|(id, _)| (id.clone(), format!("assigned-{id}")))
+            .collect();
+        let borrowed: Vec<(&str, &str)> = assignment
+            .iter()
+            .map(|(m, a)| (m.as_str(), a.as_str()))
+            .collect();
+        // Followers sync first (their answers wait for the leader's), then the leader.
+        let mut syncs = Vec::new();
+        for (id, _) in requests.iter().filter(|(id, _)| *id != leader) {
+            let request = self.sync(id, generation, &[]);
+            assert!(
+                !self.syncs.contains_key(&request),
+                "answered before the leader synced"
+            );
+            syncs.push((id.clone(), request));
+        }
+        syncs.push((leader.clone(), self.sync(&leader, generation, &borrowed)));
+        for (id, request) in syncs {
+            let answer = self.syncs.remove(&request).expect("sync answered");
+            assert_eq!(answer.error, None);
+            assert_eq!(answer.assignment, Bytes::from(format!("assigned-{id}")));
+        }
+        assert_eq!(self.state(), GroupState::Stable);
+        generation
+    }
+}
+
+#[test]
+fn members_starting_together_form_one_generation() {
+    let mut h = Harness::new();
+    let members: Vec<(String, RequestId)> = (0..3).map(|_| h.new_member()).collect();
+    assert!(h.joins.is_empty(), "an empty group waits its initial delay");
+    assert_eq!(h.state(), GroupState::PreparingRebalance);
+    h.advance(3_000);
+    let generation = h.form_generation(&members);
+    assert_eq!(generation, 1);
+    for (id, _) in &members {
+        assert_eq!(h.heartbeat(id, generation), None);
+    }
+    assert_eq!(
+        h.heartbeat(&members[0].0, generation - 1),
+        Some(ResponseError::IllegalGeneration)
+    );
+    assert_eq!(
+        h.heartbeat("someone", generation),
+        Some(ResponseError::UnknownMemberId)
+    );
+}
+
+#[test]
+fn a_member_leaving_or_joining_rebalances_the_group() {
+    let mut h = Harness::new();
+    let members: Vec<(String, RequestId)> = (0..3).map(|_| h.new_member()).collect();
+    h.advance(3_000);
+    let first = h.form_generation(&members);
+    // One leaves: the others learn it from their heartbeats, rejoin, and form the next
+    // generation without it.
+    let (results, effects) = h
+        .coordinator
+        .leave(GROUP, &[(members[2].0.clone(), None)], h.now_ms);
+    h.take(effects);
+    assert_eq!(results, vec![None]);
+    assert_eq!(
+        h.heartbeat(&members[0].0, first),
+        Some(ResponseError::RebalanceInProgress)
+    );
+    let rejoined: Vec<(String, RequestId)> = members[..2]
+        .iter()
+        .map(|(id, _)| (id.clone(), h.join_with(id, None, &["range"])))
+        .collect();
+    let second = h.form_generation(&rejoined);
+    assert_eq!(second, first + 1);
+    assert_eq!(h.coordinator.describe(GROUP).unwrap().members.len(), 2);
+    // A new member joins: everyone rejoins again, with no initial delay this time.
+    let (newcomer, newcomer_join) = h.new_member();
+    assert!(
+        !h.joins.contains_key(&newcomer_join),
+        "waits for the others"
+    );
+    let mut all: Vec<(String, RequestId)> = rejoined
+        .iter()
+        .map(|(id, _)| (id.clone(), h.join_with(id, None, &["range"])))
+        .collect();
+    all.push((newcomer, newcomer_join));
+    assert_eq!(h.form_generation(&all), second + 1);
+}
+
+#[test]
+fn a_silent_member_expires_and_one_that_does_not_rejoin_is_dropped() {
+    let mut h = Harness::new();
+    let members: Vec<(String, RequestId)> = (0..3).map(|_| h.new_member()).collect();
+    h.advance(3_000);
+    let generation = h.form_generation(&members);
+    // Members 0 and 1 heartbeat; member 2 goes silent past its session timeout.
+    for _ in 0..4 {
+        h.advance(3_000);
+        for (id, _) in &members[..2] {
+            let _ = h.heartbeat(id, generation);
+        }
+    }
+    assert_eq!(h.state(), GroupState::PreparingRebalance);
+    assert_eq!(h.coordinator.describe(GROUP).unwrap().members.len(), 2);
+    // Only member 0 rejoins; member 1 keeps heartbeating but never rejoins: at the
+    // rebalance timeout it is dropped and member 0 forms a generation alone.
+    let alone = h.join_with(&members[0].0, None, &["range"]);
+    for _ in 0..10 {
+        h.advance(3_000);
+        let _ = h.heartbeat(&members[1].0, generation);
+    }
+    let next = h.form_generation(&[(members[0].0.clone(), alone)]);
+    assert_eq!(next, generation + 1);
+    assert_eq!(
+        h.heartbeat(&members[1].0, next),
+        Some(ResponseError::UnknownMemberId)
+    );
+}
+
+#[test]
+fn a_static_member_restarting_within_its_session_does_not_rebalance() {
+    let mut h = Harness::new();
+    let a = h.join_with("", Some("instance-a"), &["range"]);
+    let b = h.join_with("", Some("instance-b"), &["range"]);
+    h.advance(3_000);
+    let ids: Vec<String> = [a, b]
+        .iter()
+        .map(|r| h.joins[r].member_id.clone())
+        .collect();
+    let generation = h.form_generation(&[(ids[0].clone(), a), (ids[1].clone(), b)]);
+    // Instance b restarts: a new process, no member id, the same instance id.
+    h.advance(2_000);
+    let rejoin = h.join_with("", Some("instance-b"), &["range"]);
+    let answer = h.joins.remove(&rejoin).expect("answered at once");
+    assert_eq!(answer.error, None);
+    assert_eq!(answer.generation_id, generation, "no new generation");
+    assert_ne!(answer.member_id, ids[1], "a new member id");
+    assert_eq!(h.state(), GroupState::Stable);
+    assert_eq!(
+        h.heartbeat(&ids[0], generation),
+        None,
+        "the others do not rebalance"
+    );
+    let sync = h.sync(&answer.member_id, generation, &[]);
+    assert_eq!(
+        h.syncs[&sync].assignment,
+        Bytes::from(format!("assigned-{}", ids[1])),
+        "it keeps its assignment"
+    );
+    // The old incarnation is fenced.
+    assert_eq!(
+        h.coordinator
+            .heartbeat(GROUP, &ids[1], generation, Some("instance-b"), h.now_ms),
+        Some(ResponseError::FencedInstanceId)
+    );
+}
+
+#[test]
+fn the_protocol_is_one_every_member_supports() {
+    let mut h = Harness::new();
+    let a = h.join_with("", Some("a"), &["range", "roundrobin"]);
+    let b = h.join_with("", Some("b"), &["roundrobin", "range"]);
+    let c = h.join_with("", Some("c"), &["roundrobin"]);
+    h.advance(3_000);
+    for r in [a, b, c] {
+        assert_eq!(h.joins[&r].protocol_name.as_deref(), Some("roundrobin"));
+    }
+    let refused = h.join_with("", Some("d"), &["sticky"]);
+    assert_eq!(
+        h.joins[&refused].error,
+        Some(ResponseError::InconsistentGroupProtocol)
+    );
+}
+
+#[test]
+fn joins_are_checked() {
+    let mut h = Harness::new();
+    let unknown = h.join_with("nobody", None, &["range"]);
+    assert_eq!(
+        h.joins[&unknown].error,
+        Some(ResponseError::UnknownMemberId)
+    );
+    let (answer, _) = h.coordinator.join(
+        99,
+        JoinRequest {
+            group_id: GROUP.into(),
+            member_id: String::new(),
+            group_instance_id: None,
+            client_id: "c".into(),
+            client_host: "h".into(),
+            session_timeout_ms: 10,
+            rebalance_timeout_ms: REBALANCE_MS,
+            protocol_type: "consumer".into(),
+            protocols: protocols(&["range"]),
+            require_known_member_id: true,
+        },
+        h.now_ms,
+    );
+    assert_eq!(
+        answer.unwrap().error,
+        Some(ResponseError::InvalidSessionTimeout)
+    );
+    // A member id given out with MEMBER_ID_REQUIRED expires unused.
+    let first = h.join_with("", None, &["range"]);
+    let id = h.joins[&first].member_id.clone();
+    h.advance(i64::from(SESSION_MS) + 1);
+    let late = h.join_with(&id, None, &["range"]);
+    assert_eq!(h.joins[&late].error, Some(ResponseError::UnknownMemberId));
+}
+
+#[test]
+fn offsets_are_committed_by_the_current_generation_only() {
+    let mut h = Harness::new();
+    let commit = |member: &str, generation: i32, offset: i64| OffsetCommitRequest {
+        group_id: GROUP.into(),
+        member_id: member.into(),
+        generation_id: generation,
+        group_instance_id: None,
+        offsets: vec![("t".into(), 0, offset, 3, "meta".into())],
+    };
+    // A consumer outside any generation commits to a group with no members.
+    assert_eq!(
+        h.coordinator.commit_offsets(commit("", -1, 5), h.now_ms),
+        vec![None]
+    );
+    let members: Vec<(String, RequestId)> = (0..2).map(|_| h.new_member()).collect();
+    assert_eq!(
+        h.coordinator
+            .commit_offsets(commit(&members[0].0, 0, 6), h.now_ms),
+        vec![Some(ResponseError::RebalanceInProgress)]
+    );
+    h.advance(3_000);
+    let generation = h.form_generation(&members);
+    assert_eq!(
+        h.coordinator.commit_offsets(commit("", -1, 7), h.now_ms),
+        vec![Some(ResponseError::UnknownMemberId)],
+        "no commits from outside while the group has members"
+    );
+    assert_eq!(
+        h.coordinator
+            .commit_offsets(commit(&members[0].0, generation - 1, 7), h.now_ms),
+        vec![Some(ResponseError::IllegalGeneration)]
+    );
+    assert_eq!(
+        h.coordinator
+            .commit_offsets(commit(&members[0].0, generation, 8), h.now_ms),
+        vec![None]
+    );
+    let mut big = commit(&members[0].0, generation, 9);
+    big.offsets[0].4 = "x".repeat(5000);
+    assert_eq!(
+        h.coordinator.commit_offsets(big, h.now_ms),
+        vec![Some(ResponseError::OffsetMetadataTooLarge)]
+    );
+    let fetched = h
+        .coordinator
+        .fetch_offsets(GROUP, Some(&[("t".into(), 0), ("t".into(), 1)]));
+    assert_eq!(fetched[0].1.as_ref().map(|c| c.offset), Some(8));
+    assert_eq!(fetched[1].1, None);
+    assert_eq!(h.coordinator.fetch_offsets(GROUP, None).len(), 1);
+}

@@ -419,6 +419,31 @@ fn segment_bytes_is_never_clamped() {
     assert!(validate_topic_config("segment.bytes", "2147483647").is_ok());
 }
 
+// ---- group_record ----
+
+/// A `__consumer_offsets` group record naming one member twice, with two instance ids:
+/// replayed, it left an instance id pointing at no member, and the coordinator's next
+/// state check failed. Static members are now rebuilt from the members as they end up.
+#[test]
+fn a_group_record_naming_a_member_twice_replays() {
+    use strand::group::coordinator::{CoordinatorConfig, GroupCoordinator};
+    use strand::group::records::GroupRecord;
+    for (name, data) in inputs("group_record") {
+        // The target's layout: [key_len][key][has_value][value].
+        let key_len = (data[0] as usize).min(data.len() - 1);
+        let (key, rest) = data[1..].split_at(key_len);
+        let value = rest
+            .split_first()
+            .filter(|(f, _)| *f % 2 == 1)
+            .map(|(_, v)| v);
+        let record = GroupRecord::decode(key, value).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut coordinator = GroupCoordinator::new(CoordinatorConfig::default(), 1);
+        coordinator.replay(&record, 1_000);
+        let _ = coordinator.tick(1_000_000);
+        assert!(coordinator.describe(record.group()).is_some(), "{name}");
+    }
+}
+
 // ---- roundtrip ----
 
 /// Not Strand's: kafka-protocol 0.18 decodes a tagged field numbered 2^31 or more to a

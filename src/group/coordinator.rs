@@ -19,6 +19,7 @@
 //!   members starting together join one generation.
 //! - The protocol is the one every member supports, by the members' preference votes.
 
+use super::records::{GroupRecord, GroupValue, MemberValue};
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use rand::{Rng, SeedableRng};
@@ -124,11 +125,16 @@ pub struct SyncResponse {
     pub assignment: Bytes,
 }
 
-/// An answer the coordinator gives later than the call that asked.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An answer the coordinator gives later than the call that asked, or a record to
+/// persist.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     Join(RequestId, JoinResponse),
     Sync(RequestId, SyncResponse),
+    /// Append to the group's `__consumer_offsets` partition before sending the answers
+    /// that follow it (a new generation's members and assignments, or a group that
+    /// became empty).
+    Persist(GroupRecord),
 }
 
 /// What an offset commit stores for one partition.
@@ -204,6 +210,7 @@ pub struct GroupDescription {
 
 #[derive(Debug, Clone)]
 struct Group {
+    group_id: String,
     state: GroupState,
     generation_id: i32,
     protocol_type: Option<String>,
@@ -224,8 +231,9 @@ struct Group {
 }
 
 impl Group {
-    fn new() -> Group {
+    fn new(group_id: &str) -> Group {
         Group {
+            group_id: group_id.to_string(),
             state: GroupState::Empty,
             generation_id: 0,
             protocol_type: None,
@@ -331,6 +339,34 @@ impl Group {
                 .get(member_id)
                 .map(|m| m.assignment.clone())
                 .unwrap_or_default(),
+        }
+    }
+
+    /// The group's record: its generation and members as they are now.
+    fn record(&self) -> GroupRecord {
+        let protocol = self.protocol_name.clone().unwrap_or_default();
+        GroupRecord::Group {
+            group: self.group_id.clone(),
+            value: Some(GroupValue {
+                generation_id: self.generation_id,
+                protocol_type: self.protocol_type.clone().unwrap_or_default(),
+                protocol_name: self.protocol_name.clone(),
+                leader: self.leader.clone(),
+                members: self
+                    .members
+                    .iter()
+                    .map(|(id, m)| MemberValue {
+                        member_id: id.clone(),
+                        group_instance_id: m.group_instance_id.clone(),
+                        client_id: m.client_id.clone(),
+                        client_host: m.client_host.clone(),
+                        session_timeout_ms: m.session_timeout_ms,
+                        rebalance_timeout_ms: m.rebalance_timeout_ms,
+                        subscription: m.metadata(&protocol),
+                        assignment: m.assignment.clone(),
+                    })
+                    .collect(),
+            }),
         }
     }
 
@@ -440,7 +476,7 @@ impl GroupCoordinator {
         let group = self
             .groups
             .entry(join.group_id.clone())
-            .or_insert_with(Group::new);
+            .or_insert_with_key(|id| Group::new(id));
         if !group.accepts(&join.protocol_type, &join.protocols, &join.member_id) {
             return Some(join_error(
                 ResponseError::InconsistentGroupProtocol,
@@ -684,6 +720,7 @@ impl GroupCoordinator {
             group.protocol_type = None;
             group.protocol_name = None;
             group.leader = None;
+            effects.push(Effect::Persist(group.record()));
             return;
         }
         group.protocol_name = group.select_protocol();
@@ -758,6 +795,7 @@ impl GroupCoordinator {
                     group.protocol_type = None;
                     group.protocol_name = None;
                     group.leader = None;
+                    effects.push(Effect::Persist(group.record()));
                 } else {
                     Self::prepare_rebalance(group, config, now_ms, effects);
                 }
@@ -846,6 +884,7 @@ impl GroupCoordinator {
                         member.assignment = assigned.get(id).cloned().unwrap_or_default();
                     }
                     group.state = GroupState::Stable;
+                    effects.push(Effect::Persist(group.record()));
                     let ids: Vec<String> = group.members.keys().cloned().collect();
                     for id in ids {
                         let answer = group.sync_response(&id);
@@ -981,20 +1020,23 @@ impl GroupCoordinator {
         effects
     }
 
-    /// OffsetCommit: the error of each offset (None: stored), in order.
+    /// OffsetCommit: the error of each offset (None: accepted), in order, and the
+    /// records of the accepted ones. Nothing is stored yet: the caller appends the
+    /// records to the group's `__consumer_offsets` partition, then [`Self::replay`]s
+    /// them and answers.
     pub fn commit_offsets(
         &mut self,
         commit: OffsetCommitRequest,
         now_ms: i64,
-    ) -> Vec<Option<ResponseError>> {
+    ) -> (Vec<Option<ResponseError>>, Vec<GroupRecord>) {
         let n = commit.offsets.len();
         if commit.group_id.is_empty() {
-            return vec![Some(ResponseError::InvalidGroupId); n];
+            return (vec![Some(ResponseError::InvalidGroupId); n], Vec::new());
         }
         let group = self
             .groups
             .entry(commit.group_id.clone())
-            .or_insert_with(Group::new);
+            .or_insert_with_key(|id| Group::new(id));
         let outside_generation = commit.generation_id < 0 && commit.member_id.is_empty();
         let refused = if outside_generation {
             (group.state != GroupState::Empty).then_some(ResponseError::UnknownMemberId)
@@ -1015,31 +1057,122 @@ impl GroupCoordinator {
             }
         };
         if let Some(error) = refused {
-            return vec![Some(error); n];
+            return (vec![Some(error); n], Vec::new());
         }
         if let Some(member) = group.members.get_mut(&commit.member_id) {
             member.last_heartbeat_ms = now_ms;
         }
         let max_metadata = self.config.max_offset_metadata_bytes;
-        commit
+        let mut records = Vec::new();
+        let errors = commit
             .offsets
             .into_iter()
             .map(|(topic, partition, offset, leader_epoch, metadata)| {
                 if metadata.len() > max_metadata {
                     return Some(ResponseError::OffsetMetadataTooLarge);
                 }
-                group.offsets.insert(
-                    (topic, partition),
-                    CommittedOffset {
+                records.push(GroupRecord::Offset {
+                    group: commit.group_id.clone(),
+                    topic,
+                    partition,
+                    value: Some(CommittedOffset {
                         offset,
                         leader_epoch,
                         metadata,
                         commit_ms: now_ms,
-                    },
-                );
+                    }),
+                });
                 None
             })
-            .collect()
+            .collect();
+        (errors, records)
+    }
+
+    /// Applies a record of `__consumer_offsets`: one this coordinator had persisted (a
+    /// commit), or, loading a partition whose leadership it took over, every record of
+    /// the partition in order. A group record brings the generation back as it was
+    /// persisted: with members, it is Stable and their sessions start at `now_ms`.
+    pub fn replay(&mut self, record: &GroupRecord, now_ms: i64) {
+        match record {
+            GroupRecord::Offset {
+                group,
+                topic,
+                partition,
+                value,
+            } => {
+                let key = (topic.clone(), *partition);
+                match value {
+                    Some(committed) => {
+                        let group = self
+                            .groups
+                            .entry(group.clone())
+                            .or_insert_with_key(|id| Group::new(id));
+                        group.offsets.insert(key, committed.clone());
+                    }
+                    None => {
+                        if let Some(group) = self.groups.get_mut(group) {
+                            group.offsets.remove(&key);
+                        }
+                    }
+                }
+            }
+            GroupRecord::Group { group, value: None } => {
+                self.groups.remove(group);
+            }
+            GroupRecord::Group {
+                group: group_id,
+                value: Some(value),
+            } => {
+                let group = self
+                    .groups
+                    .entry(group_id.clone())
+                    .or_insert_with_key(|id| Group::new(id));
+                let offsets = std::mem::take(&mut group.offsets);
+                *group = Group::new(group_id);
+                group.offsets = offsets;
+                group.generation_id = value.generation_id;
+                for m in &value.members {
+                    let protocol = value.protocol_name.clone().unwrap_or_default();
+                    group.members.insert(
+                        m.member_id.clone(),
+                        Member {
+                            group_instance_id: m.group_instance_id.clone(),
+                            client_id: m.client_id.clone(),
+                            client_host: m.client_host.clone(),
+                            session_timeout_ms: m.session_timeout_ms,
+                            rebalance_timeout_ms: m.rebalance_timeout_ms,
+                            protocols: vec![(protocol, m.subscription.clone())],
+                            assignment: m.assignment.clone(),
+                            last_heartbeat_ms: now_ms,
+                            awaiting_join: None,
+                            awaiting_sync: None,
+                        },
+                    );
+                }
+                // From the members as they end up: a record naming one member twice
+                // (only a damaged or forged one does) must not leave an instance id
+                // pointing at a member that is not there (found by the `group_record`
+                // fuzz target).
+                for (id, member) in &group.members {
+                    if let Some(instance) = &member.group_instance_id {
+                        group.static_members.insert(instance.clone(), id.clone());
+                    }
+                }
+                if !group.members.is_empty() {
+                    group.state = GroupState::Stable;
+                    group.protocol_type = Some(value.protocol_type.clone());
+                    group.protocol_name = value.protocol_name.clone();
+                    group.leader = value
+                        .leader
+                        .clone()
+                        .filter(|l| group.members.contains_key(l));
+                    if group.leader.is_none() {
+                        group.leader = group.members.keys().next().cloned();
+                    }
+                }
+                group.check_invariants();
+            }
+        }
     }
 
     /// OffsetFetch: the committed offset of each (topic, partition) asked, or of every

@@ -8,6 +8,7 @@
 //! wiring it to the Kafka APIs are the next steps (issue 7).
 
 pub mod coordinator;
+pub mod records;
 
 #[cfg(test)]
 mod tests;

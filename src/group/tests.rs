@@ -2,6 +2,7 @@
 //! leave, stop heartbeating and come back, with the clock moved by hand.
 
 use super::coordinator::*;
+use super::records::GroupRecord;
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use std::collections::BTreeMap;
@@ -16,6 +17,8 @@ struct Harness {
     next_request: RequestId,
     joins: BTreeMap<RequestId, JoinResponse>,
     syncs: BTreeMap<RequestId, SyncResponse>,
+    /// What the coordinator had persisted, in order (its `__consumer_offsets` log).
+    log: Vec<GroupRecord>,
 }
 
 fn protocols(names: &[&str]) -> Vec<(String, Bytes)> {
@@ -33,6 +36,29 @@ impl Harness {
             next_request: 0,
             joins: BTreeMap::new(),
             syncs: BTreeMap::new(),
+            log: Vec::new(),
+        }
+    }
+
+    /// OffsetCommit as the broker does it: the records persisted, then applied.
+    fn commit(&mut self, commit: OffsetCommitRequest) -> Vec<Option<ResponseError>> {
+        let (errors, records) = self.coordinator.commit_offsets(commit, self.now_ms);
+        for record in records {
+            // Through the stored encoding, as a reload reads it.
+            let (key, value) = record.encode();
+            let decoded = GroupRecord::decode(&key, value.as_deref()).unwrap();
+            assert_eq!(decoded, record);
+            self.coordinator.replay(&decoded, self.now_ms);
+            self.log.push(decoded);
+        }
+        errors
+    }
+
+    /// A new coordinator (the partition's next leader) loading the log.
+    fn fail_over(&mut self) {
+        self.coordinator = GroupCoordinator::new(CoordinatorConfig::default(), 8);
+        for record in &self.log {
+            self.coordinator.replay(record, self.now_ms);
         }
     }
 
@@ -41,6 +67,12 @@ impl Harness {
             match effect {
                 Effect::Join(id, answer) => assert!(self.joins.insert(id, answer).is_none()),
                 Effect::Sync(id, answer) => assert!(self.syncs.insert(id, answer).is_none()),
+                Effect::Persist(record) => {
+                    let (key, value) = record.encode();
+                    let decoded = GroupRecord::decode(&key, value.as_deref()).unwrap();
+                    assert_eq!(decoded, record);
+                    self.log.push(decoded);
+                }
             }
         }
     }
@@ -365,37 +397,28 @@ fn offsets_are_committed_by_the_current_generation_only() {
         offsets: vec![("t".into(), 0, offset, 3, "meta".into())],
     };
     // A consumer outside any generation commits to a group with no members.
-    assert_eq!(
-        h.coordinator.commit_offsets(commit("", -1, 5), h.now_ms),
-        vec![None]
-    );
+    assert_eq!(h.commit(commit("", -1, 5)), vec![None]);
     let members: Vec<(String, RequestId)> = (0..2).map(|_| h.new_member()).collect();
     assert_eq!(
-        h.coordinator
-            .commit_offsets(commit(&members[0].0, 0, 6), h.now_ms),
+        h.commit(commit(&members[0].0, 0, 6)),
         vec![Some(ResponseError::RebalanceInProgress)]
     );
     h.advance(3_000);
     let generation = h.form_generation(&members);
     assert_eq!(
-        h.coordinator.commit_offsets(commit("", -1, 7), h.now_ms),
+        h.commit(commit("", -1, 7)),
         vec![Some(ResponseError::UnknownMemberId)],
         "no commits from outside while the group has members"
     );
     assert_eq!(
-        h.coordinator
-            .commit_offsets(commit(&members[0].0, generation - 1, 7), h.now_ms),
+        h.commit(commit(&members[0].0, generation - 1, 7)),
         vec![Some(ResponseError::IllegalGeneration)]
     );
-    assert_eq!(
-        h.coordinator
-            .commit_offsets(commit(&members[0].0, generation, 8), h.now_ms),
-        vec![None]
-    );
+    assert_eq!(h.commit(commit(&members[0].0, generation, 8)), vec![None]);
     let mut big = commit(&members[0].0, generation, 9);
     big.offsets[0].4 = "x".repeat(5000);
     assert_eq!(
-        h.coordinator.commit_offsets(big, h.now_ms),
+        h.commit(big),
         vec![Some(ResponseError::OffsetMetadataTooLarge)]
     );
     let fetched = h
@@ -404,4 +427,94 @@ fn offsets_are_committed_by_the_current_generation_only() {
     assert_eq!(fetched[0].1.as_ref().map(|c| c.offset), Some(8));
     assert_eq!(fetched[1].1, None);
     assert_eq!(h.coordinator.fetch_offsets(GROUP, None).len(), 1);
+}
+
+/// The coordinator's state lives in `__consumer_offsets`: the partition's next leader
+/// replays the records and carries on with the same generation, members, assignments
+/// and committed offsets; members keep heartbeating and committing without a rebalance.
+#[test]
+fn a_new_coordinator_carries_on_from_the_records() {
+    let mut h = Harness::new();
+    let members: Vec<(String, RequestId)> = (0..3).map(|_| h.new_member()).collect();
+    h.advance(3_000);
+    let generation = h.form_generation(&members);
+    let commit = |member: &str, offset: i64| OffsetCommitRequest {
+        group_id: GROUP.into(),
+        member_id: member.into(),
+        generation_id: generation,
+        group_instance_id: None,
+        offsets: vec![("t".into(), 2, offset, 1, String::new())],
+    };
+    assert_eq!(h.commit(commit(&members[1].0, 41)), vec![None]);
+    assert_eq!(h.commit(commit(&members[1].0, 42)), vec![None]);
+    h.fail_over();
+    assert_eq!(h.state(), GroupState::Stable);
+    for (id, _) in &members {
+        assert_eq!(h.heartbeat(id, generation), None, "{id} lost its place");
+    }
+    let sync = h.sync(&members[2].0, generation, &[]);
+    assert_eq!(
+        h.syncs[&sync].assignment,
+        Bytes::from(format!("assigned-{}", members[2].0))
+    );
+    let fetched = h.coordinator.fetch_offsets(GROUP, Some(&[("t".into(), 2)]));
+    assert_eq!(fetched[0].1.as_ref().map(|c| c.offset), Some(42));
+    assert_eq!(h.commit(commit(&members[0].0, 43)), vec![None]);
+    // The group then empties: that is persisted too, and a later coordinator has an
+    // empty group with its offsets.
+    let everyone: Vec<(String, Option<String>)> =
+        members.iter().map(|(id, _)| (id.clone(), None)).collect();
+    let (left, effects) = h.coordinator.leave(GROUP, &everyone, h.now_ms);
+    h.take(effects);
+    assert_eq!(left, vec![None, None, None]);
+    h.fail_over();
+    assert_eq!(h.state(), GroupState::Empty);
+    let fetched = h.coordinator.fetch_offsets(GROUP, None);
+    assert_eq!(fetched.len(), 1);
+    assert_eq!(fetched[0].1.as_ref().map(|c| c.offset), Some(43));
+}
+
+#[test]
+fn tombstones_delete_offsets_and_groups() {
+    let mut h = Harness::new();
+    let commit = OffsetCommitRequest {
+        group_id: GROUP.into(),
+        member_id: String::new(),
+        generation_id: -1,
+        group_instance_id: None,
+        offsets: vec![
+            ("t".into(), 0, 5, -1, String::new()),
+            ("t".into(), 1, 6, -1, String::new()),
+        ],
+    };
+    assert_eq!(h.commit(commit), vec![None, None]);
+    for tombstone in [
+        GroupRecord::Offset {
+            group: GROUP.into(),
+            topic: "t".into(),
+            partition: 0,
+            value: None,
+        },
+        GroupRecord::Group {
+            group: "other".into(),
+            value: None,
+        },
+    ] {
+        let (key, value) = tombstone.encode();
+        assert!(value.is_none());
+        assert_eq!(GroupRecord::decode(&key, None).unwrap(), tombstone);
+        h.log.push(tombstone);
+    }
+    h.fail_over();
+    let fetched = h.coordinator.fetch_offsets(GROUP, None);
+    assert_eq!(fetched.len(), 1);
+    assert_eq!(fetched[0].0, ("t".to_string(), 1));
+    h.log.push(GroupRecord::Group {
+        group: GROUP.into(),
+        value: None,
+    });
+    h.fail_over();
+    assert!(h.coordinator.fetch_offsets(GROUP, None).is_empty());
+    assert!(h.coordinator.describe(GROUP).is_none());
+    assert!(GroupRecord::decode(b"\xff\xff", None).is_err());
 }

@@ -532,7 +532,8 @@ impl Storage for MemoryStorage {
             return Err(not_found(path));
         }
         tree.files.retain(|p, _| !p.path().starts_with(path));
-        tree.durable_files.retain(|p, _| !p.path().starts_with(path));
+        tree.durable_files
+            .retain(|p, _| !p.path().starts_with(path));
         tree.pending.retain(|p, _| !p.path().starts_with(path));
         tree.dirs.retain(|p| !p.path().starts_with(path));
         Ok(())
@@ -829,7 +830,12 @@ mod tests {
         for dir in ["/d/t-0", "/d/t-0-1", "/d/t-0/sub"] {
             storage.create_dir_all(Path::new(dir)).unwrap();
         }
-        for file in ["/d/t-0/a.log", "/d/t-0.tmp", "/d/t-0-1/b.log", "/d/t-0/sub/c"] {
+        for file in [
+            "/d/t-0/a.log",
+            "/d/t-0.tmp",
+            "/d/t-0-1/b.log",
+            "/d/t-0/sub/c",
+        ] {
             storage.open(Path::new(file), true).unwrap();
         }
         assert_eq!(
@@ -838,7 +844,11 @@ mod tests {
         );
         assert_eq!(
             storage.list_dir(Path::new("/d/")).unwrap(),
-            vec!["t-0".to_string(), "t-0-1".to_string(), "t-0.tmp".to_string()]
+            vec![
+                "t-0".to_string(),
+                "t-0-1".to_string(),
+                "t-0.tmp".to_string()
+            ]
         );
         assert!(storage.exists(Path::new("/d//t-0/./a.log")));
         storage.remove_dir_all(Path::new("/d/t-0")).unwrap();

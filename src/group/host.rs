@@ -38,7 +38,7 @@ enum Shard {
     Loading { epoch: i32 },
     Active {
         epoch: i32,
-        coordinator: GroupCoordinator,
+        coordinator: Box<GroupCoordinator>,
     },
 }
 
@@ -97,6 +97,7 @@ impl CoordinatorHost {
                 coordinator.replay(record, now_ms);
             }
         }
+        let coordinator = Box::new(coordinator);
         self.shards
             .insert(partition, Shard::Active { epoch, coordinator });
     }
@@ -108,14 +109,14 @@ impl CoordinatorHost {
         match self.shards.get_mut(&partition) {
             None => Err(ResponseError::NotCoordinator),
             Some(Shard::Loading { .. }) => Err(ResponseError::CoordinatorLoadInProgress),
-            Some(Shard::Active { coordinator, .. }) => Ok(coordinator),
+            Some(Shard::Active { coordinator, .. }) => Ok(&mut **coordinator),
         }
     }
 
     /// Every coordinator serving now, by partition (to tick them, list groups).
     pub fn active(&mut self) -> impl Iterator<Item = (i32, &mut GroupCoordinator)> {
         self.shards.iter_mut().filter_map(|(p, s)| match s {
-            Shard::Active { coordinator, .. } => Some((*p, coordinator)),
+            Shard::Active { coordinator, .. } => Some((*p, &mut **coordinator)),
             Shard::Loading { .. } => None,
         })
     }

@@ -518,3 +518,51 @@ fn tombstones_delete_offsets_and_groups() {
     assert!(h.coordinator.describe(GROUP).is_none());
     assert!(GroupRecord::decode(b"\xff\xff", None).is_err());
 }
+
+/// The leader never sends its assignment: when the wait for SyncGroup ends (the longest
+/// rebalance or session timeout), the members that never synced (the leader) are
+/// dropped, those waiting are told to rejoin, and they form the next generation.
+#[test]
+fn a_leader_that_never_syncs_is_dropped() {
+    let mut h = Harness::new();
+    let members: Vec<(String, RequestId)> = (0..2).map(|_| h.new_member()).collect();
+    h.advance(3_000);
+    let answers: Vec<JoinResponse> = members
+        .iter()
+        .map(|(_, r)| h.joins.remove(r).unwrap())
+        .collect();
+    let generation = answers[0].generation_id;
+    let leader = answers[0].leader.clone();
+    let follower = members
+        .iter()
+        .find(|(id, _)| *id != leader)
+        .unwrap()
+        .0
+        .clone();
+    // A lost JoinGroup answer: joining again with the same protocols gives it again.
+    let again = h.join_with(&follower, None, &["range"]);
+    assert_eq!(h.joins[&again].generation_id, generation);
+    let waiting = h.sync(&follower, generation, &[]);
+    assert!(!h.syncs.contains_key(&waiting));
+    for _ in 0..10 {
+        h.advance(3_000);
+        if h.syncs.contains_key(&waiting) {
+            break;
+        }
+        assert_eq!(h.heartbeat(&follower, generation), None);
+    }
+    assert_eq!(
+        h.syncs[&waiting].error,
+        Some(ResponseError::RebalanceInProgress)
+    );
+    assert_eq!(h.state(), GroupState::PreparingRebalance);
+    let rejoin = h.join_with(&follower, None, &["range"]);
+    assert_eq!(
+        h.form_generation(&[(follower.clone(), rejoin)]),
+        generation + 1
+    );
+    assert_eq!(
+        h.heartbeat(&leader, generation + 1),
+        Some(ResponseError::UnknownMemberId)
+    );
+}

@@ -39,6 +39,9 @@ pub struct CoordinatorConfig {
     pub max_group_size: usize,
     /// `offset.metadata.max.bytes`.
     pub max_offset_metadata_bytes: usize,
+    /// `offsets.retention.minutes`, in ms: an empty group's offsets expire this long
+    /// after it became empty (or after their commit, whichever is later).
+    pub offsets_retention_ms: i64,
 }
 
 impl Default for CoordinatorConfig {
@@ -50,6 +53,7 @@ impl Default for CoordinatorConfig {
             initial_rebalance_delay_ms: 3_000,
             max_group_size: i32::MAX as usize,
             max_offset_metadata_bytes: 4096,
+            offsets_retention_ms: 7 * 24 * 60 * 60 * 1000,
         }
     }
 }
@@ -228,10 +232,12 @@ struct Group {
     /// The join phase of an empty group waits its whole initial delay.
     initial_delay: bool,
     offsets: BTreeMap<(String, i32), CommittedOffset>,
+    /// When the group last became empty (its offsets' retention counts from then).
+    empty_since_ms: i64,
 }
 
 impl Group {
-    fn new(group_id: &str) -> Group {
+    fn new(group_id: &str, now_ms: i64) -> Group {
         Group {
             group_id: group_id.to_string(),
             state: GroupState::Empty,
@@ -245,6 +251,7 @@ impl Group {
             phase_deadline_ms: 0,
             initial_delay: false,
             offsets: BTreeMap::new(),
+            empty_since_ms: now_ms,
         }
     }
 
@@ -389,6 +396,23 @@ impl Group {
     }
 }
 
+/// The topics of a consumer's subscription (ConsumerProtocolSubscription: a version,
+/// then the message of that version), None when it does not decode.
+fn subscribed_topics(metadata: &Bytes) -> Option<Vec<String>> {
+    use kafka_protocol::messages::ConsumerProtocolSubscription;
+    use kafka_protocol::protocol::Decodable;
+    let mut buf = metadata.clone();
+    if buf.len() < 2 {
+        return None;
+    }
+    let version = i16::from_be_bytes([buf[0], buf[1]]);
+    let _ = bytes::Buf::get_i16(&mut buf);
+    // Newer versions than the crate knows are read as its newest (fields are added).
+    let version = version.clamp(0, 3);
+    let subscription = ConsumerProtocolSubscription::decode(&mut buf, version).ok()?;
+    Some(subscription.topics.iter().map(|t| t.to_string()).collect())
+}
+
 fn join_error(error: ResponseError, member_id: &str) -> JoinResponse {
     JoinResponse {
         error: Some(error),
@@ -476,7 +500,7 @@ impl GroupCoordinator {
         let group = self
             .groups
             .entry(join.group_id.clone())
-            .or_insert_with_key(|id| Group::new(id));
+            .or_insert_with_key(|id| Group::new(id, now_ms));
         if !group.accepts(&join.protocol_type, &join.protocols, &join.member_id) {
             return Some(join_error(
                 ResponseError::InconsistentGroupProtocol,
@@ -717,6 +741,7 @@ impl GroupCoordinator {
         group.initial_delay = false;
         if group.members.is_empty() {
             group.state = GroupState::Empty;
+            group.empty_since_ms = now_ms;
             group.protocol_type = None;
             group.protocol_name = None;
             group.leader = None;
@@ -792,6 +817,7 @@ impl GroupCoordinator {
                 if group.members.is_empty() {
                     group.generation_id += 1;
                     group.state = GroupState::Empty;
+                    group.empty_since_ms = now_ms;
                     group.protocol_type = None;
                     group.protocol_name = None;
                     group.leader = None;
@@ -980,6 +1006,7 @@ impl GroupCoordinator {
     /// and waits for the leader's assignment end at their deadlines.
     pub fn tick(&mut self, now_ms: i64) -> Vec<Effect> {
         let mut effects = Vec::new();
+        self.expire_offsets(now_ms, &mut effects);
         for group in self.groups.values_mut() {
             group.pending_members.retain(|_, expires| *expires > now_ms);
             // Members waiting for an answer are alive by definition.
@@ -1020,6 +1047,124 @@ impl GroupCoordinator {
         effects
     }
 
+    /// Offset retention: an empty group's offsets expire `offsets_retention_ms` after it
+    /// became empty or after their commit, whichever is later; a group left with no
+    /// members and no offsets is deleted. Both are persisted (tombstones) and applied
+    /// at once.
+    fn expire_offsets(&mut self, now_ms: i64, effects: &mut Vec<Effect>) {
+        let retention_ms = self.config.offsets_retention_ms;
+        let mut deleted = Vec::new();
+        for (group_id, group) in self.groups.iter_mut() {
+            if group.state != GroupState::Empty {
+                continue;
+            }
+            let since = group.empty_since_ms;
+            let expired: Vec<(String, i32)> = group
+                .offsets
+                .iter()
+                .filter(|(_, c)| c.commit_ms.max(since).saturating_add(retention_ms) <= now_ms)
+                .map(|(key, _)| key.clone())
+                .collect();
+            for (topic, partition) in expired {
+                group.offsets.remove(&(topic.clone(), partition));
+                effects.push(Effect::Persist(GroupRecord::Offset {
+                    group: group_id.clone(),
+                    topic,
+                    partition,
+                    value: None,
+                }));
+            }
+            if group.offsets.is_empty() && since.saturating_add(retention_ms) <= now_ms {
+                deleted.push(group_id.clone());
+            }
+        }
+        for group_id in deleted {
+            self.groups.remove(&group_id);
+            effects.push(Effect::Persist(GroupRecord::Group {
+                group: group_id,
+                value: None,
+            }));
+        }
+    }
+
+    /// DeleteGroups: for each group, its error, or the records that delete it (offset
+    /// tombstones, then the group's): only a group with no members can be deleted.
+    /// Nothing changes until the caller persisted and [`Self::replay`]ed them.
+    pub fn delete_groups(
+        &self,
+        group_ids: &[String],
+    ) -> Vec<Result<Vec<GroupRecord>, ResponseError>> {
+        group_ids
+            .iter()
+            .map(|group_id| {
+                let group = self
+                    .groups
+                    .get(group_id)
+                    .ok_or(ResponseError::GroupIdNotFound)?;
+                if group.state != GroupState::Empty {
+                    return Err(ResponseError::NonEmptyGroup);
+                }
+                let mut records: Vec<GroupRecord> = group
+                    .offsets
+                    .keys()
+                    .map(|(topic, partition)| GroupRecord::Offset {
+                        group: group_id.clone(),
+                        topic: topic.clone(),
+                        partition: *partition,
+                        value: None,
+                    })
+                    .collect();
+                records.push(GroupRecord::Group {
+                    group: group_id.clone(),
+                    value: None,
+                });
+                Ok(records)
+            })
+            .collect()
+    }
+
+    /// OffsetDelete: the error of each (topic, partition) (None: deleted) and the
+    /// tombstones to persist and replay. A topic some member of a consumer group
+    /// subscribes to keeps its offsets (GROUP_SUBSCRIBED_TO_TOPIC).
+    pub fn delete_offsets(
+        &self,
+        group_id: &str,
+        partitions: &[(String, i32)],
+    ) -> Result<(Vec<Option<ResponseError>>, Vec<GroupRecord>), ResponseError> {
+        let group = self
+            .groups
+            .get(group_id)
+            .ok_or(ResponseError::GroupIdNotFound)?;
+        let subscribed = |topic: &str| {
+            group.protocol_type.as_deref() == Some("consumer")
+                && group.members.values().any(|m| {
+                    let metadata = m.metadata(group.protocol_name.as_deref().unwrap_or_default());
+                    // Undecodable metadata counts as subscribed to everything.
+                    subscribed_topics(&metadata)
+                        .is_none_or(|topics| topics.iter().any(|t| t == topic))
+                })
+        };
+        let mut records = Vec::new();
+        let errors = partitions
+            .iter()
+            .map(|(topic, partition)| {
+                if subscribed(topic) {
+                    return Some(ResponseError::GroupSubscribedToTopic);
+                }
+                if group.offsets.contains_key(&(topic.clone(), *partition)) {
+                    records.push(GroupRecord::Offset {
+                        group: group_id.to_string(),
+                        topic: topic.clone(),
+                        partition: *partition,
+                        value: None,
+                    });
+                }
+                None
+            })
+            .collect();
+        Ok((errors, records))
+    }
+
     /// OffsetCommit: the error of each offset (None: accepted), in order, and the
     /// records of the accepted ones. Nothing is stored yet: the caller appends the
     /// records to the group's `__consumer_offsets` partition, then [`Self::replay`]s
@@ -1033,11 +1178,16 @@ impl GroupCoordinator {
         if commit.group_id.is_empty() {
             return (vec![Some(ResponseError::InvalidGroupId); n], Vec::new());
         }
+        let outside_generation = commit.generation_id < 0 && commit.member_id.is_empty();
+        if !outside_generation && !self.groups.contains_key(&commit.group_id) {
+            // As Kafka answers a member of a group it does not know (an older
+            // generation, or another coordinator's).
+            return (vec![Some(ResponseError::IllegalGeneration); n], Vec::new());
+        }
         let group = self
             .groups
             .entry(commit.group_id.clone())
-            .or_insert_with_key(|id| Group::new(id));
-        let outside_generation = commit.generation_id < 0 && commit.member_id.is_empty();
+            .or_insert_with_key(|id| Group::new(id, now_ms));
         let refused = if outside_generation {
             (group.state != GroupState::Empty).then_some(ResponseError::UnknownMemberId)
         } else {
@@ -1106,7 +1256,7 @@ impl GroupCoordinator {
                         let group = self
                             .groups
                             .entry(group.clone())
-                            .or_insert_with_key(|id| Group::new(id));
+                            .or_insert_with_key(|id| Group::new(id, now_ms));
                         group.offsets.insert(key, committed.clone());
                     }
                     None => {
@@ -1126,9 +1276,9 @@ impl GroupCoordinator {
                 let group = self
                     .groups
                     .entry(group_id.clone())
-                    .or_insert_with_key(|id| Group::new(id));
+                    .or_insert_with_key(|id| Group::new(id, now_ms));
                 let offsets = std::mem::take(&mut group.offsets);
-                *group = Group::new(group_id);
+                *group = Group::new(group_id, now_ms);
                 group.offsets = offsets;
                 group.generation_id = value.generation_id;
                 for m in &value.members {

@@ -566,3 +566,145 @@ fn a_leader_that_never_syncs_is_dropped() {
         Some(ResponseError::UnknownMemberId)
     );
 }
+
+/// A consumer's JoinGroup metadata: ConsumerProtocolSubscription v0 for `topics`.
+fn subscription(topics: &[&str]) -> Bytes {
+    use kafka_protocol::messages::ConsumerProtocolSubscription;
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+    let message = ConsumerProtocolSubscription::default().with_topics(
+        topics
+            .iter()
+            .map(|t| StrBytes::from_string(t.to_string()))
+            .collect(),
+    );
+    let mut buf = bytes::BytesMut::new();
+    buf.extend_from_slice(&0i16.to_be_bytes());
+    message.encode(&mut buf, 0).unwrap();
+    buf.freeze()
+}
+
+#[test]
+fn groups_and_offsets_are_deleted_only_when_unused() {
+    let mut h = Harness::new();
+    // A consumer group subscribed to "t", with offsets for "t" and "old".
+    h.next_request += 1;
+    let (_, effects) = h.coordinator.join(
+        h.next_request,
+        JoinRequest {
+            group_id: GROUP.into(),
+            member_id: String::new(),
+            group_instance_id: Some("i".into()),
+            client_id: "client".into(),
+            client_host: "h".into(),
+            session_timeout_ms: SESSION_MS,
+            rebalance_timeout_ms: REBALANCE_MS,
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), subscription(&["t"]))],
+            require_known_member_id: true,
+        },
+        h.now_ms,
+    );
+    h.take(effects);
+    h.advance(3_000);
+    let member = h.joins[&h.next_request].member_id.clone();
+    let generation = h.joins[&h.next_request].generation_id;
+    h.sync(&member, generation, &[(&member, "a")]);
+    let commit = OffsetCommitRequest {
+        group_id: GROUP.into(),
+        member_id: member.clone(),
+        generation_id: generation,
+        group_instance_id: Some("i".into()),
+        offsets: vec![
+            ("t".into(), 0, 5, 1, String::new()),
+            ("old".into(), 0, 9, 1, String::new()),
+        ],
+    };
+    assert_eq!(h.commit(commit), vec![None, None]);
+    assert_eq!(
+        h.coordinator
+            .delete_groups(&[GROUP.into(), "nothing".into()]),
+        vec![
+            Err(ResponseError::NonEmptyGroup),
+            Err(ResponseError::GroupIdNotFound)
+        ]
+    );
+    let (errors, records) = h
+        .coordinator
+        .delete_offsets(GROUP, &[("t".into(), 0), ("old".into(), 0)])
+        .unwrap();
+    assert_eq!(
+        errors,
+        vec![Some(ResponseError::GroupSubscribedToTopic), None]
+    );
+    for record in &records {
+        h.coordinator.replay(record, h.now_ms);
+    }
+    let left = h.coordinator.fetch_offsets(GROUP, None);
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].0, ("t".to_string(), 0));
+    // Once empty, the group can be deleted, offsets and all.
+    let (_, effects) = h.coordinator.leave(GROUP, &[(member, None)], h.now_ms);
+    h.take(effects);
+    let deletion = h
+        .coordinator
+        .delete_groups(&[GROUP.into()])
+        .remove(0)
+        .unwrap();
+    assert_eq!(deletion.len(), 2, "one offset tombstone, then the group's");
+    for record in &deletion {
+        h.coordinator.replay(record, h.now_ms);
+    }
+    assert!(h.coordinator.describe(GROUP).is_none());
+    assert!(h.coordinator.fetch_offsets(GROUP, None).is_empty());
+}
+
+#[test]
+fn an_empty_groups_offsets_expire_after_the_retention() {
+    let mut h = Harness::new();
+    let retention_ms = CoordinatorConfig::default().offsets_retention_ms;
+    let commit = |offset: i64| OffsetCommitRequest {
+        group_id: GROUP.into(),
+        member_id: String::new(),
+        generation_id: -1,
+        group_instance_id: None,
+        offsets: vec![("t".into(), 0, offset, -1, String::new())],
+    };
+    assert_eq!(h.commit(commit(1)), vec![None]);
+    h.advance(retention_ms / 2);
+    // A later commit renews the offset's retention.
+    assert_eq!(h.commit(commit(2)), vec![None]);
+    h.advance(retention_ms / 2 + 1);
+    assert_eq!(
+        h.coordinator.fetch_offsets(GROUP, None).len(),
+        1,
+        "expired early"
+    );
+    h.log.clear();
+    h.advance(retention_ms / 2);
+    assert!(h.coordinator.fetch_offsets(GROUP, None).is_empty());
+    assert!(
+        h.coordinator.describe(GROUP).is_none(),
+        "the empty group is gone too"
+    );
+    // The expiry is persisted: a new coordinator replaying it agrees.
+    assert_eq!(
+        h.log.len(),
+        2,
+        "an offset tombstone and the group's: {:?}",
+        h.log
+    );
+}
+
+#[test]
+fn a_commit_for_an_unknown_group_by_a_member_is_refused_and_creates_nothing() {
+    let mut h = Harness::new();
+    let refused = h.commit(OffsetCommitRequest {
+        group_id: "unknown".into(),
+        member_id: "m".into(),
+        generation_id: 3,
+        group_instance_id: None,
+        offsets: vec![("t".into(), 0, 1, -1, String::new())],
+    });
+    assert_eq!(refused, vec![Some(ResponseError::IllegalGeneration)]);
+    assert!(h.coordinator.list().is_empty());
+}

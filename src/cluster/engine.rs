@@ -478,7 +478,6 @@ impl ClusterNode {
         }
     }
 
-    /// [`ClusterNode::fail`], answering every waiting producer with the error first.
     /// A (simulated) slow disk: an fsync pass takes time, and a crash may land in it.
     async fn fsync_latency(&self) {
         let latency = self.storage.sync_latency();
@@ -487,6 +486,7 @@ impl ClusterNode {
         }
     }
 
+    /// [`ClusterNode::fail`], answering every waiting producer with the error first.
     fn fail_pending(&self, pending: &mut BTreeMap<(GroupId, u64), Pending>, why: String) {
         for (_, p) in std::mem::take(pending) {
             let _ = p.reply.send(Err(ProduceError::Storage(why.clone())));

@@ -1,12 +1,13 @@
 //! The multi-Raft driver: one per broker, for every Raft group the broker hosts (the
 //! TiKV pattern).
 //!
-//! A round collects the `Ready` of every group that has one, appends their entries and
-//! hard states to their logs, makes all of it durable with one fsync pass across every
-//! group (group commit), then releases the messages that had to wait for the persist,
-//! advances the groups and reports committed entries and leadership changes. Outgoing
-//! Raft messages come back batched per destination broker. The driver does no network
-//! I/O and reads no clock; its only I/O is through the storage trait.
+//! A round collects the `Ready` of every group that has one, appends their entries to
+//! their logs and makes them durable with one fsync pass across every group (group
+//! commit), then writes each group's state record (hard state, durable log end) and
+//! fsyncs those in a second pass, then releases the messages that had to wait for the
+//! persist, advances the groups and reports committed entries and leadership changes.
+//! Outgoing Raft messages come back batched per destination broker. The driver does no
+//! network I/O and reads no clock; its only I/O is through the storage trait.
 //!
 //! raft-rs draws each randomized election timeout from a thread RNG; the driver
 //! overwrites it from its own seeded RNG whenever a group's term or role changes, so a

@@ -421,11 +421,14 @@ fn segment_bytes_is_never_clamped() {
 
 // ---- group_record ----
 
-/// A `__consumer_offsets` group record naming one member twice, with two instance ids:
-/// replayed, it left an instance id pointing at no member, and the coordinator's next
-/// state check failed. Static members are now rebuilt from the members as they end up.
+/// `__consumer_offsets` records the coordinator must replay without failing:
+/// - `member-named-twice`: a group record naming one member twice, with two instance
+///   ids, left an instance id pointing at no member, and the coordinator's next state
+///   check failed. Static members are now rebuilt from the members as they end up.
+/// - `generation-at-i32-max`: a group record of generation i32::MAX whose members then
+///   expired: the next generation overflowed. It starts over at 1.
 #[test]
-fn a_group_record_naming_a_member_twice_replays() {
+fn damaged_group_records_replay() {
     use strand::group::coordinator::{CoordinatorConfig, GroupCoordinator};
     use strand::group::records::GroupRecord;
     for (name, data) in inputs("group_record") {

@@ -349,6 +349,13 @@ impl Group {
         }
     }
 
+    /// Moves to the next generation. After i32::MAX it starts over at 1 (only a damaged
+    /// or forged record gets near it; found by the `group_record` fuzz target, which
+    /// replayed generation i32::MAX and then overflowed).
+    fn next_generation(&mut self) {
+        self.generation_id = self.generation_id.checked_add(1).unwrap_or(1);
+    }
+
     /// The group's record: its generation and members as they are now.
     fn record(&self) -> GroupRecord {
         let protocol = self.protocol_name.clone().unwrap_or_default();
@@ -737,7 +744,7 @@ impl GroupCoordinator {
         for id in gone {
             Self::drop_member(group, &id);
         }
-        group.generation_id += 1;
+        group.next_generation();
         group.initial_delay = false;
         if group.members.is_empty() {
             group.state = GroupState::Empty;
@@ -815,7 +822,7 @@ impl GroupCoordinator {
         match group.state {
             GroupState::Stable | GroupState::CompletingRebalance => {
                 if group.members.is_empty() {
-                    group.generation_id += 1;
+                    group.next_generation();
                     group.state = GroupState::Empty;
                     group.empty_since_ms = now_ms;
                     group.protocol_type = None;
@@ -1280,7 +1287,8 @@ impl GroupCoordinator {
                 let offsets = std::mem::take(&mut group.offsets);
                 *group = Group::new(group_id, now_ms);
                 group.offsets = offsets;
-                group.generation_id = value.generation_id;
+                // Generations are never negative (-1 means "outside any generation").
+                group.generation_id = value.generation_id.max(0);
                 for m in &value.members {
                     let protocol = value.protocol_name.clone().unwrap_or_default();
                     group.members.insert(

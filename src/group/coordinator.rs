@@ -349,6 +349,27 @@ impl Group {
         }
     }
 
+    /// The ids of the members `which` picks.
+    fn member_ids_where(&self, which: impl Fn(&Member) -> bool) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|(_, m)| which(m))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// The last member is gone: the group is Empty from `now_ms` (its offsets' retention
+    /// counts from then), and that is persisted.
+    fn become_empty(&mut self, now_ms: i64, effects: &mut Vec<Effect>) {
+        debug_assert!(self.members.is_empty());
+        self.state = GroupState::Empty;
+        self.empty_since_ms = now_ms;
+        self.protocol_type = None;
+        self.protocol_name = None;
+        self.leader = None;
+        effects.push(Effect::Persist(self.record()));
+    }
+
     /// Moves to the next generation. After i32::MAX it starts over at 1 (only a damaged
     /// or forged record gets near it; found by the `group_record` fuzz target, which
     /// replayed generation i32::MAX and then overflowed).
@@ -735,24 +756,13 @@ impl GroupCoordinator {
     /// the next generation.
     fn complete_join(group: &mut Group, now_ms: i64, effects: &mut Vec<Effect>) {
         assert_eq!(group.state, GroupState::PreparingRebalance);
-        let gone: Vec<String> = group
-            .members
-            .iter()
-            .filter(|(_, m)| m.awaiting_join.is_none())
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in gone {
+        for id in group.member_ids_where(|m| m.awaiting_join.is_none()) {
             Self::drop_member(group, &id);
         }
         group.next_generation();
         group.initial_delay = false;
         if group.members.is_empty() {
-            group.state = GroupState::Empty;
-            group.empty_since_ms = now_ms;
-            group.protocol_type = None;
-            group.protocol_name = None;
-            group.leader = None;
-            effects.push(Effect::Persist(group.record()));
+            group.become_empty(now_ms, effects);
             return;
         }
         group.protocol_name = group.select_protocol();
@@ -823,12 +833,7 @@ impl GroupCoordinator {
             GroupState::Stable | GroupState::CompletingRebalance => {
                 if group.members.is_empty() {
                     group.next_generation();
-                    group.state = GroupState::Empty;
-                    group.empty_since_ms = now_ms;
-                    group.protocol_type = None;
-                    group.protocol_name = None;
-                    group.leader = None;
-                    effects.push(Effect::Persist(group.record()));
+                    group.become_empty(now_ms, effects);
                 } else {
                     Self::prepare_rebalance(group, config, now_ms, effects);
                 }
@@ -1017,13 +1022,11 @@ impl GroupCoordinator {
         for group in self.groups.values_mut() {
             group.pending_members.retain(|_, expires| *expires > now_ms);
             // Members waiting for an answer are alive by definition.
-            let expired: Vec<String> = group
-                .members
-                .iter()
-                .filter(|(_, m)| m.awaiting_join.is_none() && m.awaiting_sync.is_none())
-                .filter(|(_, m)| m.last_heartbeat_ms + i64::from(m.session_timeout_ms) <= now_ms)
-                .map(|(id, _)| id.clone())
-                .collect();
+            let expired = group.member_ids_where(|m| {
+                m.awaiting_join.is_none()
+                    && m.awaiting_sync.is_none()
+                    && m.last_heartbeat_ms + i64::from(m.session_timeout_ms) <= now_ms
+            });
             for id in expired {
                 Self::remove_member(group, &self.config, &id, now_ms, &mut effects);
             }
@@ -1034,13 +1037,7 @@ impl GroupCoordinator {
                 GroupState::CompletingRebalance if now_ms >= group.phase_deadline_ms => {
                     // The leader never sent its assignment: those that did not sync are
                     // dropped and the rest rebalance.
-                    let silent: Vec<String> = group
-                        .members
-                        .iter()
-                        .filter(|(_, m)| m.awaiting_sync.is_none())
-                        .map(|(id, _)| id.clone())
-                        .collect();
-                    for id in silent {
+                    for id in group.member_ids_where(|m| m.awaiting_sync.is_none()) {
                         Self::remove_member(group, &self.config, &id, now_ms, &mut effects);
                     }
                     if group.state == GroupState::CompletingRebalance {

@@ -2,6 +2,7 @@
 //! flags (a flag overrides the file). Unknown or invalid settings are refused at start
 //! with a message that names the setting.
 
+use crate::group::coordinator::CoordinatorConfig;
 use crate::log::config::{effective_config, validate_topic_config, LogConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -48,6 +49,30 @@ pub struct BrokerConfig {
     pub raft_tick_ms: u64,
     /// `broker.session.timeout.ms`: a broker silent this long is fenced.
     pub broker_session_timeout_ms: u64,
+    /// Consumer groups: the offsets topic and the group coordinator's settings.
+    pub groups: GroupConfig,
+}
+
+/// The consumer group settings (Kafka's names in the comments).
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets`, fixed when it
+    /// is created.
+    pub offsets_topic_partitions: i32,
+    /// `offsets.topic.replication.factor` (at most the cluster's size).
+    pub offsets_topic_replication_factor: i16,
+    /// Session and rebalance limits, initial rebalance delay, offset retention.
+    pub coordinator: CoordinatorConfig,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            offsets_topic_partitions: 50,
+            offsets_topic_replication_factor: 3,
+            coordinator: CoordinatorConfig::default(),
+        }
+    }
 }
 
 /// Most brokers a cluster may list in `peers` (all of them metadata voters).
@@ -76,6 +101,7 @@ impl Default for BrokerConfig {
             default_replication_factor: 1,
             raft_tick_ms: 100,
             broker_session_timeout_ms: 9_000,
+            groups: GroupConfig::default(),
         }
     }
 }
@@ -109,6 +135,13 @@ pub struct ConfigFile {
     pub default_replication_factor: Option<i16>,
     pub raft_tick_ms: Option<u64>,
     pub broker_session_timeout_ms: Option<u64>,
+    pub offsets_topic_num_partitions: Option<i32>,
+    pub offsets_topic_replication_factor: Option<i16>,
+    pub offsets_retention_minutes: Option<i64>,
+    pub group_initial_rebalance_delay_ms: Option<i32>,
+    pub group_min_session_timeout_ms: Option<i32>,
+    pub group_max_session_timeout_ms: Option<i32>,
+    pub group_max_size: Option<usize>,
     /// Topic config defaults by their Kafka names, e.g. `"retention.ms" = "3600000"`.
     #[serde(default)]
     pub topic_defaults: BTreeMap<String, String>,
@@ -176,7 +209,10 @@ impl BrokerConfig {
             Some(text) => toml::from_str(text).map_err(|e| format!("config file: {e}"))?,
             None => ConfigFile::default(),
         };
-        let mut config = BrokerConfig::default();
+        let mut config = BrokerConfig {
+            groups: group_config(&file)?,
+            ..BrokerConfig::default()
+        };
         if let Some(v) = flags.node_id.or(file.node_id) {
             if v < 0 {
                 return Err(format!("node-id: must be >= 0, got {v}"));
@@ -307,6 +343,63 @@ impl BrokerConfig {
     }
 }
 
+/// The consumer group settings of the file, checked.
+fn group_config(file: &ConfigFile) -> Result<GroupConfig, String> {
+    let mut groups = GroupConfig::default();
+    let coordinator = &mut groups.coordinator;
+    if let Some(v) = file.offsets_topic_num_partitions {
+        if !(1..=1000).contains(&v) {
+            return Err(format!(
+                "offsets-topic-num-partitions: must be in 1..=1000, got {v}"
+            ));
+        }
+        groups.offsets_topic_partitions = v;
+    }
+    if let Some(v) = file.offsets_topic_replication_factor {
+        if v < 1 {
+            return Err(format!(
+                "offsets-topic-replication-factor: must be >= 1, got {v}"
+            ));
+        }
+        groups.offsets_topic_replication_factor = v;
+    }
+    if let Some(v) = file.offsets_retention_minutes {
+        if !(1..=i64::MAX / 60_000).contains(&v) {
+            return Err(format!("offsets-retention-minutes: must be >= 1, got {v}"));
+        }
+        coordinator.offsets_retention_ms = v * 60_000;
+    }
+    if let Some(v) = file.group_initial_rebalance_delay_ms {
+        if !(0..=600_000).contains(&v) {
+            return Err(format!(
+                "group-initial-rebalance-delay-ms: must be in 0..=600000, got {v}"
+            ));
+        }
+        coordinator.initial_rebalance_delay_ms = v;
+    }
+    if let Some(v) = file.group_min_session_timeout_ms {
+        coordinator.min_session_timeout_ms = v;
+    }
+    if let Some(v) = file.group_max_session_timeout_ms {
+        coordinator.max_session_timeout_ms = v;
+    }
+    if coordinator.min_session_timeout_ms < 1
+        || coordinator.min_session_timeout_ms > coordinator.max_session_timeout_ms
+    {
+        return Err(format!(
+            "group-min-session-timeout-ms ({}) must be >= 1 and at most group-max-session-timeout-ms ({})",
+            coordinator.min_session_timeout_ms, coordinator.max_session_timeout_ms
+        ));
+    }
+    if let Some(v) = file.group_max_size {
+        if v == 0 {
+            return Err("group-max-size: must be > 0".into());
+        }
+        coordinator.max_group_size = v;
+    }
+    Ok(groups)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,5 +485,27 @@ mod tests {
         assert!(BrokerConfig::build(None, &flags)
             .unwrap_err()
             .contains("listen"));
+    }
+
+    #[test]
+    fn group_settings_are_read_and_checked() {
+        let file = "offsets-topic-num-partitions = 6\noffsets-retention-minutes = 2\ngroup-initial-rebalance-delay-ms = 0\n";
+        let c = BrokerConfig::build(Some(file), &Overrides::default()).unwrap();
+        assert_eq!(c.groups.offsets_topic_partitions, 6);
+        assert_eq!(c.groups.coordinator.offsets_retention_ms, 120_000);
+        assert_eq!(c.groups.coordinator.initial_rebalance_delay_ms, 0);
+        let defaults = BrokerConfig::build(None, &Overrides::default()).unwrap();
+        assert_eq!(defaults.groups.offsets_topic_partitions, 50);
+        for bad in [
+            "offsets-topic-num-partitions = 0",
+            "offsets-topic-replication-factor = 0",
+            "offsets-retention-minutes = 0",
+            "group-min-session-timeout-ms = 9000\ngroup-max-session-timeout-ms = 8000",
+            "group-max-size = 0",
+        ] {
+            let name = bad.split(' ').next().unwrap();
+            let error = BrokerConfig::build(Some(bad), &Overrides::default()).unwrap_err();
+            assert!(error.contains(name), "{bad}: {error}");
+        }
     }
 }

@@ -9,6 +9,7 @@
 //!
 //! It never parses Kafka bytes itself.
 
+pub mod groups;
 pub mod metadata_store;
 
 use crate::clock;
@@ -38,6 +39,8 @@ const AWAIT_LEADERS: Duration = Duration::from_secs(5);
 pub struct Broker {
     pub config: BrokerConfig,
     pub node: Arc<ClusterNode>,
+    /// The group coordinators this broker hosts.
+    pub groups: Arc<groups::GroupService>,
     storage: Arc<dyn Storage>,
     /// Set when a clean shutdown starts: produce answers NOT_LEADER_OR_FOLLOWER so that
     /// clients keep their records and retry once the broker is back.
@@ -85,12 +88,20 @@ impl Broker {
             by_dir: store.read_checkpoint(),
         };
         let cluster_config = cluster_config(&config, recovery_points);
-        let node = ClusterNode::start(cluster_config, storage.clone(), raft_listener).await?;
+        let node =
+            ClusterNode::start(cluster_config.clone(), storage.clone(), raft_listener).await?;
         // Past this point new appends may land: the next start must scan again.
         store.remove_clean_shutdown_marker()?;
+        let groups = Arc::new(groups::GroupService::new(
+            node.clone(),
+            config.groups.clone(),
+            config.raft_tick_ms,
+            cluster_config.seed,
+        ));
         let broker = Arc::new(Broker {
             config,
             node,
+            groups,
             storage,
             shutting_down: AtomicBool::new(false),
         });
@@ -114,8 +125,10 @@ impl Broker {
         &self.config.data_dir
     }
 
-    /// Starts the background tasks: retention and recovery checkpoints.
+    /// Starts the background tasks: the group coordinators, retention and recovery
+    /// checkpoints.
     pub fn start_background_tasks(self: &Arc<Self>) {
+        tokio::spawn(self.groups.clone().run());
         let broker = self.clone();
         tokio::spawn(async move {
             loop {
@@ -241,6 +254,7 @@ impl Broker {
     /// checkpoint, then the marker that lets the next start skip recovery.
     pub async fn shutdown(&self) -> io::Result<()> {
         self.shutting_down.store(true, Ordering::SeqCst);
+        self.groups.stop();
         self.node.stop().await;
         for (_, storage) in self.node.replica_storages() {
             storage.lock().close()?;

@@ -199,6 +199,8 @@ enum Command {
         group: GroupId,
         batches: Vec<Bytes>,
         wait: Wait,
+        /// Proposed only if this broker leads the group in this term (None: any term).
+        in_term: Option<u64>,
         reply: oneshot::Sender<Result<i64, ProduceError>>,
     },
     ProposeMetadata {
@@ -444,12 +446,29 @@ impl ClusterNode {
         batches: Vec<Bytes>,
         wait: Wait,
     ) -> Result<ProduceTicket, ProduceError> {
+        self.submit_in_term(topic, partition, batches, wait, None)
+            .await
+    }
+
+    /// [`ClusterNode::submit`], refused with `NotLeader` unless this broker leads the
+    /// partition in `term` (when given): a writer whose state belongs to one leadership
+    /// (a group coordinator) never appends in a later one, where another leader may have
+    /// written in between.
+    pub async fn submit_in_term(
+        &self,
+        topic: &str,
+        partition: i32,
+        batches: Vec<Bytes>,
+        wait: Wait,
+        term: Option<u64>,
+    ) -> Result<ProduceTicket, ProduceError> {
         assert!(!batches.is_empty(), "a proposal carries at least one batch");
         let (reply, answer) = oneshot::channel();
         let command = Command::Propose {
             group: group_of(topic, partition),
             batches,
             wait,
+            in_term: term,
             reply,
         };
         self.commands
@@ -1303,8 +1322,23 @@ impl ClusterNode {
                 group,
                 batches,
                 wait,
+                in_term,
                 reply,
             } => {
+                if let Some(term) = in_term {
+                    let me = self.config.node_id;
+                    match driver.leader(&group) {
+                        Some((leader, t)) if leader == me && t == term => {}
+                        Some((leader, _)) => {
+                            let _ = reply.send(Err(ProduceError::NotLeader { leader }));
+                            return;
+                        }
+                        None => {
+                            let _ = reply.send(Err(ProduceError::UnknownPartition));
+                            return;
+                        }
+                    }
+                }
                 // Planted bug: acks=all waits only for the leader's own fsync.
                 let wait = if crate::planted::on("ack-before-quorum") {
                     Wait::LocalAppend

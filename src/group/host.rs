@@ -113,6 +113,30 @@ impl CoordinatorHost {
         }
     }
 
+    /// The offsets topic's partition count this host was made for.
+    pub fn partitions(&self) -> i32 {
+        self.partitions
+    }
+
+    /// The leadership epoch this host holds `partition` for (loading or serving).
+    pub fn epoch(&self, partition: i32) -> Option<i32> {
+        self.shards.get(&partition).map(|s| match s {
+            Shard::Loading { epoch } | Shard::Active { epoch, .. } => *epoch,
+        })
+    }
+
+    /// The coordinator of `partition` if it serves for exactly `epoch` (records written
+    /// in one leadership are applied only to the state of that leadership).
+    pub fn serving(&mut self, partition: i32, epoch: i32) -> Option<&mut GroupCoordinator> {
+        match self.shards.get_mut(&partition) {
+            Some(Shard::Active {
+                epoch: e,
+                coordinator,
+            }) if *e == epoch => Some(&mut **coordinator),
+            _ => None,
+        }
+    }
+
     /// Every coordinator serving now, by partition (to tick them, list groups).
     pub fn active(&mut self) -> impl Iterator<Item = (i32, &mut GroupCoordinator)> {
         self.shards.iter_mut().filter_map(|(p, s)| match s {

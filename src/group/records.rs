@@ -167,3 +167,76 @@ impl GroupRecord {
         })
     }
 }
+
+/// One RecordBatch v2 holding `records` in order (what the coordinator appends to its
+/// `__consumer_offsets` partition), uncompressed, stamped `now_ms`.
+pub fn encode_batch(records: &[GroupRecord], now_ms: i64) -> Bytes {
+    use kafka_protocol::indexmap::IndexMap;
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    assert!(!records.is_empty(), "a batch carries at least one record");
+    let records: Vec<Record> = records
+        .iter()
+        .enumerate()
+        .map(|(i, record)| {
+            let (key, value) = record.encode();
+            Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                // The encoder keeps records in one batch while `offset - sequence` stays
+                // the same; the batch's base sequence is then -1 (no producer id).
+                sequence: i as i32 - 1,
+                timestamp: now_ms,
+                key: Some(key),
+                value,
+                headers: IndexMap::new(),
+            }
+        })
+        .collect();
+    let mut buf = bytes::BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        records.iter(),
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .expect("uncompressed records always encode");
+    buf.freeze()
+}
+
+/// The group records in `bytes` (whole batches as a partition read returns them), in
+/// order; control batches are skipped. A record that does not decode is skipped and
+/// counted (the batch's CRC was checked by the read, so only a record written by another
+/// program gets here).
+pub fn decode_batches(bytes: &Bytes) -> Result<(Vec<GroupRecord>, usize), String> {
+    use kafka_protocol::records::RecordBatchDecoder;
+    let mut buf = bytes.clone();
+    let sets = RecordBatchDecoder::decode_all(&mut buf).map_err(|e| e.to_string())?;
+    let mut records = Vec::new();
+    let mut skipped = 0;
+    for set in sets {
+        for record in set.records {
+            if record.control {
+                continue;
+            }
+            let Some(key) = record.key.as_deref() else {
+                skipped += 1;
+                continue;
+            };
+            match GroupRecord::decode(key, record.value.as_deref()) {
+                Ok(decoded) => records.push(decoded),
+                Err(_) => skipped += 1,
+            }
+        }
+    }
+    Ok((records, skipped))
+}

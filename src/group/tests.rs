@@ -708,3 +708,33 @@ fn a_commit_for_an_unknown_group_by_a_member_is_refused_and_creates_nothing() {
     assert_eq!(refused, vec![Some(ResponseError::IllegalGeneration)]);
     assert!(h.coordinator.list().is_empty());
 }
+
+#[test]
+fn records_go_to_one_batch_and_come_back_in_order() {
+    use crate::group::records::{decode_batches, encode_batch};
+    use crate::log::batch::parse_whole;
+    let records: Vec<GroupRecord> = (0..5)
+        .map(|i| GroupRecord::Offset {
+            group: "g".into(),
+            topic: "t".into(),
+            partition: i,
+            value: (i != 3).then(|| CommittedOffset {
+                offset: i64::from(i) * 10,
+                leader_epoch: 1,
+                metadata: String::new(),
+                commit_ms: 7,
+            }),
+        })
+        .chain([GroupRecord::Group {
+            group: "g".into(),
+            value: None,
+        }])
+        .collect();
+    let batch = encode_batch(&records, 7);
+    let header = parse_whole(&batch).expect("one whole, valid batch");
+    assert_eq!(header.size_bytes(), batch.len(), "exactly one batch");
+    assert_eq!(header.records_count, 6);
+    assert_eq!(header.producer_id, -1);
+    let (decoded, skipped) = decode_batches(&batch).unwrap();
+    assert_eq!((decoded, skipped), (records, 0));
+}

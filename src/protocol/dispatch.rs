@@ -47,10 +47,19 @@ pub enum DispatchError {
     },
 }
 
-/// Decodes and handles one request frame.
+/// Decodes and handles one request frame (from an unnamed peer).
 pub async fn dispatch(
     broker: &Arc<Broker>,
     frame: Bytes,
+) -> Result<PendingResponse, DispatchError> {
+    dispatch_from(broker, frame, None).await
+}
+
+/// Decodes and handles one request frame from `peer` (shown as a group member's host).
+pub async fn dispatch_from(
+    broker: &Arc<Broker>,
+    frame: Bytes,
+    peer: Option<std::net::SocketAddr>,
 ) -> Result<PendingResponse, DispatchError> {
     if frame.len() < 8 {
         return Err(DispatchError::BadHeader(format!("{} bytes", frame.len())));
@@ -67,7 +76,7 @@ pub async fn dispatch(
     }
     let mut body = frame.clone();
     let header_version = api_key.request_header_version(version);
-    RequestHeader::decode(&mut body, header_version)
+    let header = RequestHeader::decode(&mut body, header_version)
         .map_err(|e| DispatchError::BadHeader(e.to_string()))?;
     let pending = |version, reply| PendingResponse {
         correlation_id,
@@ -92,7 +101,22 @@ pub async fn dispatch(
         RequestKind::Fetch(r) => api::fetch::handle(broker, version, r),
         RequestKind::ListOffsets(r) => api::list_offsets::handle(broker, version, r),
         RequestKind::Metadata(r) => api::metadata::handle(broker, version, r).await,
-        RequestKind::FindCoordinator(r) => api::find_coordinator::handle(broker, version, r),
+        RequestKind::FindCoordinator(r) => api::find_coordinator::handle(broker, version, r).await,
+        RequestKind::JoinGroup(r) => {
+            let client_id = header.client_id.map(|c| c.to_string()).unwrap_or_default();
+            // Kafka shows a member's host as "/address".
+            let client_host = peer.map(|p| format!("/{}", p.ip())).unwrap_or_default();
+            api::join_group::handle(broker, version, r, client_id, client_host)
+        }
+        RequestKind::SyncGroup(r) => api::sync_group::handle(broker, version, r),
+        RequestKind::Heartbeat(r) => api::heartbeat::handle(broker, version, r),
+        RequestKind::LeaveGroup(r) => api::leave_group::handle(broker, version, r),
+        RequestKind::OffsetCommit(r) => api::offset_commit::handle(broker, version, r),
+        RequestKind::OffsetFetch(r) => api::offset_fetch::handle(broker, version, r),
+        RequestKind::ListGroups(r) => api::list_groups::handle(broker, version, r),
+        RequestKind::DescribeGroups(r) => api::describe_groups::handle(broker, version, r),
+        RequestKind::DeleteGroups(r) => api::delete_groups::handle(broker, version, r),
+        RequestKind::OffsetDelete(r) => api::offset_delete::handle(broker, version, r),
         RequestKind::CreateTopics(r) => api::create_topics::handle(broker, version, r).await,
         RequestKind::DeleteTopics(r) => api::delete_topics::handle(broker, version, r).await,
         RequestKind::CreatePartitions(r) => {

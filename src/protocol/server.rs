@@ -6,7 +6,7 @@
 //! and the next request is read meanwhile, up to `max_in_flight_requests_per_connection`.
 //! A malformed frame closes that connection only, with one log line.
 
-use super::dispatch::{dispatch, encode_response, PendingResponse, Reply};
+use super::dispatch::{dispatch_from, encode_response, PendingResponse, Reply};
 use super::frame::{read_frame, write_frame};
 use crate::broker::Broker;
 use std::net::SocketAddr;
@@ -81,7 +81,7 @@ pub async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: Sock
                 break;
             }
         };
-        match dispatch(&broker, frame).await {
+        match dispatch_from(&broker, frame, Some(peer)).await {
             Ok(pending) => {
                 if queue.send(pending).await.is_err() {
                     break; // the writer stopped: the peer is gone

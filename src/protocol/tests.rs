@@ -268,6 +268,90 @@ fn request_for(key: ApiKey, version: i16) -> RequestKind {
         }
         ApiKey::ApiVersions => RequestKind::ApiVersions(ApiVersionsRequest::default()),
         ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch_request(1, -1),
+        ApiKey::JoinGroup => {
+            use join_group_request::*;
+            RequestKind::JoinGroup(
+                JoinGroupRequest::default()
+                    .with_group_id(s("g1").into())
+                    .with_session_timeout_ms(10_000)
+                    .with_rebalance_timeout_ms(10_000)
+                    .with_protocol_type(s("consumer"))
+                    .with_protocols(vec![JoinGroupRequestProtocol::default()
+                        .with_name(s("range"))
+                        .with_metadata(Bytes::from_static(b"\x00\x00"))]),
+            )
+        }
+        ApiKey::SyncGroup => RequestKind::SyncGroup(
+            SyncGroupRequest::default()
+                .with_group_id(s("g1").into())
+                .with_member_id(s("m"))
+                .with_generation_id(1),
+        ),
+        ApiKey::Heartbeat => RequestKind::Heartbeat(
+            HeartbeatRequest::default()
+                .with_group_id(s("g1").into())
+                .with_member_id(s("m"))
+                .with_generation_id(1),
+        ),
+        ApiKey::LeaveGroup => {
+            let r = LeaveGroupRequest::default().with_group_id(s("g1").into());
+            RequestKind::LeaveGroup(if version >= 3 {
+                r.with_members(vec![
+                    leave_group_request::MemberIdentity::default().with_member_id(s("m"))
+                ])
+            } else {
+                r.with_member_id(s("m"))
+            })
+        }
+        ApiKey::OffsetCommit => {
+            use offset_commit_request::*;
+            RequestKind::OffsetCommit(
+                OffsetCommitRequest::default()
+                    .with_group_id(s("g1").into())
+                    .with_generation_id_or_member_epoch(-1)
+                    .with_topics(vec![OffsetCommitRequestTopic::default()
+                        .with_name(topic("existing"))
+                        .with_partitions(vec![OffsetCommitRequestPartition::default()
+                            .with_partition_index(0)
+                            .with_committed_offset(5)])]),
+            )
+        }
+        ApiKey::OffsetFetch => {
+            use offset_fetch_request::*;
+            let r = OffsetFetchRequest::default();
+            RequestKind::OffsetFetch(if version >= 8 {
+                r.with_groups(vec![OffsetFetchRequestGroup::default()
+                    .with_group_id(s("g1").into())
+                    .with_topics(Some(vec![OffsetFetchRequestTopics::default()
+                        .with_name(topic("existing"))
+                        .with_partition_indexes(vec![0])]))])
+            } else {
+                r.with_group_id(s("g1").into()).with_topics(Some(vec![
+                    OffsetFetchRequestTopic::default()
+                        .with_name(topic("existing"))
+                        .with_partition_indexes(vec![0]),
+                ]))
+            })
+        }
+        ApiKey::ListGroups => RequestKind::ListGroups(ListGroupsRequest::default()),
+        ApiKey::DescribeGroups => RequestKind::DescribeGroups(
+            DescribeGroupsRequest::default().with_groups(vec![s("g1").into()]),
+        ),
+        ApiKey::DeleteGroups => RequestKind::DeleteGroups(
+            DeleteGroupsRequest::default().with_groups_names(vec![s("g1").into()]),
+        ),
+        ApiKey::OffsetDelete => {
+            use offset_delete_request::*;
+            RequestKind::OffsetDelete(
+                OffsetDeleteRequest::default()
+                    .with_group_id(s("g1").into())
+                    .with_topics(vec![OffsetDeleteRequestTopic::default()
+                        .with_name(topic("existing"))
+                        .with_partitions(vec![
+                            OffsetDeleteRequestPartition::default().with_partition_index(0)
+                        ])]),
+            )
+        }
         other => panic!("no test request for {other:?}"),
     }
 }

@@ -85,6 +85,56 @@ pub const SUPPORTED: &[Supported] = &[
         min: 0,
         max: 1,
     },
+    Supported {
+        key: ApiKey::JoinGroup,
+        min: 0,
+        max: 9,
+    },
+    Supported {
+        key: ApiKey::SyncGroup,
+        min: 0,
+        max: 5,
+    },
+    Supported {
+        key: ApiKey::Heartbeat,
+        min: 0,
+        max: 4,
+    },
+    Supported {
+        key: ApiKey::LeaveGroup,
+        min: 0,
+        max: 5,
+    },
+    Supported {
+        key: ApiKey::OffsetCommit,
+        min: 2,
+        max: 9,
+    },
+    Supported {
+        key: ApiKey::OffsetFetch,
+        min: 1,
+        max: 9,
+    },
+    Supported {
+        key: ApiKey::ListGroups,
+        min: 0,
+        max: 5,
+    },
+    Supported {
+        key: ApiKey::DescribeGroups,
+        min: 0,
+        max: 6,
+    },
+    Supported {
+        key: ApiKey::DeleteGroups,
+        min: 0,
+        max: 2,
+    },
+    Supported {
+        key: ApiKey::OffsetDelete,
+        min: 0,
+        max: 0,
+    },
 ];
 
 /// Produce versions below this carry old message formats and are refused.
@@ -134,6 +184,16 @@ mod tests {
                 ApiKey::IncrementalAlterConfigs => range::<IncrementalAlterConfigsRequest>(),
                 ApiKey::DescribeCluster => range::<DescribeClusterRequest>(),
                 ApiKey::OffsetForLeaderEpoch => range::<OffsetForLeaderEpochRequest>(),
+                ApiKey::JoinGroup => range::<JoinGroupRequest>(),
+                ApiKey::SyncGroup => range::<SyncGroupRequest>(),
+                ApiKey::Heartbeat => range::<HeartbeatRequest>(),
+                ApiKey::LeaveGroup => range::<LeaveGroupRequest>(),
+                ApiKey::OffsetCommit => range::<OffsetCommitRequest>(),
+                ApiKey::OffsetFetch => range::<OffsetFetchRequest>(),
+                ApiKey::ListGroups => range::<ListGroupsRequest>(),
+                ApiKey::DescribeGroups => range::<DescribeGroupsRequest>(),
+                ApiKey::DeleteGroups => range::<DeleteGroupsRequest>(),
+                ApiKey::OffsetDelete => range::<OffsetDeleteRequest>(),
                 other => panic!("no decoder check for {other:?}"),
             };
             let handled_min = if s.key == ApiKey::Produce {

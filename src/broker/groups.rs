@@ -1,0 +1,1008 @@
+//! The group coordinators this broker hosts, wired to the cluster: the I/O edge of
+//! `crate::group`.
+//!
+//! - **Leadership.** A loop every Raft tick compares the `__consumer_offsets`
+//!   partitions this broker leads (and in which term) with what the
+//!   [`CoordinatorHost`] holds. A partition led in a new term is loaded: once the leader
+//!   has committed an entry of its own term (so every earlier entry is committed too),
+//!   its committed records are read and replayed; meanwhile its groups get
+//!   COORDINATOR_LOAD_IN_PROGRESS. A partition no longer led is dropped (NOT_COORDINATOR);
+//!   requests waiting on it are answered so.
+//! - **Writes.** Each loaded partition has one writer task, fed in order. A job's
+//!   records are appended with acks=all, only in the term its coordinator was loaded
+//!   for ([`ClusterNode::submit_in_term`]); what follows a job (JoinGroup and SyncGroup
+//!   answers, an OffsetCommit's success) is released only once it and every job before
+//!   it committed, so no answer shows a generation, assignment or offset that a failover
+//!   could lose. Offset commits reach the coordinator's state only once durable. A write
+//!   that fails or times out fails every later job of that leadership, and the
+//!   partition is loaded again from its log.
+//! - **Time.** The same loop ticks every coordinator (session and rebalance timeouts,
+//!   offset retention); their effects take the same path.
+
+use crate::clock;
+use crate::cluster::{ClusterNode, Wait};
+use crate::config::GroupConfig;
+use crate::error::ApiError;
+use crate::group::coordinator::{
+    CommittedOffset, Effect, GroupDescription, GroupState, JoinRequest, JoinResponse,
+    OffsetCommitRequest, RequestId, SyncRequest, SyncResponse,
+};
+use crate::group::host::{CoordinatorHost, OFFSETS_TOPIC};
+use crate::group::records::{decode_batches, encode_batch, GroupRecord};
+use crate::log::batch::BatchHeader;
+use crate::metadata::CreateTopic;
+use kafka_protocol::ResponseError;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Jobs queued for one partition's writer before the partition is reloaded instead.
+const WRITE_QUEUE: usize = 4096;
+/// Jobs a writer proposes back to back before waiting for them.
+const WRITE_BATCH_JOBS: usize = 64;
+/// How long a write may take to commit (Kafka's `offsets.commit.timeout.ms`).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Requests waiting for a rebalance to answer them, over every group here.
+const MAX_WAITING: usize = 100_000;
+/// A SyncGroup waits at most this long (the coordinator answers it within the rebalance
+/// timeout; this only bounds a request whose group vanished).
+const MAX_SYNC_WAIT: Duration = Duration::from_secs(600);
+/// Bytes read at a time while loading a partition.
+const LOAD_READ_BYTES: usize = 1 << 20;
+
+/// Hosts this broker's group coordinators. Made by the broker; [`GroupService::run`]
+/// is its background loop.
+pub struct GroupService {
+    node: Arc<ClusterNode>,
+    config: GroupConfig,
+    tick: Duration,
+    seed: u64,
+    state: Mutex<State>,
+    /// Set by [`GroupService::stop`]: the loop drops every coordinator and ends.
+    stopped: AtomicBool,
+}
+
+struct State {
+    /// Made once `__consumer_offsets` exists (its partition count is fixed then).
+    host: Option<CoordinatorHost>,
+    next_request: RequestId,
+    waiting: BTreeMap<RequestId, Waiter>,
+    writers: BTreeMap<i32, Writer>,
+}
+
+/// A JoinGroup or SyncGroup whose answer comes with a later effect.
+enum Waiter {
+    Join(i32, oneshot::Sender<JoinResponse>),
+    Sync(i32, oneshot::Sender<SyncResponse>),
+}
+
+impl Waiter {
+    fn partition(&self) -> i32 {
+        match self {
+            Waiter::Join(p, _) | Waiter::Sync(p, _) => *p,
+        }
+    }
+
+    fn fail(self, error: ResponseError) {
+        match self {
+            Waiter::Join(_, reply) => {
+                let _ = reply.send(join_error(error));
+            }
+            Waiter::Sync(_, reply) => {
+                let _ = reply.send(sync_error(error));
+            }
+        }
+    }
+}
+
+/// Released once the job it follows (and every job before it) is durable.
+enum Notify {
+    Join(oneshot::Sender<JoinResponse>, JoinResponse),
+    Sync(oneshot::Sender<SyncResponse>, SyncResponse),
+    Done(oneshot::Sender<Result<(), ResponseError>>),
+}
+
+impl Notify {
+    fn send(self, outcome: Result<(), ResponseError>) {
+        match (self, outcome) {
+            (Notify::Join(reply, answer), Ok(())) => {
+                let _ = reply.send(answer);
+            }
+            (Notify::Join(reply, _), Err(e)) => {
+                let _ = reply.send(join_error(e));
+            }
+            (Notify::Sync(reply, answer), Ok(())) => {
+                let _ = reply.send(answer);
+            }
+            (Notify::Sync(reply, _), Err(e)) => {
+                let _ = reply.send(sync_error(e));
+            }
+            (Notify::Done(reply), outcome) => {
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+}
+
+struct WriteJob {
+    /// Appended as one batch (none: the job only orders what follows it).
+    records: Vec<GroupRecord>,
+    /// Offset commits and deletions: applied to the coordinator once durable.
+    replay: bool,
+    then: Vec<Notify>,
+}
+
+impl WriteJob {
+    fn fail(self, error: ResponseError) {
+        for notify in self.then {
+            notify.send(Err(error));
+        }
+    }
+}
+
+struct Writer {
+    epoch: i32,
+    jobs: mpsc::Sender<WriteJob>,
+    /// Set when the leadership's state is dropped: queued jobs are failed, not written.
+    retired: Arc<AtomicBool>,
+}
+
+pub fn join_error(error: ResponseError) -> JoinResponse {
+    JoinResponse {
+        error: Some(error),
+        generation_id: -1,
+        ..JoinResponse::default()
+    }
+}
+
+pub fn sync_error(error: ResponseError) -> SyncResponse {
+    SyncResponse {
+        error: Some(error),
+        ..SyncResponse::default()
+    }
+}
+
+impl GroupService {
+    pub fn new(node: Arc<ClusterNode>, config: GroupConfig, tick_ms: u64, seed: u64) -> Self {
+        GroupService {
+            node,
+            config,
+            tick: Duration::from_millis(tick_ms.max(1)),
+            seed,
+            state: Mutex::new(State {
+                host: None,
+                next_request: 0,
+                waiting: BTreeMap::new(),
+                writers: BTreeMap::new(),
+            }),
+            stopped: AtomicBool::new(false),
+        }
+    }
+
+    /// Stops the background loop (clean shutdown).
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The broker that coordinates `group_id` (FindCoordinator), creating
+    /// `__consumer_offsets` first if no broker has.
+    pub async fn find_coordinator(&self, group_id: &str) -> Result<i32, ApiError> {
+        let unavailable = |why: String| ApiError::new(ResponseError::CoordinatorNotAvailable, why);
+        if self.offsets_partitions().is_none() {
+            self.create_offsets_topic().await?;
+        }
+        let partitions = self
+            .offsets_partitions()
+            .ok_or_else(|| unavailable(format!("{OFFSETS_TOPIC} is being created")))?;
+        let partition = crate::group::host::partition_for(group_id, partitions);
+        self.node.with_image(|image| {
+            let leader = image
+                .partition(OFFSETS_TOPIC, partition)
+                .map_or(-1, |p| p.leader);
+            match image.brokers.get(&leader) {
+                Some(b) if !b.fenced => Ok(leader),
+                _ => Err(unavailable(format!(
+                    "{OFFSETS_TOPIC}-{partition} has no leader yet"
+                ))),
+            }
+        })
+    }
+
+    fn offsets_partitions(&self) -> Option<i32> {
+        self.node.with_image(|image| {
+            image
+                .topics
+                .get(OFFSETS_TOPIC)
+                .map(|t| t.partitions.len() as i32)
+                .filter(|n| *n > 0)
+        })
+    }
+
+    /// Creates `__consumer_offsets` with `offsets.topic.num.partitions` partitions and
+    /// `offsets.topic.replication.factor` replicas (at most the cluster's size). Like
+    /// Kafka, it waits (COORDINATOR_NOT_AVAILABLE) until that many brokers are up, so
+    /// that a broker starting late does not leave the topic with fewer replicas for good.
+    async fn create_offsets_topic(&self) -> Result<(), ApiError> {
+        let cluster_size = self.node.config.peers.len().max(1);
+        let replication_factor =
+            (self.config.offsets_topic_replication_factor as usize).min(cluster_size) as i16;
+        let live = self
+            .node
+            .with_image(|image| image.brokers.values().filter(|b| !b.fenced).count());
+        if live < replication_factor as usize {
+            return Err(ApiError::new(
+                ResponseError::CoordinatorNotAvailable,
+                format!(
+                    "{OFFSETS_TOPIC} needs {replication_factor} live brokers; {live} are registered"
+                ),
+            ));
+        }
+        let request = CreateTopic {
+            name: OFFSETS_TOPIC.to_string(),
+            partitions: Some(self.config.offsets_topic_partitions),
+            replication_factor: Some(replication_factor),
+            assignments: None,
+            configs: BTreeMap::new(),
+        };
+        match self.node.create_topic(request).await {
+            Ok(_) => {
+                tracing::info!(
+                    partitions = self.config.offsets_topic_partitions,
+                    replication_factor,
+                    "created {OFFSETS_TOPIC}"
+                );
+                Ok(())
+            }
+            Err(e) if e.code == ResponseError::TopicAlreadyExists => Ok(()),
+            Err(e) => Err(ApiError::new(
+                ResponseError::CoordinatorNotAvailable,
+                format!("creating {OFFSETS_TOPIC}: {}", e.message),
+            )),
+        }
+    }
+
+    /// JoinGroup.
+    pub async fn join(&self, join: JoinRequest) -> JoinResponse {
+        let wait = Duration::from_millis(join.rebalance_timeout_ms.max(0) as u64)
+            + Duration::from_secs(30);
+        let group_id = join.group_id.clone();
+        let (reply, answer) = oneshot::channel();
+        let id = {
+            let mut state = self.lock();
+            let state = &mut *state;
+            let (partition, coordinator) = match serving(&mut state.host, &group_id) {
+                Ok(found) => found,
+                Err(e) => return join_error(e),
+            };
+            if state.waiting.len() >= MAX_WAITING {
+                return join_error(ResponseError::CoordinatorNotAvailable);
+            }
+            let id = state.next_request;
+            state.next_request += 1;
+            state.waiting.insert(id, Waiter::Join(partition, reply));
+            let (now, mut effects) = coordinator.join(id, join, clock::now_ms());
+            if let Some(now) = now {
+                effects.push(Effect::Join(id, now));
+            }
+            route(state, partition, effects, false, Vec::new());
+            id
+        };
+        match tokio::time::timeout(wait, answer).await {
+            Ok(Ok(answer)) => answer,
+            _ => {
+                self.lock().waiting.remove(&id);
+                tracing::warn!(group = %group_id, "a JoinGroup got no answer within its rebalance timeout");
+                join_error(ResponseError::CoordinatorNotAvailable)
+            }
+        }
+    }
+
+    /// SyncGroup.
+    pub async fn sync(&self, sync: SyncRequest) -> SyncResponse {
+        let (reply, answer) = oneshot::channel();
+        let id = {
+            let mut state = self.lock();
+            let state = &mut *state;
+            let (partition, coordinator) = match serving(&mut state.host, &sync.group_id) {
+                Ok(found) => found,
+                Err(e) => return sync_error(e),
+            };
+            if state.waiting.len() >= MAX_WAITING {
+                return sync_error(ResponseError::CoordinatorNotAvailable);
+            }
+            let id = state.next_request;
+            state.next_request += 1;
+            state.waiting.insert(id, Waiter::Sync(partition, reply));
+            let (now, mut effects) = coordinator.sync(id, sync, clock::now_ms());
+            if let Some(now) = now {
+                effects.push(Effect::Sync(id, now));
+            }
+            route(state, partition, effects, false, Vec::new());
+            id
+        };
+        match tokio::time::timeout(MAX_SYNC_WAIT, answer).await {
+            Ok(Ok(answer)) => answer,
+            _ => {
+                self.lock().waiting.remove(&id);
+                sync_error(ResponseError::CoordinatorNotAvailable)
+            }
+        }
+    }
+
+    /// Heartbeat.
+    pub fn heartbeat(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        generation_id: i32,
+        group_instance_id: Option<&str>,
+    ) -> Option<ResponseError> {
+        let mut state = self.lock();
+        match serving(&mut state.host, group_id) {
+            Ok((_, coordinator)) => coordinator.heartbeat(
+                group_id,
+                member_id,
+                generation_id,
+                group_instance_id,
+                clock::now_ms(),
+            ),
+            Err(e) => Some(e),
+        }
+    }
+
+    /// LeaveGroup: one answer per (member id, instance id), once the group's new state
+    /// is durable.
+    pub async fn leave(
+        &self,
+        group_id: &str,
+        members: &[(String, Option<String>)],
+    ) -> Result<Vec<Option<ResponseError>>, ResponseError> {
+        let (done, durable) = oneshot::channel();
+        let errors = {
+            let mut state = self.lock();
+            let state = &mut *state;
+            let (partition, coordinator) = serving(&mut state.host, group_id)?;
+            let (errors, effects) = coordinator.leave(group_id, members, clock::now_ms());
+            route(state, partition, effects, false, vec![Notify::Done(done)]);
+            errors
+        };
+        durable
+            .await
+            .unwrap_or(Err(ResponseError::NotCoordinator))?;
+        Ok(errors)
+    }
+
+    /// OffsetCommit: one answer per offset, in order.
+    pub async fn commit_offsets(&self, commit: OffsetCommitRequest) -> Vec<Option<ResponseError>> {
+        let n = commit.offsets.len();
+        let (done, durable) = oneshot::channel();
+        let errors = {
+            let mut state = self.lock();
+            let state = &mut *state;
+            let (partition, coordinator) = match serving(&mut state.host, &commit.group_id) {
+                Ok(found) => found,
+                Err(e) => return vec![Some(e); n],
+            };
+            let (errors, records) = coordinator.commit_offsets(commit, clock::now_ms());
+            let effects = records.into_iter().map(Effect::Persist).collect();
+            route(state, partition, effects, true, vec![Notify::Done(done)]);
+            errors
+        };
+        match durable.await.unwrap_or(Err(ResponseError::NotCoordinator)) {
+            Ok(()) => errors,
+            Err(e) => errors
+                .into_iter()
+                .map(|refused| refused.or(Some(e)))
+                .collect(),
+        }
+    }
+
+    /// OffsetFetch: the committed offsets (only durable ones are ever in the state).
+    pub fn fetch_offsets(
+        &self,
+        group_id: &str,
+        partitions: Option<&[(String, i32)]>,
+    ) -> Result<Vec<((String, i32), Option<CommittedOffset>)>, ResponseError> {
+        let mut state = self.lock();
+        let (_, coordinator) = serving(&mut state.host, group_id)?;
+        Ok(coordinator.fetch_offsets(group_id, partitions))
+    }
+
+    /// DescribeGroups: None for a group this coordinator does not know.
+    pub fn describe(&self, group_id: &str) -> Result<Option<GroupDescription>, ResponseError> {
+        let mut state = self.lock();
+        let (_, coordinator) = serving(&mut state.host, group_id)?;
+        Ok(coordinator.describe(group_id))
+    }
+
+    /// ListGroups: every group coordinated here (group id, protocol type, state).
+    pub fn list(&self) -> Vec<(String, String, GroupState)> {
+        let mut state = self.lock();
+        let Some(host) = state.host.as_mut() else {
+            return Vec::new();
+        };
+        host.active()
+            .flat_map(|(_, coordinator)| coordinator.list())
+            .collect()
+    }
+
+    /// DeleteGroups: per group, None once its deletion is durable.
+    pub async fn delete_groups(&self, group_ids: &[String]) -> Vec<Option<ResponseError>> {
+        let mut outcomes = Vec::with_capacity(group_ids.len());
+        for group_id in group_ids {
+            let (done, durable) = oneshot::channel();
+            let refused = {
+                let mut state = self.lock();
+                let state = &mut *state;
+                match serving(&mut state.host, group_id) {
+                    Err(e) => Some(e),
+                    Ok((partition, coordinator)) => {
+                        match coordinator
+                            .delete_groups(std::slice::from_ref(group_id))
+                            .remove(0)
+                        {
+                            Err(e) => Some(e),
+                            Ok(records) => {
+                                let effects = records.into_iter().map(Effect::Persist).collect();
+                                route(state, partition, effects, true, vec![Notify::Done(done)]);
+                                None
+                            }
+                        }
+                    }
+                }
+            };
+            outcomes.push(match refused {
+                Some(e) => Some(e),
+                None => durable
+                    .await
+                    .unwrap_or(Err(ResponseError::NotCoordinator))
+                    .err(),
+            });
+        }
+        outcomes
+    }
+
+    /// OffsetDelete: per partition, once durable.
+    pub async fn delete_offsets(
+        &self,
+        group_id: &str,
+        partitions: &[(String, i32)],
+    ) -> Result<Vec<Option<ResponseError>>, ResponseError> {
+        let (done, durable) = oneshot::channel();
+        let errors = {
+            let mut state = self.lock();
+            let state = &mut *state;
+            let (partition, coordinator) = serving(&mut state.host, group_id)?;
+            let (errors, records) = coordinator.delete_offsets(group_id, partitions)?;
+            let effects = records.into_iter().map(Effect::Persist).collect();
+            route(state, partition, effects, true, vec![Notify::Done(done)]);
+            errors
+        };
+        durable
+            .await
+            .unwrap_or(Err(ResponseError::NotCoordinator))?;
+        Ok(errors)
+    }
+
+    /// The background loop: follows the leadership of `__consumer_offsets` partitions
+    /// and ticks the coordinators, until [`GroupService::stop`].
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(self.tick).await;
+            if self.stopped.load(Ordering::SeqCst) {
+                let mut state = self.lock();
+                let partitions: Vec<i32> = state.writers.keys().copied().collect();
+                for partition in partitions {
+                    resign(&mut state, partition);
+                }
+                return;
+            }
+            for (partition, epoch) in self.follow_leadership() {
+                tokio::spawn(self.clone().load(partition, epoch));
+            }
+            let now_ms = clock::now_ms();
+            let mut state = self.lock();
+            let state = &mut *state;
+            let Some(host) = state.host.as_mut() else {
+                continue;
+            };
+            let ticked: Vec<(i32, Vec<Effect>)> = host
+                .active()
+                .map(|(partition, coordinator)| (partition, coordinator.tick(now_ms)))
+                .filter(|(_, effects)| !effects.is_empty())
+                .collect();
+            for (partition, effects) in ticked {
+                route(state, partition, effects, false, Vec::new());
+            }
+        }
+    }
+
+    /// Brings the host in line with the partitions led here; returns the (partition,
+    /// epoch) leaderships to load.
+    fn follow_leadership(&self) -> Vec<(i32, i32)> {
+        let Some(partitions) = self.offsets_partitions() else {
+            return Vec::new();
+        };
+        let me = self.node.config.node_id;
+        let mut state = self.lock();
+        if state.host.as_ref().map(|h| h.partitions()) != Some(partitions) {
+            let held: Vec<i32> = state.writers.keys().copied().collect();
+            for partition in held {
+                resign(&mut state, partition);
+            }
+            state.host = Some(CoordinatorHost::new(
+                self.config.coordinator.clone(),
+                partitions,
+                self.seed,
+            ));
+        }
+        let mut to_load = Vec::new();
+        for partition in 0..partitions {
+            let leading = self
+                .node
+                .replica(OFFSETS_TOPIC, partition)
+                .map(|r| r.leader())
+                .filter(|(leader, _)| *leader == me)
+                .map(|(_, term)| i32::try_from(term).unwrap_or(i32::MAX));
+            let held = state.host.as_ref().and_then(|h| h.epoch(partition));
+            match (leading, held) {
+                (Some(term), Some(epoch)) if term == epoch => {}
+                (Some(term), _) => {
+                    resign(&mut state, partition);
+                    if let Some(host) = state.host.as_mut() {
+                        host.became_leader(partition, term);
+                    }
+                    to_load.push((partition, term));
+                }
+                (None, Some(_)) => resign(&mut state, partition),
+                (None, None) => {}
+            }
+        }
+        to_load
+    }
+
+    /// Replays the committed records of `partition` for the leadership of `epoch`, then
+    /// starts its writer. Gives up when the leadership ends first.
+    async fn load(self: Arc<Self>, partition: i32, epoch: i32) {
+        let still_wanted = |service: &GroupService| {
+            service
+                .lock()
+                .host
+                .as_ref()
+                .and_then(|h| h.epoch(partition))
+                == Some(epoch)
+        };
+        let records = loop {
+            if !still_wanted(&self) {
+                return;
+            }
+            match self.read_committed(partition, epoch) {
+                Ok(Some(records)) => break records,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(partition, error = %e, "could not read {OFFSETS_TOPIC} to load its groups; retrying");
+                }
+            }
+            tokio::time::sleep(self.tick).await;
+        };
+        let mut state = self.lock();
+        let state = &mut *state;
+        let Some(host) = state.host.as_mut() else {
+            return;
+        };
+        host.loaded(partition, epoch, &records, clock::now_ms());
+        if host.serving(partition, epoch).is_none() {
+            return;
+        }
+        tracing::info!(
+            partition,
+            epoch,
+            records = records.len(),
+            "loaded the groups of {OFFSETS_TOPIC}-{partition}"
+        );
+        let (jobs, queue) = mpsc::channel(WRITE_QUEUE);
+        let retired = Arc::new(AtomicBool::new(false));
+        state.writers.insert(
+            partition,
+            Writer {
+                epoch,
+                jobs,
+                retired: retired.clone(),
+            },
+        );
+        tokio::spawn(self.clone().write_loop(partition, epoch, queue, retired));
+    }
+
+    /// Every committed record of the partition, once this broker, leading it in
+    /// `epoch`, has committed an entry of that term (None before).
+    fn read_committed(
+        &self,
+        partition: i32,
+        epoch: i32,
+    ) -> Result<Option<Vec<GroupRecord>>, String> {
+        let Some(replica) = self.node.replica(OFFSETS_TOPIC, partition) else {
+            return Ok(None);
+        };
+        let storage = replica.storage.lock();
+        let commit = storage.hard_state().commit;
+        if storage.term(commit).ok() != Some(epoch as u64) {
+            return Ok(None);
+        }
+        let Some(upper) = storage.position(commit).map(|p| p.next_offset) else {
+            return Ok(None);
+        };
+        let log = storage.log();
+        let mut offset = log.log_start_offset();
+        let mut records = Vec::new();
+        let mut skipped = 0;
+        while offset < upper {
+            let bytes = log
+                .read(offset, LOAD_READ_BYTES, upper, true)
+                .map_err(|e| e.to_string())?;
+            if bytes.is_empty() {
+                break;
+            }
+            let mut position = 0;
+            while position < bytes.len() {
+                let header = BatchHeader::parse(&bytes[position..]).map_err(|e| e.to_string())?;
+                offset = header.next_offset();
+                position += header.size_bytes();
+            }
+            let (decoded, undecodable) = decode_batches(&bytes)?;
+            records.extend(decoded);
+            skipped += undecodable;
+        }
+        if skipped > 0 {
+            tracing::warn!(
+                partition,
+                skipped,
+                "records of {OFFSETS_TOPIC} that are not group records were skipped"
+            );
+        }
+        Ok(Some(records))
+    }
+
+    /// Appends the jobs of one leadership in order (see the module comment).
+    async fn write_loop(
+        self: Arc<Self>,
+        partition: i32,
+        epoch: i32,
+        mut queue: mpsc::Receiver<WriteJob>,
+        retired: Arc<AtomicBool>,
+    ) {
+        let mut failed: Option<ResponseError> = None;
+        while let Some(first) = queue.recv().await {
+            let mut jobs = vec![first];
+            while jobs.len() < WRITE_BATCH_JOBS {
+                match queue.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            let mut tickets = Vec::with_capacity(jobs.len());
+            for job in &jobs {
+                if failed.is_none() && retired.load(Ordering::SeqCst) {
+                    failed = Some(ResponseError::NotCoordinator);
+                }
+                if failed.is_some() || job.records.is_empty() {
+                    tickets.push(None);
+                    continue;
+                }
+                let batch = encode_batch(&job.records, clock::now_ms());
+                let submitted = self
+                    .node
+                    .submit_in_term(
+                        OFFSETS_TOPIC,
+                        partition,
+                        vec![batch],
+                        Wait::Commit,
+                        Some(epoch as u64),
+                    )
+                    .await;
+                match submitted {
+                    Ok(ticket) => tickets.push(Some(ticket)),
+                    Err(_) => {
+                        failed = Some(ResponseError::NotCoordinator);
+                        tickets.push(None);
+                    }
+                }
+            }
+            let mut first_failure = None;
+            for (job, ticket) in jobs.into_iter().zip(tickets) {
+                let outcome = match (first_failure, ticket) {
+                    (Some(e), _) => Err(e),
+                    (None, None) => failed.map_or(Ok(()), Err),
+                    (None, Some(ticket)) => match tokio::time::timeout(WRITE_TIMEOUT, ticket).await
+                    {
+                        Ok(Ok(Ok(_))) => Ok(()),
+                        Ok(_) => Err(ResponseError::NotCoordinator),
+                        Err(_) => Err(ResponseError::CoordinatorNotAvailable),
+                    },
+                };
+                match outcome {
+                    Ok(()) => {
+                        if job.replay {
+                            let mut state = self.lock();
+                            if let Some(coordinator) = state
+                                .host
+                                .as_mut()
+                                .and_then(|h| h.serving(partition, epoch))
+                            {
+                                let now_ms = clock::now_ms();
+                                for record in &job.records {
+                                    coordinator.replay(record, now_ms);
+                                }
+                            }
+                        }
+                        for notify in job.then {
+                            notify.send(Ok(()));
+                        }
+                    }
+                    Err(e) => {
+                        first_failure = Some(e);
+                        job.fail(e);
+                    }
+                }
+            }
+            if let Some(e) = first_failure.or(failed) {
+                failed = Some(e);
+                retired.store(true, Ordering::SeqCst);
+                let mut state = self.lock();
+                if state
+                    .writers
+                    .get(&partition)
+                    .is_some_and(|w| w.epoch == epoch)
+                {
+                    tracing::warn!(partition, epoch, error = ?e,
+                        "a write to {OFFSETS_TOPIC} failed: its groups are loaded again from the log");
+                    resign(&mut state, partition);
+                }
+            }
+        }
+    }
+}
+
+/// The partition of `group_id` and its coordinator, if it serves here.
+fn serving<'a>(
+    host: &'a mut Option<crate::group::host::CoordinatorHost>,
+    group_id: &str,
+) -> Result<(i32, &'a mut crate::group::coordinator::GroupCoordinator), ResponseError> {
+    let host = host.as_mut().ok_or(ResponseError::NotCoordinator)?;
+    let partition = host.partition_for(group_id);
+    Ok((partition, host.coordinator(group_id)?))
+}
+
+/// Drops `partition`'s state here: its writer is retired (queued jobs fail), requests
+/// waiting on its groups get NOT_COORDINATOR.
+fn resign(state: &mut State, partition: i32) {
+    if let Some(host) = state.host.as_mut() {
+        host.resigned(partition);
+    }
+    if let Some(writer) = state.writers.remove(&partition) {
+        writer.retired.store(true, Ordering::SeqCst);
+    }
+    let gone: Vec<RequestId> = state
+        .waiting
+        .iter()
+        .filter(|(_, w)| w.partition() == partition)
+        .map(|(id, _)| *id)
+        .collect();
+    for id in gone {
+        if let Some(waiter) = state.waiting.remove(&id) {
+            waiter.fail(ResponseError::NotCoordinator);
+        }
+    }
+}
+
+/// Queues a coordinator's effects on its partition's writer: each run of records is one
+/// job, and the answers after it (with `tail` last) follow that job. `replay`: the
+/// records are applied to the coordinator once durable (commits, deletions).
+fn route(state: &mut State, partition: i32, effects: Vec<Effect>, replay: bool, tail: Vec<Notify>) {
+    let mut jobs: Vec<WriteJob> = Vec::new();
+    let mut current = WriteJob {
+        records: Vec::new(),
+        replay,
+        then: Vec::new(),
+    };
+    for effect in effects {
+        match effect {
+            Effect::Persist(record) => {
+                if !current.then.is_empty() {
+                    let next = WriteJob {
+                        records: Vec::new(),
+                        replay,
+                        then: Vec::new(),
+                    };
+                    jobs.push(std::mem::replace(&mut current, next));
+                }
+                current.records.push(record);
+            }
+            Effect::Join(id, answer) => match state.waiting.remove(&id) {
+                Some(Waiter::Join(_, reply)) => current.then.push(Notify::Join(reply, answer)),
+                Some(other) => {
+                    debug_assert!(false, "request {id} waits for a SyncGroup answer");
+                    other.fail(ResponseError::UnknownServerError);
+                }
+                None => {} // the request gave up waiting
+            },
+            Effect::Sync(id, answer) => match state.waiting.remove(&id) {
+                Some(Waiter::Sync(_, reply)) => current.then.push(Notify::Sync(reply, answer)),
+                Some(other) => {
+                    debug_assert!(false, "request {id} waits for a JoinGroup answer");
+                    other.fail(ResponseError::UnknownServerError);
+                }
+                None => {}
+            },
+        }
+    }
+    current.then.extend(tail);
+    if !current.records.is_empty() || !current.then.is_empty() {
+        jobs.push(current);
+    }
+    let Some(writer) = state.writers.get(&partition) else {
+        // Not serving (only a loaded partition produces effects): nothing was promised.
+        for job in jobs {
+            job.fail(ResponseError::NotCoordinator);
+        }
+        return;
+    };
+    let mut overflow = false;
+    for job in jobs {
+        if overflow {
+            job.fail(ResponseError::CoordinatorNotAvailable);
+            continue;
+        }
+        if let Err(e) = writer.jobs.try_send(job) {
+            // The coordinator's state already moved on: it must be loaded again.
+            overflow = true;
+            let job = match e {
+                mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job) => {
+                    job
+                }
+            };
+            job.fail(ResponseError::CoordinatorNotAvailable);
+        }
+    }
+    if overflow {
+        tracing::warn!(
+            partition,
+            "the {OFFSETS_TOPIC} writer is full: reloading its groups"
+        );
+        resign(state, partition);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::Broker;
+    use crate::config::BrokerConfig;
+    use crate::storage::MemoryStorage;
+    use bytes::Bytes;
+
+    async fn open(storage: Arc<MemoryStorage>) -> Arc<Broker> {
+        let mut config = BrokerConfig {
+            data_dir: "/data".into(),
+            seed: Some(3),
+            raft_tick_ms: 10,
+            ..BrokerConfig::default()
+        };
+        config.groups.offsets_topic_partitions = 3;
+        config.groups.coordinator.initial_rebalance_delay_ms = 0;
+        let broker = Broker::open(config, storage, None).await.unwrap();
+        broker.start_background_tasks();
+        broker
+    }
+
+    /// Asks until the answer is not "loading" / "not yet" (bounded).
+    async fn until<T: std::fmt::Debug>(mut ask: impl FnMut() -> Result<T, ResponseError>) -> T {
+        for _ in 0..1000 {
+            match ask() {
+                Ok(answer) => return answer,
+                Err(ResponseError::CoordinatorLoadInProgress | ResponseError::NotCoordinator) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                Err(e) => panic!("unexpected error {e:?}"),
+            }
+        }
+        panic!("the coordinator never became ready");
+    }
+
+    fn join_request(member_id: &str) -> JoinRequest {
+        JoinRequest {
+            group_id: "g".into(),
+            member_id: member_id.into(),
+            group_instance_id: None,
+            client_id: "c".into(),
+            client_host: "/127.0.0.1".into(),
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 10_000,
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::from_static(b"sub"))],
+            require_known_member_id: true,
+        }
+    }
+
+    /// A group forms through JoinGroup and SyncGroup, commits an offset, and after a
+    /// power loss and restart the new coordinator has both, read back from
+    /// `__consumer_offsets`.
+    #[tokio::test]
+    async fn a_group_and_its_offsets_survive_a_restart() {
+        let storage = Arc::new(MemoryStorage::new());
+        let broker = open(storage.clone()).await;
+        for _ in 0..500 {
+            if broker.groups.find_coordinator("g").await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(broker.groups.find_coordinator("g").await.unwrap(), 1);
+        until(|| broker.groups.describe("g")).await;
+        let first = broker.groups.join(join_request("")).await;
+        assert_eq!(first.error, Some(ResponseError::MemberIdRequired));
+        let joined = broker.groups.join(join_request(&first.member_id)).await;
+        assert_eq!(joined.error, None);
+        assert_eq!(joined.generation_id, 1);
+        assert_eq!(joined.leader, first.member_id);
+        let synced = broker
+            .groups
+            .sync(SyncRequest {
+                group_id: "g".into(),
+                member_id: first.member_id.clone(),
+                generation_id: 1,
+                group_instance_id: None,
+                protocol_type: None,
+                protocol_name: None,
+                assignments: vec![(first.member_id.clone(), Bytes::from_static(b"t-0"))],
+            })
+            .await;
+        assert_eq!(synced.error, None);
+        assert_eq!(synced.assignment, Bytes::from_static(b"t-0"));
+        let committed = broker
+            .groups
+            .commit_offsets(OffsetCommitRequest {
+                group_id: "g".into(),
+                member_id: first.member_id.clone(),
+                generation_id: 1,
+                group_instance_id: None,
+                offsets: vec![("t".into(), 0, 42, 1, "m".into())],
+            })
+            .await;
+        assert_eq!(committed, vec![None]);
+        let key = [("t".to_string(), 0)];
+        let fetched = broker.groups.fetch_offsets("g", Some(&key)).unwrap();
+        assert_eq!(fetched[0].1.as_ref().map(|c| c.offset), Some(42));
+
+        // Power loss: only what was fsynced survives, and acks=all means fsynced.
+        drop(broker);
+        storage.crash();
+        let broker = open(storage.clone()).await;
+        for _ in 0..500 {
+            if broker.groups.find_coordinator("g").await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let fetched = until(|| broker.groups.fetch_offsets("g", Some(&key))).await;
+        let offset = fetched[0].1.clone().expect("the committed offset survived");
+        assert_eq!((offset.offset, offset.metadata.as_str()), (42, "m"));
+        let group = until(|| broker.groups.describe("g"))
+            .await
+            .expect("the group survived");
+        assert_eq!(group.state, GroupState::Stable);
+        assert_eq!(group.generation_id, 1);
+        assert_eq!(group.members.len(), 1);
+        assert_eq!(group.members[0].assignment, Bytes::from_static(b"t-0"));
+        // The restored member carries on in its generation.
+        assert_eq!(
+            broker.groups.heartbeat("g", &first.member_id, 1, None),
+            None
+        );
+    }
+}

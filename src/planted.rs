@@ -20,7 +20,7 @@ pub struct Bug {
 }
 
 /// Every planted bug, with what it breaks.
-pub const BUGS: [Bug; 12] = [
+pub const BUGS: [Bug; 15] = [
     Bug {
         name: "ack-before-quorum",
         description: "acks=all is answered once the leader's own write is fsynced, not at commit by a quorum",
@@ -68,6 +68,18 @@ pub const BUGS: [Bug; 12] = [
     Bug {
         name: "duplicate-on-retry",
         description: "a leader re-proposes the batches still waiting for commit after a leader change, though they may commit already",
+    },
+    Bug {
+        name: "group-generation-not-bumped",
+        description: "a group's rebalances after its first generation keep that generation's id",
+    },
+    Bug {
+        name: "group-ack-before-durable",
+        description: "the group coordinator answers (and applies offset commits) as soon as its records are proposed, not once they are committed",
+    },
+    Bug {
+        name: "group-load-before-term-commit",
+        description: "a new group coordinator loads its partition before its leader committed an entry of its own term (it may miss records an earlier leader committed)",
     },
 ];
 

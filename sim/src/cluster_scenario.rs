@@ -53,6 +53,8 @@ use strand::log::LogConfig;
 use strand::storage::{DiskFaults, MemoryStorage, Storage};
 use tokio::net::TcpListener;
 
+mod group_workload;
+
 const RAFT_PORT: u16 = 9093;
 const KAFKA_PORT: u16 = 9092;
 const TOPIC: &str = "sim";
@@ -134,6 +136,8 @@ struct Settings {
     damage_at_rest: bool,
     /// Seeds the broker's BUGGIFY points (`strand::buggify`) when this seed is buggified.
     buggify_seed: Option<u64>,
+    /// Members of the consumer group (`group_workload`).
+    group_members: usize,
 }
 
 struct Shared {
@@ -142,6 +146,7 @@ struct Shared {
     /// Brokers whose process ended on a storage failure, waiting to be restarted.
     failed: Mutex<BTreeSet<u64>>,
     history: Mutex<History>,
+    group: Mutex<group_workload::GroupHistory>,
     /// Each broker's view of the metadata and of the partitions it leads, as last traced.
     views: Mutex<BTreeMap<String, String>>,
     /// The first violation a client task found.
@@ -149,6 +154,8 @@ struct Shared {
     records_acked: AtomicU64,
     faults: AtomicU64,
     stop_load: AtomicBool,
+    /// Stops the group's members (after the final checks).
+    stop_group: AtomicBool,
     /// Simulated ms at which every fault was healed (0: not yet).
     healed_at_ms: AtomicU64,
     settings: Settings,
@@ -237,11 +244,13 @@ pub fn run_seed(seed: u64, options: &Options) -> Report {
                     brokers: Mutex::default(),
                     failed: Mutex::default(),
                     history: Mutex::default(),
+                    group: Mutex::default(),
                     views: Mutex::default(),
                     found: Mutex::default(),
                     records_acked: AtomicU64::new(0),
                     faults: AtomicU64::new(0),
                     stop_load: AtomicBool::new(false),
+                    stop_group: AtomicBool::new(false),
                     healed_at_ms: AtomicU64::new(0),
                     settings,
                 });
@@ -333,6 +342,7 @@ fn draw_settings(brokers: u64, fault_seconds: u64, faults: &Faults) -> Settings 
         disk_victim: rng.gen_range(1..=brokers),
         damage_at_rest: faults.on(FaultKind::Corrupt) || faults.on(FaultKind::Misdirect),
         buggify_seed: buggify.then(|| rng.gen()),
+        group_members: rng.gen_range(2..=3),
     }
 }
 
@@ -372,6 +382,9 @@ async fn broker_main(
         broker_session_timeout_ms: 3_000,
         ..BrokerConfig::default()
     };
+    let mut config = config;
+    config.groups.offsets_topic_partitions = 3;
+    config.groups.coordinator.initial_rebalance_delay_ms = 1_000;
     let started: Result<(Arc<Broker>, TcpListener), String> = async {
         let raft = TcpListener::bind(config.raft_listen.unwrap())
             .await
@@ -495,6 +508,12 @@ async fn supervise(seed: u64, faults: &Faults, shared: Arc<Shared>) -> Result<()
         let s = shared.clone();
         load.push(client.spawn(async move { admin_loop(s).await }));
     }
+    let mut group_members = Vec::new();
+    for index in 0..settings.group_members {
+        let s = shared.clone();
+        group_members
+            .push(client.spawn(async move { group_workload::member_loop(s, index).await }));
+    }
     for partition in 0..settings.partitions {
         let s = shared.clone();
         load.push(client.spawn(async move { produce_loop(s, partition).await }));
@@ -610,7 +629,35 @@ async fn supervise(seed: u64, faults: &Faults, shared: Arc<Shared>) -> Result<()
         restart_failed(&shared, &handle, &hosts, &mut injected, u64::MAX, &mut rng)
     })
     .await?;
-    check_history(&shared, &logs)
+    check_history(&shared, &logs)?;
+    // The group consumes every record of the final logs (from its committed offsets).
+    loop {
+        let missing = group_workload::missing_from_group(&shared, &logs);
+        if let Some(v) = shared.found() {
+            return Err(v);
+        }
+        let Some(missing) = missing else {
+            break;
+        };
+        if Shared::now_ms() > deadline + 60_000 {
+            return Err(violation("group-consumed-all", missing));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        restart_failed(&shared, &handle, &hosts, &mut injected, u64::MAX, &mut rng);
+    }
+    shared.stop_group.store(true, Ordering::Relaxed);
+    for task in group_members {
+        task.await
+            .map_err(|e| violation("no-panic", format!("group member: {e}")))?;
+    }
+    if let Some(v) = shared.found() {
+        return Err(v);
+    }
+    let syncs = shared.group.lock().unwrap().syncs;
+    shared.event(format!(
+        "the group consumed every record ({syncs} assignments)"
+    ));
+    Ok(())
 }
 
 /// Waits for the metadata quorum and every broker, then creates the topic.
@@ -1557,38 +1604,39 @@ async fn consume_loop(shared: Arc<Shared>, partition: i32) {
                 .as_ref()
                 .map(|v| String::from_utf8_lossy(v).into_owned())
                 .unwrap_or_default();
-            let mut history = shared.history.lock().unwrap();
-            if history.sent.get(&value) != Some(&partition) {
-                drop(history);
-                shared.report(violation(
-                    "no-invented-records",
-                    format!(
-                        "p{partition} offset {}: {value:?} was never sent here",
-                        record.offset
-                    ),
-                ));
-                continue;
-            }
-            let seen = history
-                .reads
-                .entry((partition, record.offset))
-                .or_insert_with(|| value.clone())
-                .clone();
-            drop(history);
-            if seen != value {
-                shared.report(violation(
-                    "consistent-reads",
-                    format!(
-                        "p{partition} offset {}: read {seen:?} before, {value:?} now",
-                        record.offset
-                    ),
-                ));
-            }
+            record_read(&shared, partition, record.offset, &value);
         }
         if let Some(batch) = fetched.batches.last() {
             position = position.max(batch.next_offset);
         }
     }
+}
+
+/// Checks one record a consumer read (`no-invented-records`, `consistent-reads`) and
+/// remembers it; false when it is not a record that was sent there.
+fn record_read(shared: &Shared, partition: i32, offset: i64, value: &str) -> bool {
+    let mut history = shared.history.lock().unwrap();
+    if history.sent.get(value) != Some(&partition) {
+        drop(history);
+        shared.report(violation(
+            "no-invented-records",
+            format!("p{partition} offset {offset}: {value:?} was never sent here"),
+        ));
+        return false;
+    }
+    let seen = history
+        .reads
+        .entry((partition, offset))
+        .or_insert_with(|| value.to_string())
+        .clone();
+    drop(history);
+    if seen != value {
+        shared.report(violation(
+            "consistent-reads",
+            format!("p{partition} offset {offset}: read {seen:?} before, {value:?} now"),
+        ));
+    }
+    true
 }
 
 /// After healing: has every partition taken an acks=all write since?

@@ -631,7 +631,10 @@ impl GroupService {
         };
         let storage = replica.storage.lock();
         let commit = storage.hard_state().commit;
-        if storage.term(commit).ok() != Some(epoch as u64) {
+        // Planted bug: load whatever this leader knows committed, at once.
+        if storage.term(commit).ok() != Some(epoch as u64)
+            && !crate::planted::on("group-load-before-term-commit")
+        {
             return Ok(None);
         }
         let Some(upper) = storage.position(commit).map(|p| p.next_offset) else {
@@ -718,6 +721,8 @@ impl GroupService {
                 let outcome = match (first_failure, ticket) {
                     (Some(e), _) => Err(e),
                     (None, None) => failed.map_or(Ok(()), Err),
+                    // Planted bug: answered once proposed, committed or not.
+                    (None, Some(_)) if crate::planted::on("group-ack-before-durable") => Ok(()),
                     (None, Some(ticket)) => match tokio::time::timeout(WRITE_TIMEOUT, ticket).await
                     {
                         Ok(Ok(Ok(_))) => Ok(()),

@@ -374,6 +374,10 @@ impl Group {
     /// or forged record gets near it; found by the `group_record` fuzz target, which
     /// replayed generation i32::MAX and then overflowed).
     fn next_generation(&mut self) {
+        // Planted bug: every rebalance after the first keeps the generation's id.
+        if crate::planted::on("group-generation-not-bumped") && self.generation_id > 0 {
+            return;
+        }
         self.generation_id = self.generation_id.checked_add(1).unwrap_or(1);
     }
 
@@ -1204,7 +1208,14 @@ impl GroupCoordinator {
                 Ok(()) if commit.generation_id != group.generation_id => {
                     Some(ResponseError::IllegalGeneration)
                 }
-                Ok(()) if group.state != GroupState::Stable => {
+                // As in Kafka: a member of the current generation may still commit while
+                // the group prepares the next one (an eager consumer commits what it
+                // consumed as it gives its partitions up); not while the new generation
+                // is being assigned, nor before the group's first generation.
+                Ok(())
+                    if group.state == GroupState::CompletingRebalance
+                        || group.generation_id == 0 =>
+                {
                     Some(ResponseError::RebalanceInProgress)
                 }
                 Ok(()) => None,

@@ -415,6 +415,11 @@ fn offsets_are_committed_by_the_current_generation_only() {
         vec![Some(ResponseError::IllegalGeneration)]
     );
     assert_eq!(h.commit(commit(&members[0].0, generation, 8)), vec![None]);
+    // A third member joins: while the group prepares the next generation, the members
+    // of this one may still commit what they consumed (eager consumers do, on revoke).
+    let (_, _) = h.new_member();
+    assert_eq!(h.state(), GroupState::PreparingRebalance);
+    assert_eq!(h.commit(commit(&members[1].0, generation, 8)), vec![None]);
     let mut big = commit(&members[0].0, generation, 9);
     big.offsets[0].4 = "x".repeat(5000);
     assert_eq!(

@@ -315,3 +315,38 @@ def test_a_static_member_restarting_within_its_session_causes_no_rebalance(clust
     assert balanced([a, restarted])
     a.stop()
     restarted.stop()
+
+
+def test_a_consumer_that_assigns_itself_commits_and_fetches_offsets(broker):
+    """A group with no members (assign(), no subscribe) only stores offsets; a second
+    consumer of the same group id reads them back, and resumes from them."""
+    topic, group = "assigned", "offsets-only"
+    produce(broker.bootstrap, topic, 0, 100)
+    tps = [TopicPartition(topic, 0, 40)]
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group,
+                  "enable.auto.commit": False})
+    try:
+        c.assign(tps)
+        committed = c.commit(offsets=tps, asynchronous=False)
+        assert [(tp.partition, tp.offset, tp.error) for tp in committed] == [(0, 40, None)]
+    finally:
+        c.close()
+    assert committed_offsets(broker.bootstrap, group, topic).get(0) == 40
+    # A new consumer of the group resumes from the committed offset: the first record it
+    # gets is the one at offset 40 (offset 0 is the first leader's control batch, so the
+    # record numbered 39 sits there).
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group,
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    try:
+        c.assign([TopicPartition(topic, 0)])
+        m = None
+        deadline = time.monotonic() + 30
+        while m is None and time.monotonic() < deadline:
+            m = c.poll(0.5)
+            if m is not None and m.error():
+                m = None
+        assert m is not None, "nothing consumed"
+        assert m.offset() == 40
+        assert m.value() == b"39"
+    finally:
+        c.close()

@@ -80,6 +80,8 @@ class ConfluentMember(Member):
         super().__init__(name, seen, lock)
         self.topic = topic
         self.commits = commits
+        # Every partition taken back from this member, in order.
+        self.revoked = []
         self.conf = {
             "bootstrap.servers": bootstrap,
             "group.id": group,
@@ -93,6 +95,7 @@ class ConfluentMember(Member):
             "on_commit": self.on_commit,
             **(conf or {}),
         }
+        self.cooperative = self.conf["partition.assignment.strategy"] == "cooperative-sticky"
 
     def on_commit(self, err, partitions):
         if err is None and self.commits is not None:
@@ -102,11 +105,21 @@ class ConfluentMember(Member):
                         self.commits.append((tp.partition, tp.offset))
 
     def on_assign(self, _consumer, partitions):
-        self.assignment = frozenset(tp.partition for tp in partitions)
+        given = frozenset(tp.partition for tp in partitions)
+        # Cooperative assignors hand out and take back partitions incrementally.
+        if self.cooperative:
+            self.assignment = self.assignment | given
+        else:
+            self.assignment = given
         self.assigned_count += 1
 
-    def on_revoke(self, _consumer, _partitions):
-        self.assignment = frozenset()
+    def on_revoke(self, _consumer, partitions):
+        taken = frozenset(tp.partition for tp in partitions)
+        self.revoked.extend(sorted(taken))
+        if self.cooperative:
+            self.assignment = self.assignment - taken
+        else:
+            self.assignment = frozenset()
 
     def run(self):
         try:
@@ -223,6 +236,40 @@ def test_confluent_three_consumers_share_a_topic_and_rebalance(cluster):
 
 def test_kafka_python_three_consumers_share_a_topic_and_rebalance(cluster):
     run_group_over_three_brokers(cluster, KafkaPythonMember, "kafka-python-group")
+
+
+def test_cooperative_sticky_members_give_up_only_the_partitions_that_move(cluster):
+    """KIP-429 incremental rebalancing through the classic protocol: when a third member
+    joins, the two others keep four of their six partitions throughout and give up only
+    the two that move to it."""
+    topic, group = "sticky", "cooperative-group"
+    create_topic(cluster, topic, partitions=PARTITIONS, rf=3)
+    seen, lock = Counter(), threading.Lock()
+    produce(cluster.bootstrap, topic, 0, 3000)
+
+    def member(name):
+        return ConfluentMember(cluster.bootstrap, group, topic, seen, lock, name,
+                               conf={"partition.assignment.strategy": "cooperative-sticky"})
+    first = [member("m0"), member("m1")]
+    for m in first:
+        m.start()
+    wait_balanced(first, "two cooperative members sharing six partitions", 60)
+    before = {m.name: m.assignment for m in first}
+    for m in first:
+        m.revoked.clear()
+    joining = member("m2")
+    joining.start()
+    everyone = first + [joining]
+    wait_balanced(everyone, "three cooperative members after one joined",
+                  REBALANCE_TIMEOUT_MS / 1000 + SESSION_TIMEOUT_MS / 1000)
+    moved = sorted(p for m in first for p in m.revoked)
+    assert moved == sorted(joining.assignment), (
+        f"revoked {moved}, the new member got {sorted(joining.assignment)}")
+    for m in first:
+        assert m.assignment <= before[m.name], f"{m.name} got other partitions"
+    wait_for(lambda: len(seen) == 3000, "every record consumed", 60)
+    for m in everyone:
+        m.stop()
 
 
 def committed_offsets(bootstrap, group, topic):

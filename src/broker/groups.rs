@@ -578,6 +578,7 @@ impl GroupService {
                 .and_then(|h| h.epoch(partition))
                 == Some(epoch)
         };
+        let mut warned = false;
         let records = loop {
             if !still_wanted(&self) {
                 return;
@@ -585,9 +586,11 @@ impl GroupService {
             match self.read_committed(partition, epoch) {
                 Ok(Some(records)) => break records,
                 Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(partition, error = %e, "could not read {OFFSETS_TOPIC} to load its groups; retrying");
+                Err(e) if !warned => {
+                    warned = true;
+                    tracing::warn!(partition, epoch, error = %e, "could not read {OFFSETS_TOPIC} to load its groups; retrying");
                 }
+                Err(_) => {}
             }
             tokio::time::sleep(self.tick).await;
         };
@@ -645,11 +648,21 @@ impl GroupService {
         let mut records = Vec::new();
         let mut skipped = 0;
         while offset < upper {
-            let bytes = log
-                .read(offset, LOAD_READ_BYTES, upper, true)
-                .map_err(|e| e.to_string())?;
+            let bytes = match log.read(offset, LOAD_READ_BYTES, upper, true) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    if matches!(e, crate::log::ReadError::Corrupt { .. }) {
+                        // Damage on this disk: the driver repairs the entry from a
+                        // replica (this broker leads no more meanwhile), as for a fetch.
+                        storage.mark_corrupt_from_offset(offset);
+                    }
+                    return Err(format!("reading at {offset}: {e}"));
+                }
+            };
             if bytes.is_empty() {
-                break;
+                // Committed entries cover every offset below `upper`: a hole is damage,
+                // never the end of what there is to load.
+                return Err(format!("nothing to read at {offset}, below {upper}"));
             }
             let mut position = 0;
             while position < bytes.len() {

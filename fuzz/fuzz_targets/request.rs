@@ -1,8 +1,9 @@
 //! `request`: raw request frames through the broker's real decode and dispatch
 //! (`strand::protocol::dispatch::dispatch`, then `encode_response`) against a fresh
 //! in-memory broker per input (`Broker::open` on `MemoryStorage`, seed 1: a cluster of
-//! one voter; topic "existing" with 2 partitions created up front through its metadata
-//! log; the broker's driver task is stopped at the end of the input).
+//! one voter; topic "existing" with 2 partitions and `__consumer_offsets` with 1 created up
+//! front through its metadata log, and the group coordinator loaded; the broker's group
+//! loop and driver task are stopped at the end of the input).
 //!
 //! Input layout: what a connection carries, up to 8 frames `[size: i32 BE][frame]`; a
 //! size that is negative or runs past the input takes the rest of the input. Frames are
@@ -64,11 +65,15 @@ fn frames(mut data: &[u8]) -> Vec<Bytes> {
 }
 
 async fn run(data: &[u8]) {
-    let config = BrokerConfig {
+    let mut config = BrokerConfig {
         data_dir: "/data".into(),
         seed: Some(1),
         ..Default::default()
     };
+    // One offsets partition, created up front, so that the group APIs reach a loaded
+    // coordinator.
+    config.groups.offsets_topic_partitions = 1;
+    config.groups.coordinator.initial_rebalance_delay_ms = 0;
     let broker = Broker::open(config, Arc::new(MemoryStorage::new()), None)
         .await
         .expect("broker opens");
@@ -81,8 +86,23 @@ async fn run(data: &[u8]) {
         .create_topic(existing, false)
         .await
         .expect("topic created");
+    tokio::spawn(broker.groups.clone().run());
+    // Creates the topic, then waits (bounded; time is paused) for its leader and load.
+    for _ in 0..1000 {
+        let found = broker.groups.find_coordinator("g").await.is_ok();
+        if found && broker.groups.describe("g").is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        broker.groups.describe("g").is_ok(),
+        "the group coordinator never loaded"
+    );
     handle_frames(&broker, data).await;
-    // The driver task would otherwise outlive the input.
+    // The group loop and the driver task would otherwise outlive the input.
+    broker.groups.stop();
+    tokio::time::sleep(Duration::from_secs(1)).await;
     broker.node.stop().await;
 }
 

@@ -1124,12 +1124,16 @@ async fn connect(addr: SocketAddr) -> Option<Client> {
         .ok()
 }
 
-/// Asks brokers in turn who leads `partition`; returns (leader, epoch).
-async fn find_leader(shared: &Shared, partition: i32, rng: &mut impl Rng) -> Option<(u64, i64)> {
+/// Every broker id once, starting from a random one (the order clients ask them in).
+fn brokers_from_random(shared: &Shared, rng: &mut impl Rng) -> impl Iterator<Item = u64> {
     let brokers = shared.settings.brokers;
     let first = rng.gen_range(1..=brokers);
-    for k in 0..brokers {
-        let id = (first + k - 1) % brokers + 1;
+    (0..brokers).map(move |k| (first + k - 1) % brokers + 1)
+}
+
+/// Asks brokers in turn who leads `partition`; returns (leader, epoch).
+async fn find_leader(shared: &Shared, partition: i32, rng: &mut impl Rng) -> Option<(u64, i64)> {
+    for id in brokers_from_random(shared, rng) {
         let Some(mut client) = connect(kafka_addr(id)).await else {
             continue;
         };

@@ -24,8 +24,8 @@ use crate::cluster::{ClusterNode, Wait};
 use crate::config::GroupConfig;
 use crate::error::ApiError;
 use crate::group::coordinator::{
-    CommittedOffset, Effect, GroupDescription, GroupState, JoinRequest, JoinResponse,
-    OffsetCommitRequest, RequestId, SyncRequest, SyncResponse,
+    CommittedOffset, Effect, GroupCoordinator, GroupDescription, GroupState, JoinRequest,
+    JoinResponse, OffsetCommitRequest, RequestId, SyncRequest, SyncResponse,
 };
 use crate::group::host::{CoordinatorHost, OFFSETS_TOPIC};
 use crate::group::records::{decode_batches, encode_batch, GroupRecord};
@@ -273,25 +273,18 @@ impl GroupService {
             + Duration::from_secs(30);
         let group_id = join.group_id.clone();
         let (reply, answer) = oneshot::channel();
-        let id = {
-            let mut state = self.lock();
-            let state = &mut *state;
-            let (partition, coordinator) = match serving(&mut state.host, &group_id) {
-                Ok(found) => found,
-                Err(e) => return join_error(e),
-            };
-            if state.waiting.len() >= MAX_WAITING {
-                return join_error(ResponseError::CoordinatorNotAvailable);
-            }
-            let id = state.next_request;
-            state.next_request += 1;
-            state.waiting.insert(id, Waiter::Join(partition, reply));
-            let (now, mut effects) = coordinator.join(id, join, clock::now_ms());
-            if let Some(now) = now {
-                effects.push(Effect::Join(id, now));
-            }
-            route(state, partition, effects, false, Vec::new());
-            id
+        let asked = self.ask(
+            &group_id,
+            |partition| Waiter::Join(partition, reply),
+            |coordinator, id, now_ms| {
+                let (now, mut effects) = coordinator.join(id, join, now_ms);
+                effects.extend(now.map(|now| Effect::Join(id, now)));
+                effects
+            },
+        );
+        let id = match asked {
+            Ok(id) => id,
+            Err(e) => return join_error(e),
         };
         match tokio::time::timeout(wait, answer).await {
             Ok(Ok(answer)) => answer,
@@ -305,26 +298,20 @@ impl GroupService {
 
     /// SyncGroup.
     pub async fn sync(&self, sync: SyncRequest) -> SyncResponse {
+        let group_id = sync.group_id.clone();
         let (reply, answer) = oneshot::channel();
-        let id = {
-            let mut state = self.lock();
-            let state = &mut *state;
-            let (partition, coordinator) = match serving(&mut state.host, &sync.group_id) {
-                Ok(found) => found,
-                Err(e) => return sync_error(e),
-            };
-            if state.waiting.len() >= MAX_WAITING {
-                return sync_error(ResponseError::CoordinatorNotAvailable);
-            }
-            let id = state.next_request;
-            state.next_request += 1;
-            state.waiting.insert(id, Waiter::Sync(partition, reply));
-            let (now, mut effects) = coordinator.sync(id, sync, clock::now_ms());
-            if let Some(now) = now {
-                effects.push(Effect::Sync(id, now));
-            }
-            route(state, partition, effects, false, Vec::new());
-            id
+        let asked = self.ask(
+            &group_id,
+            |partition| Waiter::Sync(partition, reply),
+            |coordinator, id, now_ms| {
+                let (now, mut effects) = coordinator.sync(id, sync, now_ms);
+                effects.extend(now.map(|now| Effect::Sync(id, now)));
+                effects
+            },
+        );
+        let id = match asked {
+            Ok(id) => id,
+            Err(e) => return sync_error(e),
         };
         match tokio::time::timeout(MAX_SYNC_WAIT, answer).await {
             Ok(Ok(answer)) => answer,
@@ -333,6 +320,28 @@ impl GroupService {
                 sync_error(ResponseError::CoordinatorNotAvailable)
             }
         }
+    }
+
+    /// Hands a JoinGroup or SyncGroup to the coordinator of `group_id` under a new request
+    /// id, with `waiter` waiting for its answer (an effect, now or later); returns the id.
+    fn ask(
+        &self,
+        group_id: &str,
+        waiter: impl FnOnce(i32) -> Waiter,
+        call: impl FnOnce(&mut GroupCoordinator, RequestId, i64) -> Vec<Effect>,
+    ) -> Result<RequestId, ResponseError> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let (partition, coordinator) = serving(&mut state.host, group_id)?;
+        if state.waiting.len() >= MAX_WAITING {
+            return Err(ResponseError::CoordinatorNotAvailable);
+        }
+        let id = state.next_request;
+        state.next_request += 1;
+        state.waiting.insert(id, waiter(partition));
+        let effects = call(coordinator, id, clock::now_ms());
+        route(state, partition, effects, false, Vec::new());
+        Ok(id)
     }
 
     /// Heartbeat.
@@ -788,9 +797,9 @@ impl GroupService {
 
 /// The partition of `group_id` and its coordinator, if it serves here.
 fn serving<'a>(
-    host: &'a mut Option<crate::group::host::CoordinatorHost>,
+    host: &'a mut Option<CoordinatorHost>,
     group_id: &str,
-) -> Result<(i32, &'a mut crate::group::coordinator::GroupCoordinator), ResponseError> {
+) -> Result<(i32, &'a mut GroupCoordinator), ResponseError> {
     let host = host.as_mut().ok_or(ResponseError::NotCoordinator)?;
     let partition = host.partition_for(group_id);
     Ok((partition, host.coordinator(group_id)?))

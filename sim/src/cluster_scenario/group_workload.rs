@@ -21,7 +21,10 @@
 //! member id, so a commit still travelling can only be refused (unknown member), never
 //! applied after a later one.
 
-use super::{connect, find_leader, kafka_addr, record_read, violation, Shared, OP_TIMEOUT, TOPIC};
+use super::{
+    brokers_from_random, connect, find_leader, kafka_addr, record_read, violation, Shared,
+    OP_TIMEOUT, TOPIC,
+};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
@@ -120,10 +123,7 @@ impl Member {
 
 /// Asks brokers in turn for the group's coordinator and connects to it.
 async fn find_coordinator(shared: &Shared, rng: &mut impl Rng) -> Option<(u64, Client)> {
-    let brokers = shared.settings.brokers;
-    let first = rng.gen_range(1..=brokers);
-    for k in 0..brokers {
-        let id = (first + k - 1) % brokers + 1;
+    for id in brokers_from_random(shared, rng) {
         let Some(mut client) = connect(kafka_addr(id)).await else {
             continue;
         };

@@ -646,3 +646,62 @@ async fn batches_above_the_topics_max_message_bytes_are_refused() {
     );
     assert_eq!(produce(vec![b'x'; 100]).await, 0);
 }
+
+/// OffsetCommit through the wire, with the group coordinator running: a partition that
+/// does not exist is refused, the others are committed and read back by OffsetFetch.
+#[tokio::test]
+async fn offsets_of_existing_partitions_are_committed_and_fetched() {
+    use kafka_protocol::ResponseError;
+    let topic = |name: &str| TopicName(s(name));
+    use offset_commit_request::*;
+    let broker = test_broker().await;
+    broker.start_background_tasks();
+    let partition = |index: i32, offset: i64| {
+        OffsetCommitRequestPartition::default()
+            .with_partition_index(index)
+            .with_committed_offset(offset)
+    };
+    let request = RequestKind::OffsetCommit(
+        OffsetCommitRequest::default()
+            .with_group_id(s("g1").into())
+            .with_generation_id_or_member_epoch(-1)
+            .with_topics(vec![
+                OffsetCommitRequestTopic::default()
+                    .with_name(topic("existing"))
+                    .with_partitions(vec![partition(1, 7), partition(9, 3)]),
+                OffsetCommitRequestTopic::default()
+                    .with_name(topic("missing"))
+                    .with_partitions(vec![partition(0, 5)]),
+            ]),
+    );
+    let mut answered = None;
+    for attempt in 0..500 {
+        // The first attempts create __consumer_offsets and wait for its coordinator.
+        let _ = broker.groups.find_coordinator("g1").await;
+        let pending = dispatch(&broker, frame(ApiKey::OffsetCommit, 8, attempt, &request))
+            .await
+            .unwrap();
+        let Some(ResponseKind::OffsetCommit(response)) = resolve(pending.reply).await else {
+            panic!("not an OffsetCommit response")
+        };
+        let codes: Vec<i16> = response
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
+            .collect();
+        let loading = [
+            ResponseError::NotCoordinator.code(),
+            ResponseError::CoordinatorLoadInProgress.code(),
+        ];
+        if !loading.contains(&codes[0]) {
+            answered = Some(codes);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let unknown = ResponseError::UnknownTopicOrPartition.code();
+    assert_eq!(answered, Some(vec![0, unknown, unknown]));
+    let key = [("existing".to_string(), 1)];
+    let fetched = broker.groups.fetch_offsets("g1", Some(&key)).unwrap();
+    assert_eq!(fetched[0].1.as_ref().map(|c| c.offset), Some(7));
+}

@@ -1,5 +1,6 @@
 //! OffsetCommit: a group's committed offsets, answered once they are durable in
-//! `__consumer_offsets`.
+//! `__consumer_offsets`; an offset for a partition that does not exist is refused
+//! (UNKNOWN_TOPIC_OR_PARTITION).
 
 use super::code;
 use crate::broker::Broker;
@@ -9,6 +10,7 @@ use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
 use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse, ResponseKind};
+use kafka_protocol::ResponseError;
 use std::sync::Arc;
 
 pub fn handle(broker: &Arc<Broker>, _version: i16, request: OffsetCommitRequest) -> Reply {
@@ -47,9 +49,36 @@ pub fn handle(broker: &Arc<Broker>, _version: i16, request: OffsetCommitRequest)
             })
             .collect(),
     };
+    // As Kafka: an offset for a partition that does not exist is refused, the others
+    // are committed.
+    let known: Vec<bool> = broker.node.with_image(|image| {
+        commit
+            .offsets
+            .iter()
+            .map(|(topic, partition, ..)| image.partition(topic, *partition).is_some())
+            .collect()
+    });
+    let mut commit = commit;
+    let mut index = 0;
+    commit.offsets.retain(|_| {
+        index += 1;
+        known[index - 1]
+    });
     let broker = broker.clone();
     Reply::Later(Box::pin(async move {
-        let mut errors = broker.groups.commit_offsets(commit).await.into_iter();
+        let mut committed = if commit.offsets.is_empty() {
+            Vec::new()
+        } else {
+            broker.groups.commit_offsets(commit).await
+        }
+        .into_iter();
+        let mut errors = known.into_iter().map(|known| {
+            if known {
+                committed.next().flatten()
+            } else {
+                Some(ResponseError::UnknownTopicOrPartition)
+            }
+        });
         let topics = asked
             .into_iter()
             .map(|(name, partitions)| {

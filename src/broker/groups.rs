@@ -536,6 +536,13 @@ impl GroupService {
     /// epoch) leaderships to load.
     fn follow_leadership(&self) -> Vec<(i32, i32)> {
         let Some(partitions) = self.offsets_partitions() else {
+            // Not created yet (or gone): nothing is coordinated here.
+            let mut state = self.lock();
+            let held: Vec<i32> = state.writers.keys().copied().collect();
+            for partition in held {
+                resign(&mut state, partition);
+            }
+            state.host = None;
             return Vec::new();
         };
         let me = self.node.config.node_id;

@@ -649,8 +649,9 @@ async fn batches_above_the_topics_max_message_bytes_are_refused() {
 
 /// OffsetCommit through the wire, with the group coordinator running: a partition that
 /// does not exist is refused, the others are committed and read back by OffsetFetch.
+/// `__consumer_offsets` can then be neither deleted nor given more partitions.
 #[tokio::test]
-async fn offsets_of_existing_partitions_are_committed_and_fetched() {
+async fn offsets_of_existing_partitions_are_committed_and_fetched_and_the_internal_topic_stays() {
     use kafka_protocol::ResponseError;
     let topic = |name: &str| TopicName(s(name));
     use offset_commit_request::*;
@@ -704,4 +705,41 @@ async fn offsets_of_existing_partitions_are_committed_and_fetched() {
     let key = [("existing".to_string(), 1)];
     let fetched = broker.groups.fetch_offsets("g1", Some(&key)).unwrap();
     assert_eq!(fetched[0].1.as_ref().map(|c| c.offset), Some(7));
+    // The internal topic can be neither deleted nor grown.
+    let delete = RequestKind::DeleteTopics(
+        DeleteTopicsRequest::default()
+            .with_topic_names(vec![topic("__consumer_offsets")])
+            .with_timeout_ms(1000),
+    );
+    let pending = dispatch(&broker, frame(ApiKey::DeleteTopics, 4, 900, &delete))
+        .await
+        .unwrap();
+    let Some(ResponseKind::DeleteTopics(response)) = resolve(pending.reply).await else {
+        panic!("not a DeleteTopics response")
+    };
+    assert_eq!(
+        response.responses[0].error_code,
+        ResponseError::InvalidRequest.code()
+    );
+    let grow = RequestKind::CreatePartitions(
+        CreatePartitionsRequest::default()
+            .with_topics(vec![
+                create_partitions_request::CreatePartitionsTopic::default()
+                    .with_name(topic("__consumer_offsets"))
+                    .with_count(99)
+                    .with_assignments(None),
+            ])
+            .with_timeout_ms(1000),
+    );
+    let pending = dispatch(&broker, frame(ApiKey::CreatePartitions, 3, 901, &grow))
+        .await
+        .unwrap();
+    let Some(ResponseKind::CreatePartitions(response)) = resolve(pending.reply).await else {
+        panic!("not a CreatePartitions response")
+    };
+    assert_eq!(
+        response.results[0].error_code,
+        ResponseError::InvalidRequest.code()
+    );
+    assert!(broker.topic("__consumer_offsets").is_some());
 }

@@ -20,6 +20,8 @@ pub async fn handle(
                 ResponseError::InvalidReplicaAssignment,
                 "explicit assignments of new partitions are not supported: Strand places them",
             ))
+        } else if let Err(e) = super::refuse_internal(&topic.name.0, "adding partitions to") {
+            Err(e)
         } else {
             broker
                 .node

@@ -49,7 +49,10 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: DeleteTopicsReq
                 .with_topic_id(id);
         }
         let outcome = match &name {
-            Some(name) => broker.node.delete_topic(name).await,
+            Some(name) => match super::refuse_internal(name, "deleting") {
+                Ok(()) => broker.node.delete_topic(name).await,
+                Err(e) => Err(e),
+            },
             None => Err(ApiError::new(
                 ResponseError::UnknownTopicId,
                 "unknown topic id",

@@ -44,6 +44,19 @@ pub(crate) fn config_map<'a>(
         .collect()
 }
 
+/// Refuses a change that would break an internal topic: deleting `__consumer_offsets`
+/// loses every group, and more partitions move groups to partitions that do not hold
+/// their state.
+pub(crate) fn refuse_internal(name: &str, change: &str) -> Result<(), crate::error::ApiError> {
+    if name == crate::group::host::OFFSETS_TOPIC {
+        return Err(crate::error::ApiError::new(
+            kafka_protocol::ResponseError::InvalidRequest,
+            format!("{name} is an internal topic: {change} it is not allowed"),
+        ));
+    }
+    Ok(())
+}
+
 /// The wire error code of an optional error (0 for none).
 pub(crate) fn code(error: Option<ResponseError>) -> i16 {
     error.map(|e| e.code()).unwrap_or(0)

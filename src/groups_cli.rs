@@ -373,7 +373,7 @@ pub fn format_table(header: &[&str], rows: &[Vec<String>]) -> String {
             } else {
                 let pad = widths[i].saturating_sub(c.chars().count()) + 2;
                 text.push_str(c);
-                text.extend(std::iter::repeat(' ').take(pad));
+                text.extend(std::iter::repeat_n(' ', pad));
             }
         }
         out.push_str(text.trim_end());
@@ -641,56 +641,46 @@ async fn log_end_offsets(
         };
         let mut clients: BTreeMap<i32, Client> = BTreeMap::new();
         for key in missing {
-            let leader = match leaders.get(key) {
-                Some(Ok(leader)) => leader,
-                Some(Err(e)) => {
-                    last_errors.insert(key.clone(), e.clone());
-                    continue;
-                }
-                None => {
-                    last_errors.insert(key.clone(), "not in Metadata".to_string());
-                    continue;
-                }
+            let answer = match leaders.get(key) {
+                Some(Ok(leader)) => log_end_offset(&mut clients, leader, key).await,
+                Some(Err(e)) => Err(anyhow!("{e}")),
+                None => Err(anyhow!("not in Metadata")),
             };
-            if !clients.contains_key(&leader.node_id) {
-                match broker_socket(leader) {
-                    Ok(socket) => match connect(socket).await {
-                        Ok(client) => {
-                            clients.insert(leader.node_id, client);
-                        }
-                        Err(e) => {
-                            last_errors.insert(key.clone(), format!("{e:#}"));
-                            continue;
-                        }
-                    },
-                    Err(e) => {
-                        last_errors.insert(key.clone(), format!("{e:#}"));
-                        continue;
-                    }
-                }
-            }
-            let Some(client) = clients.get_mut(&leader.node_id) else {
-                continue;
-            };
-            match timed("ListOffsets", client.list_offset(&key.0, key.1, -1)).await {
+            match answer {
                 Ok(offset) => {
                     found.insert(key.clone(), offset);
                     last_errors.remove(key);
                 }
                 Err(e) => {
-                    // The connection may be unusable after a timeout: open a new one.
-                    clients.remove(&leader.node_id);
-                    last_errors.insert(key.clone(), format!("ListOffsets: {e:#}"));
+                    last_errors.insert(key.clone(), format!("{e:#}"));
                 }
             }
         }
     }
+    // Only partitions still without one are left here.
     for ((topic, partition), error) in &last_errors {
-        if !found.contains_key(&(topic.clone(), *partition)) {
-            eprintln!("strand groups: no log end offset for {topic}-{partition}: {error}");
-        }
+        eprintln!("strand groups: no log end offset for {topic}-{partition}: {error}");
     }
     found
+}
+
+/// One partition's log end offset from its leader, over a connection kept in `clients`
+/// (dropped after a failure: it may be unusable after a timeout).
+async fn log_end_offset(
+    clients: &mut BTreeMap<i32, Client>,
+    leader: &BrokerAddress,
+    (topic, partition): &(String, i32),
+) -> Result<i64> {
+    use std::collections::btree_map::Entry;
+    let client = match clients.entry(leader.node_id) {
+        Entry::Occupied(open) => open.into_mut(),
+        Entry::Vacant(slot) => slot.insert(connect(broker_socket(leader)?).await?),
+    };
+    let answer = timed("ListOffsets", client.list_offset(topic, *partition, -1)).await;
+    if answer.is_err() {
+        clients.remove(&leader.node_id);
+    }
+    answer
 }
 
 /// Each partition's leader, or why there is none, from one Metadata answer.

@@ -31,8 +31,6 @@ const REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// first to the last.
 const FIRST_BACKOFF_MS: u64 = 100;
 const MAX_BACKOFF_MS: u64 = 2_000;
-/// Rounds of (Metadata, ListOffsets) for log end offsets, when a leader moved.
-const LOG_END_ROUNDS: usize = 3;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum GroupsCommand {
@@ -49,7 +47,8 @@ pub struct ConnectArgs {
     /// Brokers to start from, HOST:PORT[,HOST:PORT...], tried in turn.
     #[arg(long, default_value = "127.0.0.1:9092")]
     pub bootstrap: String,
-    /// How long to keep asking a coordinator that is not available before giving up.
+    /// How long to keep retrying a coordinator, leader or broker that is not available
+    /// (bounded backoff) before giving up.
     #[arg(long, default_value_t = 30_000)]
     pub timeout_ms: u64,
 }
@@ -373,7 +372,7 @@ pub fn format_table(header: &[&str], rows: &[Vec<String>]) -> String {
             } else {
                 let pad = widths[i].saturating_sub(c.chars().count()) + 2;
                 text.push_str(c);
-                text.extend(std::iter::repeat_n(' ', pad));
+                text.push_str(&" ".repeat(pad));
             }
         }
         out.push_str(text.trim_end());
@@ -486,6 +485,7 @@ async fn brokers(client: &mut Client) -> Result<BTreeMap<i32, BrokerAddress>> {
 /// timed out). Anything else (an answer that does not decode, say) is final.
 fn is_transient(error: &anyhow::Error) -> bool {
     if let Some(e) = response_error(error) {
+        // Not Kafka's whole "retriable" set: an unknown topic, say, is final here.
         return matches!(
             e,
             ResponseError::CoordinatorNotAvailable
@@ -493,7 +493,9 @@ fn is_transient(error: &anyhow::Error) -> bool {
                 | ResponseError::NotCoordinator
                 | ResponseError::NotLeaderOrFollower
                 | ResponseError::LeaderNotAvailable
-        ) || e.is_retriable();
+                | ResponseError::OffsetNotAvailable
+                | ResponseError::RequestTimedOut
+        );
     }
     error
         .chain()
@@ -610,56 +612,67 @@ async fn ask_coordinator(bootstrap: &str, group_id: &str) -> Result<Coordinated>
 }
 
 /// The log end offset (ListOffsets latest, from each partition's leader) of
-/// `partitions`; those whose leader does not answer are left out (and reported).
+/// `partitions`. Those whose leader is moving or does not answer are asked again (fresh
+/// Metadata, bounded backoff) until `timeout_ms`; those that cannot have one (a deleted
+/// topic) or never got one are left out and reported.
 async fn log_end_offsets(
     bootstrap: &str,
     partitions: &BTreeSet<(String, i32)>,
+    timeout_ms: u64,
 ) -> BTreeMap<(String, i32), i64> {
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
     let mut found = BTreeMap::new();
-    let mut last_errors: BTreeMap<(String, i32), String> = BTreeMap::new();
+    // Why a partition has none yet: (worth asking again, what happened).
+    let mut failed: BTreeMap<(String, i32), (bool, String)> = BTreeMap::new();
     let mut backoff_ms = FIRST_BACKOFF_MS;
-    for round in 0..LOG_END_ROUNDS {
-        let missing: BTreeSet<&(String, i32)> = partitions
+    loop {
+        // Partitions not yet asked, or asked and worth asking again.
+        let wanted: BTreeSet<&(String, i32)> = partitions
             .iter()
             .filter(|k| !found.contains_key(*k))
+            .filter(|k| !matches!(failed.get(*k), Some((false, _))))
             .collect();
-        if missing.is_empty() {
+        if wanted.is_empty() {
             break;
         }
-        if round > 0 {
-            tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+        if !failed.is_empty() {
+            if Instant::now() >= deadline {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(Duration::from_millis(backoff_ms).min(left)).await;
             backoff_ms = (backoff_ms * 2).min(MAX_BACKOFF_MS);
         }
-        let leaders = match partition_leaders(bootstrap, &missing).await {
+        let leaders = match partition_leaders(bootstrap, &wanted).await {
             Ok(leaders) => leaders,
             Err(e) => {
-                for key in &missing {
-                    last_errors.insert((*key).clone(), format!("Metadata: {e:#}"));
+                let why = (is_transient(&e), format!("Metadata: {e:#}"));
+                for key in &wanted {
+                    failed.insert((*key).clone(), why.clone());
                 }
                 continue;
             }
         };
         let mut clients: BTreeMap<i32, Client> = BTreeMap::new();
-        for key in missing {
+        for key in wanted {
             let answer = match leaders.get(key) {
                 Some(Ok(leader)) => log_end_offset(&mut clients, leader, key).await,
-                Some(Err(e)) => Err(anyhow!("{e}")),
-                None => Err(anyhow!("not in Metadata")),
+                Some(Err(e)) => Err(anyhow!(*e).context("Metadata")),
+                None => Err(anyhow!("not in the Metadata answer")),
             };
             match answer {
                 Ok(offset) => {
                     found.insert(key.clone(), offset);
-                    last_errors.remove(key);
+                    failed.remove(key);
                 }
                 Err(e) => {
-                    last_errors.insert(key.clone(), format!("{e:#}"));
+                    failed.insert(key.clone(), (is_transient(&e), format!("{e:#}")));
                 }
             }
         }
     }
-    // Only partitions still without one are left here.
-    for ((topic, partition), error) in &last_errors {
-        eprintln!("strand groups: no log end offset for {topic}-{partition}: {error}");
+    for ((topic, partition), (_, why)) in &failed {
+        eprintln!("strand groups: no log end offset for {topic}-{partition}: {why}");
     }
     found
 }
@@ -687,7 +700,7 @@ async fn log_end_offset(
 async fn partition_leaders(
     bootstrap: &str,
     partitions: &BTreeSet<&(String, i32)>,
-) -> Result<BTreeMap<(String, i32), Result<BrokerAddress, String>>> {
+) -> Result<BTreeMap<(String, i32), Result<BrokerAddress, ResponseError>>> {
     let topics: BTreeSet<&str> = partitions.iter().map(|(t, _)| t.as_str()).collect();
     let topics: Vec<&str> = topics.into_iter().collect();
     let mut client = connect_bootstrap(bootstrap).await?;
@@ -700,18 +713,18 @@ async fn partition_leaders(
         if let Some(e) = ResponseError::try_from_code(topic.error_code) {
             for (t, p) in partitions.iter().map(|k| (&k.0, k.1)) {
                 if *t == name {
-                    leaders.insert((name.clone(), p), Err(format!("topic: {e}")));
+                    leaders.insert((name.clone(), p), Err(e));
                 }
             }
             continue;
         }
         for p in &topic.partitions {
             let leader = match ResponseError::try_from_code(p.error_code) {
-                Some(e) => Err(e.to_string()),
+                Some(e) => Err(e),
                 None => brokers
                     .get(&p.leader_id.0)
                     .cloned()
-                    .ok_or_else(|| format!("leader {} unknown", p.leader_id.0)),
+                    .ok_or(ResponseError::LeaderNotAvailable),
             };
             leaders.insert((name.clone(), p.partition_index), leader);
         }
@@ -769,7 +782,7 @@ async fn describe(args: &DescribeArgs) -> Result<ExitCode> {
     if !args.members {
         let partitions = view.partitions();
         if !partitions.is_empty() {
-            view.log_end = log_end_offsets(bootstrap, &partitions).await;
+            view.log_end = log_end_offsets(bootstrap, &partitions, args.connect.timeout_ms).await;
         }
     }
     println!("{}", view.header());
@@ -1062,6 +1075,7 @@ mod tests {
         let last = [
             anyhow!(ResponseError::GroupAuthorizationFailed),
             anyhow!(ResponseError::InvalidGroupId),
+            anyhow!(ResponseError::UnknownTopicOrPartition).context("Metadata"),
             anyhow!("correlation id 3 != 2"),
         ];
         for e in &last {

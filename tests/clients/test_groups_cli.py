@@ -19,7 +19,7 @@ import threading
 import time
 
 from confluent_kafka import (ConsumerGroupState, ConsumerGroupTopicPartitions, Consumer,
-                             Producer, TopicPartition)
+                             KafkaError, KafkaException, Producer, TopicPartition)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from conftest import strand_bin
@@ -33,6 +33,8 @@ RECORDS = {0: 10, 1: 25, 2: 7, 3: 40}
 # The first record of a new partition is at offset 1 (the leader's control batch is 0).
 COMMITS = {0: 4, 1: 26, 3: 13}
 SESSION_TIMEOUT_MS = 6000
+COORDINATOR_NOT_READY = {KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                         KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR}
 OFFSETS_COLUMNS = ["GROUP", "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG",
                    "CONSUMER-ID", "HOST", "CLIENT-ID"]
 # Kafka's state names as confluent-kafka's ConsumerGroupState spells them.
@@ -185,7 +187,18 @@ def commit_offsets(bootstrap, group, topic, offsets):
     try:
         tps = [TopicPartition(topic, p, o) for p, o in offsets.items()]
         c.assign(tps)
-        done = c.commit(offsets=tps, asynchronous=False)
+        # librdkafka hands a synchronous commit's COORDINATOR_LOAD_IN_PROGRESS back (a
+        # coordinator of a new cluster may still be loading): ask again, bounded.
+        deadline = time.monotonic() + T
+        while True:
+            try:
+                done = c.commit(offsets=tps, asynchronous=False)
+                break
+            except KafkaException as e:
+                if (e.args[0].code() not in COORDINATOR_NOT_READY
+                        or time.monotonic() > deadline):
+                    raise
+                time.sleep(0.2)
         assert all(tp.error is None for tp in done), done
     finally:
         c.close()

@@ -1,4 +1,5 @@
-//! Command-line interface: `strand broker` and `strand bench`.
+//! Command-line interface: `strand broker`, `strand bench`, `strand groups` and
+//! `strand dev`.
 
 use crate::broker::Broker;
 use crate::config::{BrokerConfig, Overrides};
@@ -26,6 +27,14 @@ pub enum Command {
     Broker(BrokerArgs),
     /// Measures produce throughput and latency against a running broker.
     Bench(crate::bench::BenchArgs),
+    /// Lists or describes the consumer groups of a running cluster (like
+    /// kafka-consumer-groups).
+    ///
+    /// `strand groups list` shows every group with its protocol type and state;
+    /// `strand groups describe GROUP` its members, their assignments, and per partition
+    /// the committed offset, the log end offset and the lag.
+    #[command(subcommand)]
+    Groups(crate::groups_cli::GroupsCommand),
     /// Development helpers.
     #[command(subcommand)]
     Dev(DevCommand),
@@ -68,6 +77,7 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Broker(args) => run_broker(args),
         Command::Bench(args) => crate::bench::run(args),
+        Command::Groups(command) => crate::groups_cli::run(command),
         Command::Dev(DevCommand::Cluster(args)) => crate::dev_cluster::run(args),
     }
 }

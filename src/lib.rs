@@ -13,6 +13,7 @@ pub mod config;
 pub mod dev_cluster;
 pub mod error;
 pub mod group;
+pub mod groups_cli;
 pub mod large_alloc;
 pub mod log;
 pub mod metadata;

@@ -1,4 +1,5 @@
-//! The `strand` binary: `strand broker` runs a broker; `strand bench` measures one.
+//! The `strand` binary: `strand broker` runs a broker; `strand bench` measures one;
+//! `strand groups` shows its consumer groups.
 
 use clap::Parser;
 

@@ -2,7 +2,8 @@
 //!
 //! It speaks the real protocol (kafka-protocol's messages over TCP) with fixed recent
 //! versions, one request at a time. It is not a general-purpose client: no batching
-//! across calls, no retries, no consumer groups.
+//! across calls, no retries, no group membership (only the admin side of consumer
+//! groups: find a coordinator, list, describe, fetch committed offsets).
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::{Bytes, BytesMut};
@@ -13,7 +14,7 @@ use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListO
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Message, Request, StrBytes};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
@@ -82,6 +83,105 @@ pub fn batch_extents(bytes: &Bytes) -> Vec<BatchExtent> {
 
 fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
+}
+
+/// The Kafka error code a failed call was answered with, if that is why it failed (for
+/// retry decisions: e.g. COORDINATOR_LOAD_IN_PROGRESS).
+pub fn response_error(error: &anyhow::Error) -> Option<ResponseError> {
+    error.downcast_ref::<ResponseError>().copied()
+}
+
+/// A broker as FindCoordinator or Metadata names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddress {
+    pub node_id: i32,
+    pub host: String,
+    pub port: i32,
+}
+
+impl std::fmt::Display for BrokerAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// One partition of an OffsetFetch answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedOffset {
+    pub topic: String,
+    pub partition: i32,
+    /// None: nothing committed (the wire's -1).
+    pub committed_offset: Option<i64>,
+    pub error: Option<ResponseError>,
+}
+
+/// A consumer's assignment (the `member_assignment` bytes of a group using the
+/// "consumer" protocol: a version i16, then ConsumerProtocolAssignment of that version),
+/// as topic -> partitions. Empty bytes (a member between a join and its sync) are no
+/// partitions. A negative version or bytes that do not decode are an error.
+pub fn decode_consumer_assignment(bytes: &[u8]) -> Result<Vec<(String, Vec<i32>)>> {
+    use kafka_protocol::messages::ConsumerProtocolAssignment;
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    if bytes.len() < 2 {
+        bail!("assignment of {} byte(s)", bytes.len());
+    }
+    let version = i16::from_be_bytes([bytes[0], bytes[1]]);
+    if version < 0 {
+        bail!("assignment version {version}");
+    }
+    // A newer version than the crate knows is read as its newest (versions add fields
+    // at the end), as Kafka's consumers do.
+    let version = version.min(ConsumerProtocolAssignment::VERSIONS.max);
+    check_assignment_counts(&bytes[2..])?;
+    let mut buf = Bytes::copy_from_slice(&bytes[2..]);
+    let assignment = ConsumerProtocolAssignment::decode(&mut buf, version)?;
+    Ok(assignment
+        .assigned_partitions
+        .into_iter()
+        .map(|tp| (tp.topic.to_string(), tp.partitions))
+        .collect())
+}
+
+/// Checks every count of a ConsumerProtocolAssignment (v0-v3 share one layout: an
+/// array of (topic string, array of i32 partitions), then user data bytes) against the
+/// bytes that follow it. kafka-protocol 0.18 reserves an array's claimed length before
+/// reading a single element, so a garbled count could ask for gigabytes, which aborts
+/// the process outside the broker binary's allocator (`crate::large_alloc`).
+fn check_assignment_counts(mut rest: &[u8]) -> Result<()> {
+    fn take<const N: usize>(rest: &mut &[u8]) -> Result<[u8; N]> {
+        let (head, tail) = rest
+            .split_first_chunk::<N>()
+            .ok_or_else(|| anyhow!("assignment cut short"))?;
+        *rest = tail;
+        Ok(*head)
+    }
+    fn skip(rest: &mut &[u8], count: usize, size: usize) -> Result<()> {
+        let bytes = count
+            .checked_mul(size)
+            .filter(|b| *b <= rest.len())
+            .ok_or_else(|| anyhow!("assignment claims {count} items of {size} bytes"))?;
+        *rest = &rest[bytes..];
+        Ok(())
+    }
+    let topics = i32::from_be_bytes(take::<4>(&mut rest)?);
+    // A topic takes at least 6 bytes: a name length and a partition count.
+    let topics = usize::try_from(topics).map_err(|_| anyhow!("{topics} topics"))?;
+    if topics > rest.len() / 6 {
+        bail!("assignment claims {topics} topics in {} bytes", rest.len());
+    }
+    for _ in 0..topics {
+        let name_len = i16::from_be_bytes(take::<2>(&mut rest)?);
+        let name_len =
+            usize::try_from(name_len).map_err(|_| anyhow!("topic name length {name_len}"))?;
+        skip(&mut rest, name_len, 1)?;
+        let partitions = i32::from_be_bytes(take::<4>(&mut rest)?);
+        let partitions =
+            usize::try_from(partitions).map_err(|_| anyhow!("{partitions} partitions"))?;
+        skip(&mut rest, partitions, 4)?;
+    }
+    Ok(())
 }
 
 fn check(code: i16) -> Result<()> {
@@ -236,6 +336,23 @@ impl Client {
     }
 
     pub async fn metadata(&mut self, topics: Option<&[&str]>) -> Result<MetadataResponse> {
+        self.metadata_request(topics, true).await
+    }
+
+    /// Metadata that never creates a topic: a missing one is answered
+    /// UNKNOWN_TOPIC_OR_PARTITION (as an admin tool asks).
+    pub async fn metadata_without_creation(
+        &mut self,
+        topics: Option<&[&str]>,
+    ) -> Result<MetadataResponse> {
+        self.metadata_request(topics, false).await
+    }
+
+    async fn metadata_request(
+        &mut self,
+        topics: Option<&[&str]>,
+        allow_auto_topic_creation: bool,
+    ) -> Result<MetadataResponse> {
         let topics = topics.map(|ts| {
             ts.iter()
                 .map(|t| MetadataRequestTopic::default().with_name(Some(TopicName(str_bytes(t)))))
@@ -243,8 +360,85 @@ impl Client {
         });
         let request = MetadataRequest::default()
             .with_topics(topics)
-            .with_allow_auto_topic_creation(true);
+            .with_allow_auto_topic_creation(allow_auto_topic_creation);
         self.send(&request, 12).await
+    }
+
+    /// FindCoordinator (v3) for a consumer group.
+    pub async fn find_coordinator(&mut self, group_id: &str) -> Result<BrokerAddress> {
+        const KEY_TYPE_GROUP: i8 = 0;
+        let request = FindCoordinatorRequest::default()
+            .with_key(str_bytes(group_id))
+            .with_key_type(KEY_TYPE_GROUP);
+        let response = self.send(&request, 3).await?;
+        check(response.error_code)?;
+        Ok(BrokerAddress {
+            node_id: response.node_id.0,
+            host: response.host.to_string(),
+            port: response.port,
+        })
+    }
+
+    /// ListGroups (v4, with each group's state): the groups this broker coordinates.
+    pub async fn list_groups(&mut self) -> Result<Vec<list_groups_response::ListedGroup>> {
+        let response = self.send(&ListGroupsRequest::default(), 4).await?;
+        check(response.error_code)?;
+        Ok(response.groups)
+    }
+
+    /// DescribeGroups (v5) for one group, asked of its coordinator. A group the
+    /// coordinator does not know comes back in state "Dead" with no members.
+    pub async fn describe_group(
+        &mut self,
+        group_id: &str,
+    ) -> Result<describe_groups_response::DescribedGroup> {
+        let request =
+            DescribeGroupsRequest::default().with_groups(vec![GroupId(str_bytes(group_id))]);
+        let response = self.send(&request, 5).await?;
+        let group = response
+            .groups
+            .into_iter()
+            .find(|g| g.group_id.to_string() == group_id)
+            .ok_or_else(|| anyhow!("DescribeGroups response without group {group_id}"))?;
+        check(group.error_code)?;
+        Ok(group)
+    }
+
+    /// OffsetFetch (v7) of a group's committed offsets, asked of its coordinator:
+    /// `topics` None asks for every partition the group committed.
+    pub async fn offset_fetch(
+        &mut self,
+        group_id: &str,
+        topics: Option<&[(&str, &[i32])]>,
+    ) -> Result<Vec<FetchedOffset>> {
+        use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+        let topics = topics.map(|ts| {
+            ts.iter()
+                .map(|(name, partitions)| {
+                    OffsetFetchRequestTopic::default()
+                        .with_name(TopicName(str_bytes(name)))
+                        .with_partition_indexes(partitions.to_vec())
+                })
+                .collect()
+        });
+        let request = OffsetFetchRequest::default()
+            .with_group_id(GroupId(str_bytes(group_id)))
+            .with_topics(topics);
+        let response = self.send(&request, 7).await?;
+        check(response.error_code)?;
+        Ok(response
+            .topics
+            .into_iter()
+            .flat_map(|t| {
+                let topic = t.name.to_string();
+                t.partitions.into_iter().map(move |p| FetchedOffset {
+                    topic: topic.clone(),
+                    partition: p.partition_index,
+                    committed_offset: (p.committed_offset >= 0).then_some(p.committed_offset),
+                    error: ResponseError::try_from_code(p.error_code),
+                })
+            })
+            .collect())
     }
 
     pub async fn create_topic(

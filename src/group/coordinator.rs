@@ -364,7 +364,8 @@ impl Group {
         debug_assert!(self.members.is_empty());
         self.state = GroupState::Empty;
         self.empty_since_ms = now_ms;
-        self.protocol_type = None;
+        // As Kafka: an empty group keeps its protocol type (ListGroups shows a consumer
+        // group as one), not its protocol.
         self.protocol_name = None;
         self.leader = None;
         effects.push(Effect::Persist(self.record()));
@@ -1324,9 +1325,11 @@ impl GroupCoordinator {
                         group.static_members.insert(instance.clone(), id.clone());
                     }
                 }
+                if !value.protocol_type.is_empty() {
+                    group.protocol_type = Some(value.protocol_type.clone());
+                }
                 if !group.members.is_empty() {
                     group.state = GroupState::Stable;
-                    group.protocol_type = Some(value.protocol_type.clone());
                     group.protocol_name = value.protocol_name.clone();
                     group.leader = value
                         .leader

@@ -263,6 +263,16 @@ fn a_member_leaving_or_joining_rebalances_the_group() {
         .collect();
     all.push((newcomer, newcomer_join));
     assert_eq!(h.form_generation(&all), second + 1);
+    // Everyone leaves: the group is empty but still a consumer group, as ListGroups
+    // shows it, also on the next coordinator.
+    let leaving: Vec<(String, Option<String>)> =
+        all.iter().map(|(id, _)| (id.clone(), None)).collect();
+    let (_, effects) = h.coordinator.leave(GROUP, &leaving, h.now_ms);
+    h.take(effects);
+    let listed = vec![(GROUP.to_string(), "consumer".to_string(), GroupState::Empty)];
+    assert_eq!(h.coordinator.list(), listed);
+    h.fail_over();
+    assert_eq!(h.coordinator.list(), listed);
 }
 
 #[test]

@@ -33,6 +33,11 @@ pub struct BrokerConfig {
     pub retention_check_interval_ms: u64,
     /// How often the recovery-point checkpoint is rewritten.
     pub recovery_checkpoint_interval_ms: u64,
+    /// `log.cleaner.backoff.ms`: how often the cleaner looks at compacted partitions.
+    pub log_cleaner_backoff_ms: u64,
+    /// `log.cleaner.dedupe.buffer.size`: memory for the cleaner's key map (bounds the
+    /// keys one clean covers; a larger log is cleaned in passes).
+    pub log_cleaner_dedupe_buffer_bytes: usize,
     /// Topic config defaults (`segment.bytes`, `retention.ms`, ...).
     pub log_defaults: LogConfig,
     /// Seed of the broker's RNG (cluster id, topic ids). None: drawn at start.
@@ -69,6 +74,8 @@ impl Default for BrokerConfig {
             max_connections: 1024,
             retention_check_interval_ms: 30_000,
             recovery_checkpoint_interval_ms: 10_000,
+            log_cleaner_backoff_ms: 15_000,
+            log_cleaner_dedupe_buffer_bytes: 128 << 20,
             log_defaults: LogConfig::default(),
             seed: None,
             peers: BTreeMap::new(),
@@ -103,6 +110,8 @@ pub struct ConfigFile {
     pub max_connections: Option<usize>,
     pub retention_check_interval_ms: Option<u64>,
     pub recovery_checkpoint_interval_ms: Option<u64>,
+    pub log_cleaner_backoff_ms: Option<u64>,
+    pub log_cleaner_dedupe_buffer_size: Option<usize>,
     /// `ID@IP:PORT,...`: every broker of the cluster with its Raft address.
     pub peers: Option<String>,
     pub raft_listen: Option<String>,
@@ -255,6 +264,17 @@ impl BrokerConfig {
         if let Some(v) = file.recovery_checkpoint_interval_ms {
             config.recovery_checkpoint_interval_ms =
                 positive("recovery-checkpoint-interval-ms", v)?;
+        }
+        if let Some(v) = file.log_cleaner_backoff_ms {
+            config.log_cleaner_backoff_ms = positive("log-cleaner-backoff-ms", v)?;
+        }
+        if let Some(v) = file.log_cleaner_dedupe_buffer_size {
+            if v < 1 << 16 {
+                return Err(format!(
+                    "log-cleaner-dedupe-buffer-size: must be at least 65536, got {v}"
+                ));
+            }
+            config.log_cleaner_dedupe_buffer_bytes = v;
         }
         for (name, value) in &file.topic_defaults {
             validate_topic_config(name, value).map_err(|e| format!("topic-defaults: {e}"))?;

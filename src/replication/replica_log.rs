@@ -9,13 +9,14 @@
 //! [`ReplicaStorage`] shares one `ReplicaLog` between raft-rs (which reads through the
 //! `raft::Storage` trait) and the driver (which persists each `Ready`).
 
-use super::entry_codec::{decode_entry, encode_entry, stored_leader_change};
+use super::compaction::CleanCommand;
+use super::entry_codec::{decode_entry, encode_entry, stored_clean_command, stored_leader_change};
 use crate::log::{LogConfig, PartitionLog, ReadError};
 use crate::storage::{read_exact_at, write_atomic, Storage, StorageFile, SyncHandle};
 use prost::Message;
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -185,6 +186,12 @@ pub struct ReplicaLog {
     /// `PersistedState::log_end_index`), and of the last one the pass in progress covers.
     synced_end: (u64, u64),
     pending_synced: (u64, u64),
+    /// Clean commands in the log not yet applied, by base offset (see
+    /// `replication::compaction`): each one appended, and the log's last one at open.
+    clean_commands: BTreeMap<i64, CleanCommand>,
+    /// The last clean command applied (in memory: the log's last one is applied again
+    /// after a restart).
+    last_clean: Option<CleanCommand>,
 }
 
 fn frame(record: &PersistedState) -> Vec<u8> {
@@ -387,7 +394,7 @@ impl ReplicaLog {
             ..Default::default()
         });
         let mut entries = VecDeque::new();
-        let mut controls = Vec::new();
+        let mut controls: Vec<bool> = Vec::new();
         for header in log
             .batch_headers()?
             .into_iter()
@@ -560,6 +567,8 @@ impl ReplicaLog {
             // What a log reads back after a restart is what its disk holds.
             synced_end: (0, 0),
             pending_synced: (0, 0),
+            clean_commands: BTreeMap::new(),
+            last_clean: None,
         };
         replica.synced_end = (replica.last_index(), replica.last_term());
         if fresh {
@@ -574,6 +583,19 @@ impl ReplicaLog {
         }
         // A crash between persisting a new log start and deleting the segments below it.
         replica.log.delete_segments_below(persisted.first_offset)?;
+        // The last clean command is applied again (once committed): a crash may have
+        // stopped it halfway, and earlier ones are covered by it.
+        controls.truncate(replica.entries.len());
+        for (i, _) in controls.iter().enumerate().rev().filter(|(_, c)| **c) {
+            let base_offset = replica.entries[i].base_offset;
+            let Ok(stored) = replica.log.read_batch(base_offset) else {
+                continue;
+            };
+            if let Some(command) = stored_clean_command(&stored) {
+                replica.clean_commands.insert(base_offset, command);
+                break;
+            }
+        }
         replica.check_invariants();
         Ok(replica)
     }
@@ -638,6 +660,7 @@ impl ReplicaLog {
             .take_while(|e| e.next_offset <= end)
             .count();
         self.entries.truncate(keep);
+        self.clean_commands.split_off(&end);
         self.clamp_synced_end();
         self.hard_state.commit = self.hard_state.commit.min(self.last_index());
         self.write_state()?;
@@ -748,6 +771,7 @@ impl ReplicaLog {
             let keep = (first.index - self.first_index) as usize;
             let cut = self.entries[keep].base_offset;
             self.log.truncate_to(cut)?;
+            self.clean_commands.split_off(&cut);
             if self.log.log_end_offset() != cut {
                 // Damage below the cut: the log now ends earlier than raft-rs believes.
                 // Restarting rebuilds everything from what is on disk.
@@ -776,6 +800,11 @@ impl ReplicaLog {
                 self.log
                     .append(&[(header, bytes)], header.partition_leader_epoch, now_ms)?;
             assert_eq!(info.base_offset, base_offset);
+            if header.is_control() && entry.get_entry_type() == EntryType::EntryNormal {
+                if let Some(command) = stored_clean_command(&entry.data) {
+                    self.clean_commands.insert(base_offset, command);
+                }
+            }
             self.entries.push_back(EntryPosition {
                 base_offset,
                 next_offset: info.last_offset + 1,
@@ -924,6 +953,7 @@ impl ReplicaLog {
         );
         self.log.reset_to(data.next_offset)?;
         self.entries.clear();
+        self.clean_commands.clear();
         self.first_index = metadata.index + 1;
         self.snapshot_term = metadata.term;
         self.synced_end = (metadata.index, metadata.term);
@@ -968,6 +998,51 @@ impl ReplicaLog {
         self.log.delete_segments_below(new_start)?;
         self.check_invariants();
         Ok(dropped)
+    }
+
+    /// Offset after the last committed entry.
+    pub fn committed_end_offset(&self) -> i64 {
+        self.position(self.hard_state.commit)
+            .map(|p| p.next_offset)
+            .unwrap_or_else(|| self.log.log_start_offset())
+    }
+
+    /// The clean commands that are committed and not yet taken, oldest first.
+    pub fn take_committed_clean_commands(&mut self) -> Vec<(i64, CleanCommand)> {
+        let committed_end = self.committed_end_offset();
+        let later = self.clean_commands.split_off(&committed_end);
+        let taken = std::mem::replace(&mut self.clean_commands, later);
+        taken.into_iter().collect()
+    }
+
+    /// Applies a committed clean command to the log (see `replication::compaction`).
+    pub fn apply_clean(
+        &mut self,
+        command: &CleanCommand,
+        max_keys: usize,
+    ) -> Result<crate::log::partition_log::CleanReport, crate::log::partition_log::CleanFailure> {
+        assert!(
+            command.clean_end_offset <= self.committed_end_offset(),
+            "only committed entries are cleaned"
+        );
+        let report = self.log.clean(
+            command.clean_start_offset,
+            command.clean_end_offset,
+            command.delete_horizon_ms,
+            max_keys,
+        )?;
+        self.last_clean = Some(*command);
+        Ok(report)
+    }
+
+    /// The last clean command applied since the log was opened.
+    pub fn last_clean(&self) -> Option<CleanCommand> {
+        self.last_clean
+    }
+
+    /// Whether a clean command is in the log, not yet applied.
+    pub fn has_pending_clean(&self) -> bool {
+        !self.clean_commands.is_empty()
     }
 
     /// What must be fsynced to make every append so far durable, and the offset it makes

@@ -1,0 +1,155 @@
+//! The replicated clean command: how every replica of a compacted partition cleans the
+//! same records at the same point of its log.
+//!
+//! The partition's leader decides (`cluster` cleaner loop): it proposes a CLEAN control
+//! batch (see `entry_codec`) naming the range to clean and the delete horizon, computed
+//! from its own clock and the topic's configs. The batch is an ordinary Raft entry that
+//! takes one offset, like a leader's no-op. Once it is committed, every replica applies it
+//! to its own log (`PartitionLog::clean`), with only what the command says: no replica
+//! reads its clock or its own config for it. So replicas clean identical batches with
+//! identical parameters, and the cleaner's output is a function of them.
+//!
+//! A follower that receives entries the leader already cleaned (catching up, or repaired)
+//! gets the cleaned bytes; applying the earlier commands to them changes nothing more
+//! (cleaning is idempotent and a later clean covers an earlier one, see `log::cleaner`),
+//! so it ends with the same bytes as the others once it applied the same commands. A
+//! crash during a clean leaves each segment old or new; the last command of the log is
+//! applied again when the replica opens (`ReplicaLog::open`).
+
+use super::entry_codec::{control_batch, CONTROL_TYPE_CLEAN};
+use crate::log::cleaner::KeyMap;
+use crate::log::partition_log::CleanFailure;
+use crate::log::PartitionLog;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// Version byte of the command's encoding.
+const CLEAN_COMMAND_VERSION: u8 = 0;
+const CLEAN_COMMAND_LEN: usize = 1 + 8 * 3;
+
+/// "Clean `[clean_start_offset, clean_end_offset)`; tombstones older than
+/// `delete_horizon_ms` go."
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CleanCommand {
+    pub clean_start_offset: i64,
+    pub clean_end_offset: i64,
+    pub delete_horizon_ms: i64,
+}
+
+impl CleanCommand {
+    fn encode_value(&self) -> Bytes {
+        let mut value = BytesMut::with_capacity(CLEAN_COMMAND_LEN);
+        value.put_u8(CLEAN_COMMAND_VERSION);
+        value.put_i64(self.clean_start_offset);
+        value.put_i64(self.clean_end_offset);
+        value.put_i64(self.delete_horizon_ms);
+        value.freeze()
+    }
+
+    /// The command as the batch to propose (its base offset and epoch are set when it is
+    /// appended, like any entry's).
+    pub fn to_batch(&self) -> Bytes {
+        assert!(0 <= self.clean_start_offset && self.clean_start_offset < self.clean_end_offset);
+        control_batch(CONTROL_TYPE_CLEAN, &self.encode_value())
+    }
+
+    /// The command in a CLEAN control record's value; None when it is not one.
+    pub fn decode_value(value: &[u8]) -> Option<CleanCommand> {
+        if value.len() != CLEAN_COMMAND_LEN || value[0] != CLEAN_COMMAND_VERSION {
+            return None;
+        }
+        let mut buf = &value[1..];
+        let command = CleanCommand {
+            clean_start_offset: buf.get_i64(),
+            clean_end_offset: buf.get_i64(),
+            delete_horizon_ms: buf.get_i64(),
+        };
+        (0 <= command.clean_start_offset && command.clean_start_offset < command.clean_end_offset)
+            .then_some(command)
+    }
+}
+
+/// What the leader's look at a partition found (for logs and tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CleanPlan {
+    pub command: CleanCommand,
+    pub dirty_bytes: u64,
+    pub cleanable_bytes: u64,
+}
+
+/// The leader's decision for one compacted partition: the clean to propose, if any.
+///
+/// The cleanable range runs from the log start to the first of: the committed end, the
+/// active segment's base (the active segment is never cleaned), the first batch with a
+/// record younger than `min.compaction.lag.ms`, and the batch whose keys would overflow
+/// the key map (`max_keys`: a larger log is cleaned in passes). Its dirty part starts
+/// where the last applied clean ended. A clean is proposed when the dirty part is at least
+/// `min.cleanable.dirty.ratio` of the range, or holds a record older than
+/// `max.compaction.lag.ms`. The delete horizon is `now_ms - delete.retention.ms`, never
+/// below the last clean's (the horizon only moves forward, whatever the leader's clock).
+pub fn plan_clean(
+    log: &PartitionLog,
+    committed_end_offset: i64,
+    last_clean: Option<CleanCommand>,
+    now_ms: i64,
+    max_keys: usize,
+) -> Result<Option<CleanPlan>, CleanFailure> {
+    let config = log.config();
+    if !config.cleanup_policy_compact {
+        return Ok(None);
+    }
+    let start = log.log_start_offset();
+    let active_base = *log
+        .segment_base_offsets()
+        .last()
+        .expect("a log always has an active segment");
+    let upper = committed_end_offset.min(active_base);
+    let first_dirty = last_clean.map_or(start, |c| c.clean_end_offset).max(start);
+    if upper <= first_dirty {
+        return Ok(None);
+    }
+    let youngest_allowed_ms = now_ms.saturating_sub(config.min_compaction_lag_ms);
+    let mut keys = KeyMap::new(max_keys);
+    let (mut end, mut dirty_bytes, mut cleanable_bytes) = (start, 0u64, 0u64);
+    let mut oldest_dirty_ms = i64::MAX;
+    log.visit_batches(start, upper, |header, bytes| {
+        if header.record_max_timestamp() > youngest_allowed_ms {
+            return Ok(false);
+        }
+        let fits = keys
+            .add_batch(bytes)
+            .map_err(|e| CleanFailure::Refused(e.to_string()))?;
+        if !fits {
+            return Ok(false);
+        }
+        end = header.next_offset();
+        cleanable_bytes += header.size_bytes() as u64;
+        if header.base_offset >= first_dirty {
+            dirty_bytes += header.size_bytes() as u64;
+            if !header.is_control() {
+                oldest_dirty_ms = oldest_dirty_ms.min(header.base_timestamp);
+            }
+        }
+        Ok(true)
+    })?;
+    if end <= first_dirty || dirty_bytes == 0 {
+        return Ok(None);
+    }
+    let ratio_met = dirty_bytes.saturating_mul(1_000_000)
+        >= cleanable_bytes.saturating_mul(config.min_cleanable_dirty_ratio_ppm as u64);
+    let overdue = oldest_dirty_ms != i64::MAX
+        && now_ms.saturating_sub(oldest_dirty_ms) >= config.max_compaction_lag_ms;
+    if !(ratio_met || overdue) {
+        return Ok(None);
+    }
+    let horizon = now_ms.saturating_sub(config.delete_retention_ms);
+    let command = CleanCommand {
+        clean_start_offset: start,
+        clean_end_offset: end,
+        delete_horizon_ms: last_clean.map_or(horizon, |c| horizon.max(c.delete_horizon_ms)),
+    };
+    Ok(Some(CleanPlan {
+        command,
+        dirty_bytes,
+        cleanable_bytes,
+    }))
+}

@@ -283,14 +283,21 @@ mod tests {
         ] {
             let overrides = BTreeMap::from([("cleanup.policy".to_string(), value.to_string())]);
             let config = effective_config(&LogConfig::default(), &overrides).unwrap();
-            assert_eq!((config.cleanup_policy_delete, config.cleanup_policy_compact), (delete, compact));
+            assert_eq!(
+                (config.cleanup_policy_delete, config.cleanup_policy_compact),
+                (delete, compact)
+            );
             let shown = describe(&config, "cleanup.policy").unwrap();
             validate_topic_config("cleanup.policy", &shown).unwrap();
         }
-        let overrides = BTreeMap::from([("min.cleanable.dirty.ratio".to_string(), "0.01".to_string())]);
+        let overrides =
+            BTreeMap::from([("min.cleanable.dirty.ratio".to_string(), "0.01".to_string())]);
         let config = effective_config(&LogConfig::default(), &overrides).unwrap();
         assert_eq!(config.min_cleanable_dirty_ratio_ppm, 10_000);
-        assert_eq!(describe(&config, "min.cleanable.dirty.ratio").unwrap(), "0.01");
+        assert_eq!(
+            describe(&config, "min.cleanable.dirty.ratio").unwrap(),
+            "0.01"
+        );
         for key in TOPIC_CONFIG_KEYS {
             let value = describe(&LogConfig::default(), key.name).unwrap();
             validate_topic_config(key.name, &value).unwrap();

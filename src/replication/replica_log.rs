@@ -1020,7 +1020,8 @@ impl ReplicaLog {
         &mut self,
         command: &CleanCommand,
         max_keys: usize,
-    ) -> Result<crate::log::partition_log::CleanReport, crate::log::partition_log::CleanFailure> {
+    ) -> Result<crate::log::partition_log::CleanReport, crate::log::partition_log::CleanFailure>
+    {
         assert!(
             command.clean_end_offset <= self.committed_end_offset(),
             "only committed entries are cleaned"

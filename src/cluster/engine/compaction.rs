@@ -72,7 +72,13 @@ impl ClusterNode {
             if log.has_pending_clean() {
                 return;
             }
-            plan_clean(log.log(), log.committed_end_offset(), log.last_clean(), now_ms, max_keys)
+            plan_clean(
+                log.log(),
+                log.committed_end_offset(),
+                log.last_clean(),
+                now_ms,
+                max_keys,
+            )
         };
         let plan = match plan {
             Ok(Some(plan)) => plan,

@@ -223,7 +223,11 @@ impl PartitionLog {
 }
 
 /// The whole batch at `position`, CRC-checked.
-fn read_whole(segment: &Segment, position: u64, header: &BatchHeader) -> Result<Bytes, CleanFailure> {
+fn read_whole(
+    segment: &Segment,
+    position: u64,
+    header: &BatchHeader,
+) -> Result<Bytes, CleanFailure> {
     let read = segment.read(position, header.size_bytes(), i64::MAX, true)?;
     let bytes = read.bytes;
     let ok = bytes.len() == header.size_bytes()
@@ -239,7 +243,10 @@ fn read_whole(segment: &Segment, position: u64, header: &BatchHeader) -> Result<
 impl From<ReadError> for CleanFailure {
     fn from(e: ReadError) -> CleanFailure {
         match e {
-            ReadError::Corrupt { segment_base_offset, .. } => CleanFailure::Corrupt {
+            ReadError::Corrupt {
+                segment_base_offset,
+                ..
+            } => CleanFailure::Corrupt {
                 offset: segment_base_offset,
             },
             ReadError::Io(e) => CleanFailure::Io(e),

@@ -93,7 +93,9 @@ async fn apply(
             (OP_DELETE, _) => {
                 configs.remove(&key);
             }
-            (op @ (OP_APPEND | OP_SUBTRACT), Some(value)) if LIST_CONFIGS.contains(&key.as_str()) => {
+            (op @ (OP_APPEND | OP_SUBTRACT), Some(value))
+                if LIST_CONFIGS.contains(&key.as_str()) =>
+            {
                 let current = match configs.get(&key) {
                     Some(v) => v.clone(),
                     None => crate::log::config::describe(&broker.config.log_defaults, &key)
@@ -122,7 +124,10 @@ mod tests {
     #[test]
     fn list_edits() {
         assert_eq!(edit_list("delete", "compact", true), "delete,compact");
-        assert_eq!(edit_list("delete,compact", "compact", true), "delete,compact");
+        assert_eq!(
+            edit_list("delete,compact", "compact", true),
+            "delete,compact"
+        );
         assert_eq!(edit_list("delete,compact", "delete", false), "compact");
         assert_eq!(edit_list("compact", "compact", false), "");
     }

@@ -1,0 +1,297 @@
+//! Compaction across replicas: every replica applies the same committed clean command
+//! and ends with byte-identical batches, a replica that was away during a clean catches
+//! up from its leader's cleaned batches to the same bytes, and a crash in the middle of a
+//! clean reopens to a valid log of old or new segments that the next apply completes.
+
+use super::*;
+use crate::log::cleaner::record_summaries;
+use crate::replication::compaction::{plan_clean, CleanCommand};
+
+const NOW_MS: i64 = 1_000_000;
+
+fn compact_config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 2_000,
+        cleanup_policy_compact: true,
+        cleanup_policy_delete: false,
+        delete_retention_ms: 0,
+        min_cleanable_dirty_ratio_ppm: 0,
+        ..LogConfig::default()
+    }
+}
+
+/// A batch of keyed records (None: a tombstone), in the codec picked by `i`.
+fn keyed(i: usize, records: &[(String, Option<String>)]) -> Bytes {
+    let codecs = [Compression::None, Compression::Lz4, Compression::Gzip];
+    let records: Vec<_> = records
+        .iter()
+        .map(|(k, v)| {
+            (
+                Some(Bytes::from(k.clone())),
+                v.clone().map(Bytes::from),
+                1_000 + i as i64,
+            )
+        })
+        .collect();
+    crate::client::encode_records(&records, codecs[i % codecs.len()]).unwrap()
+}
+
+/// Batch `i` of the workload: four keys out of six, a tombstone now and then.
+fn workload_batch(i: usize) -> Bytes {
+    let records: Vec<(String, Option<String>)> = (0..4)
+        .map(|j| {
+            let key = format!("k{}", (i + j) % 6);
+            let value = (i % 7 != 3 || j != 0).then(|| format!("{key}-v{i}-{}", "x".repeat(20)));
+            (key, value)
+        })
+        .collect();
+    keyed(i, &records)
+}
+
+impl Cluster {
+    fn propose_bytes(&mut self, leader: u64, bytes: Bytes) {
+        self.nodes
+            .get_mut(&leader)
+            .unwrap()
+            .raw
+            .propose(vec![], bytes.to_vec())
+            .unwrap();
+        self.settle();
+    }
+
+    /// The leader's plan for a clean at `NOW_MS`, proposed and committed.
+    fn propose_clean(&mut self, leader: u64) -> CleanCommand {
+        let plan = {
+            let mut replica = self.nodes[&leader].storage.lock();
+            replica.set_log_config(compact_config());
+            plan_clean(
+                replica.log(),
+                replica.committed_end_offset(),
+                replica.last_clean(),
+                NOW_MS,
+                1 << 20,
+            )
+            .unwrap()
+            .expect("a dirty log is cleaned")
+        };
+        self.propose_bytes(leader, plan.command.to_batch());
+        plan.command
+    }
+
+    /// Applies node `id`'s committed clean commands, as the broker's cleaner loop does.
+    fn apply_cleans(&mut self, id: u64) -> usize {
+        let mut replica = self.nodes[&id].storage.lock();
+        let commands = replica.take_committed_clean_commands();
+        for (_, command) in &commands {
+            replica.apply_clean(command, 1 << 20).unwrap();
+        }
+        commands.len()
+    }
+}
+
+/// Keys of the records below `end`, in offset order (None: no key).
+fn keys_below(batches: &[(i64, Bytes)], end: i64) -> Vec<(i64, Option<Bytes>, bool)> {
+    batches
+        .iter()
+        .filter(|(offset, _)| *offset < end)
+        .flat_map(|(_, bytes)| record_summaries(bytes).unwrap())
+        .collect()
+}
+
+#[test]
+fn replicas_clean_identically_and_a_late_replica_catches_up() {
+    let mut cluster = Cluster::new();
+    let leader = cluster.tick_until_leader(&[1, 2, 3]);
+    for i in 0..20 {
+        cluster.propose_bytes(leader, workload_batch(i));
+    }
+    // One follower is away for the rest of the writes and both cleans.
+    let away = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.isolated.insert(away);
+    for i in 20..45 {
+        cluster.propose_bytes(leader, workload_batch(i));
+    }
+    let before = cluster.committed(leader);
+    let first = cluster.propose_clean(leader);
+    let present: Vec<u64> = (1..=3).filter(|id| *id != away).collect();
+    for id in &present {
+        assert_eq!(cluster.apply_cleans(*id), 1);
+    }
+    for i in 45..60 {
+        cluster.propose_bytes(leader, workload_batch(i));
+    }
+    let before_second = cluster.committed(leader);
+    let second = cluster.propose_clean(leader);
+    assert!(second.clean_end_offset > first.clean_end_offset);
+    for id in &present {
+        assert_eq!(cluster.apply_cleans(*id), 1);
+    }
+    let reference = cluster.committed(leader);
+    for id in &present {
+        assert_eq!(cluster.committed(*id), reference, "replica {id} differs");
+    }
+    // The away replica catches up from the leader's cleaned batches, then applies both
+    // commands to its own older part.
+    cluster.isolated.clear();
+    for _ in 0..30 {
+        cluster.nodes.values_mut().for_each(|n| {
+            n.raw.tick();
+        });
+        cluster.settle();
+    }
+    assert_eq!(cluster.apply_cleans(away), 2);
+    assert_eq!(
+        cluster.committed(away),
+        reference,
+        "the late replica differs"
+    );
+
+    // Nothing moved: the same batches at the same offsets, fewer records in them.
+    assert_eq!(before.len() + 15 + 2, reference.len());
+    for ((offset_before, bytes_before), (offset, bytes)) in before.iter().zip(&reference) {
+        assert_eq!(offset_before, offset);
+        let (b, a) = (
+            crate::log::batch::parse_whole(bytes_before).unwrap(),
+            crate::log::batch::parse_whole(bytes).unwrap(),
+        );
+        assert_eq!(
+            (b.last_offset_delta, b.partition_leader_epoch),
+            (a.last_offset_delta, a.partition_leader_epoch)
+        );
+        assert!(a.records_count <= b.records_count);
+    }
+    // The model (from the log before the second clean; cleaning composes): below the
+    // clean point, each key once, at its latest offset; tombstones (past a horizon of
+    // "now") gone; nothing at or above it touched.
+    let end = second.clean_end_offset;
+    let records = keys_below(&before_second, i64::MAX);
+    let expected: Vec<_> = records
+        .iter()
+        .filter(|(o, k, tombstone)| {
+            *o >= end
+                || (!tombstone
+                    && records
+                        .iter()
+                        .all(|(o2, k2, _)| k2 != k || o2 <= o || *o2 >= end))
+        })
+        .cloned()
+        .collect();
+    assert_eq!(keys_below(&reference, i64::MAX), expected);
+    assert!(
+        keys_below(&reference, end).len() <= 6,
+        "at most one record per key below the clean point"
+    );
+}
+
+/// A replica log with the workload's entries and a committed clean command, all durable.
+fn prepared_replica(storage: &MemoryStorage) -> (ReplicaLog, CleanCommand) {
+    let mut replica = ReplicaLog::open(
+        Arc::new(storage.clone()),
+        Path::new("/data/t-0"),
+        LogConfig {
+            segment_bytes: 600,
+            ..compact_config()
+        },
+        0,
+        &[1],
+    )
+    .unwrap();
+    let mut entries: Vec<Entry> = (0..30)
+        .map(|i| entry(i as u64 + 1, 1, workload_batch(i)))
+        .collect();
+    replica.append(&entries, 0).unwrap();
+    let end = replica.log().log_end_offset();
+    let command = CleanCommand {
+        clean_start_offset: 0,
+        clean_end_offset: end,
+        delete_horizon_ms: NOW_MS,
+    };
+    entries = vec![entry(31, 1, command.to_batch())];
+    replica.append(&entries, 0).unwrap();
+    let mut hs = replica.hard_state().clone();
+    hs.term = 1;
+    hs.commit = 31;
+    replica.set_hard_state(hs);
+    replica.write_state().unwrap();
+    sync(&mut replica);
+    (replica, command)
+}
+
+fn all_batches(replica: &ReplicaLog) -> Vec<Bytes> {
+    (replica.first_index()..=replica.last_index())
+        .map(|i| {
+            let p = replica.position(i).unwrap();
+            replica.log().read_batch(p.base_offset).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn a_crash_during_a_clean_reopens_old_or_new_and_the_clean_completes() {
+    let reference_disk = MemoryStorage::new();
+    let (mut reference, command) = prepared_replica(&reference_disk);
+    let original = all_batches(&reference);
+    let commands = reference.take_committed_clean_commands();
+    assert_eq!(commands.len(), 1);
+    assert_eq!(commands[0].1, command);
+    let report = reference.apply_clean(&command, 1 << 20).unwrap();
+    assert!(report.segments_rewritten > 0);
+    let cleaned = all_batches(&reference);
+    assert_ne!(cleaned, original);
+    let mut interrupted = 0;
+    for seed in 0..60u64 {
+        let disk = MemoryStorage::new();
+        let (mut replica, _) = prepared_replica(&disk);
+        assert_eq!(replica.take_committed_clean_commands().len(), 1);
+        disk.set_faults(
+            crate::storage::DiskFaults {
+                write_error: 0.02,
+                sync_error: 0.05,
+                ..Default::default()
+            },
+            seed,
+        );
+        let result = replica.apply_clean(&command, 1 << 20);
+        interrupted += result.is_err() as usize;
+        drop(replica);
+        disk.set_faults(Default::default(), 0);
+        if seed % 2 == 0 {
+            disk.crash();
+        } else {
+            disk.crash_torn(seed);
+        }
+        let mut reopened = open_compact(&disk);
+        // Every batch is whole and CRC-valid, at its offset, either before or after.
+        let now = all_batches(&reopened);
+        assert_eq!(now.len(), original.len(), "seed {seed}: entries lost");
+        for (i, bytes) in now.iter().enumerate() {
+            assert!(
+                bytes == &original[i] || bytes == &cleaned[i],
+                "seed {seed}: batch {i} is neither old nor cleaned"
+            );
+        }
+        // The log's last clean command is applied again at open, and completes the clean.
+        let again = reopened.take_committed_clean_commands();
+        assert_eq!(again.len(), 1, "seed {seed}");
+        reopened.apply_clean(&again[0].1, 1 << 20).unwrap();
+        assert_eq!(all_batches(&reopened), cleaned, "seed {seed}");
+    }
+    assert!(
+        interrupted > 5,
+        "faults interrupted only {interrupted} cleans"
+    );
+}
+
+fn open_compact(disk: &MemoryStorage) -> ReplicaLog {
+    ReplicaLog::open(
+        Arc::new(disk.clone()),
+        Path::new("/data/t-0"),
+        LogConfig {
+            segment_bytes: 600,
+            ..compact_config()
+        },
+        0,
+        &[1],
+    )
+    .unwrap()
+}

@@ -112,7 +112,9 @@ pub fn plan_clean(
     let (mut end, mut dirty_bytes, mut cleanable_bytes) = (start, 0u64, 0u64);
     let mut oldest_dirty_ms = i64::MAX;
     log.visit_batches(start, upper, |header, bytes| {
-        if header.record_max_timestamp() > youngest_allowed_ms {
+        // Only with a lag configured: a record stamped in the future by its producer's
+        // clock would otherwise hold back every record after it.
+        if config.min_compaction_lag_ms > 0 && header.record_max_timestamp() > youngest_allowed_ms {
             return Ok(false);
         }
         let fits = keys

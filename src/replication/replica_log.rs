@@ -1022,10 +1022,15 @@ impl ReplicaLog {
         max_keys: usize,
     ) -> Result<crate::log::partition_log::CleanReport, crate::log::partition_log::CleanFailure>
     {
-        assert!(
-            command.clean_end_offset <= self.committed_end_offset(),
-            "only committed entries are cleaned"
-        );
+        // Only committed entries are cleaned. A command always names a point before its
+        // own batch, so this refuses only a command no leader of this code proposes.
+        if command.clean_end_offset > self.committed_end_offset() {
+            return Err(crate::log::partition_log::CleanFailure::Refused(format!(
+                "clean point {} is past the committed end {}",
+                command.clean_end_offset,
+                self.committed_end_offset()
+            )));
+        }
         let report = self.log.clean(
             command.clean_start_offset,
             command.clean_end_offset,

@@ -261,6 +261,15 @@ fn a_crash_during_a_clean_reopens_old_or_new_and_the_clean_completes() {
             disk.crash_torn(seed);
         }
         let mut reopened = open_compact(&disk);
+        let leftovers: Vec<_> = disk
+            .file_paths()
+            .into_iter()
+            .filter(|p| p.to_string_lossy().ends_with(".cleaned"))
+            .collect();
+        assert!(
+            leftovers.is_empty(),
+            "seed {seed}: {leftovers:?} left after open"
+        );
         // Every batch is whole and CRC-valid, at its offset, either before or after.
         let now = all_batches(&reopened);
         assert_eq!(now.len(), original.len(), "seed {seed}: entries lost");
@@ -294,4 +303,74 @@ fn open_compact(disk: &MemoryStorage) -> ReplicaLog {
         &[1],
     )
     .unwrap()
+}
+
+#[test]
+fn the_leaders_plan_follows_the_compaction_configs() {
+    let disk = MemoryStorage::new();
+    let (mut replica, _) = prepared_replica(&disk);
+    let committed = replica.committed_end_offset();
+    let plan = |replica: &ReplicaLog, last: Option<CleanCommand>| {
+        plan_clean(replica.log(), committed, last, NOW_MS, 1 << 20).unwrap()
+    };
+    let active_base = *replica.log().segment_base_offsets().last().unwrap();
+    // Everything dirty, ratio 0: clean up to the active segment.
+    let first = plan(&replica, None).expect("dirty").command;
+    assert_eq!(first.clean_start_offset, 0);
+    assert!(first.clean_end_offset <= active_base && first.clean_end_offset > 0);
+    assert_eq!(first.delete_horizon_ms, NOW_MS);
+    // Nothing new since the last clean: nothing to do.
+    assert_eq!(plan(&replica, Some(first)), None);
+    // Half of it cleaned already: a ratio of 1 waits, unless a dirty record is overdue.
+    let half = CleanCommand {
+        clean_end_offset: first.clean_end_offset / 2,
+        ..first
+    };
+    let set = |replica: &mut ReplicaLog, change: &dyn Fn(&mut LogConfig)| {
+        let mut config = compact_config();
+        config.segment_bytes = 600;
+        change(&mut config);
+        replica.set_log_config(config);
+    };
+    set(&mut replica, &|c| {
+        c.min_cleanable_dirty_ratio_ppm = 1_000_000
+    });
+    assert_eq!(plan(&replica, Some(half)), None);
+    set(&mut replica, &|c| {
+        c.min_cleanable_dirty_ratio_ppm = 1_000_000;
+        c.max_compaction_lag_ms = NOW_MS - 1_100;
+    });
+    assert!(
+        plan(&replica, Some(half)).is_some(),
+        "an overdue record forces a clean"
+    );
+    // min.compaction.lag.ms: batches stamped after now - lag (record times 1000 + i) stay.
+    set(&mut replica, &|c| c.min_compaction_lag_ms = NOW_MS - 1_010);
+    let lagged = plan(&replica, None).expect("old enough records").command;
+    assert!(lagged.clean_end_offset < first.clean_end_offset);
+    let young = replica
+        .log()
+        .batch_headers()
+        .unwrap()
+        .into_iter()
+        .filter(|h| h.base_offset < lagged.clean_end_offset && !h.is_control())
+        .any(|h| h.max_timestamp > 1_010);
+    assert!(!young, "a record younger than the lag is in the clean");
+    // The horizon never goes back, whatever this leader's clock says.
+    set(&mut replica, &|_| {});
+    let ahead = CleanCommand {
+        clean_end_offset: 1,
+        delete_horizon_ms: NOW_MS + 5_000,
+        ..first
+    };
+    assert_eq!(
+        plan(&replica, Some(ahead))
+            .unwrap()
+            .command
+            .delete_horizon_ms,
+        NOW_MS + 5_000
+    );
+    // A topic that is not compacted is never planned.
+    set(&mut replica, &|c| c.cleanup_policy_compact = false);
+    assert_eq!(plan(&replica, None), None);
 }

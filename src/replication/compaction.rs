@@ -24,15 +24,31 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// Version byte of the command's encoding.
 const CLEAN_COMMAND_VERSION: u8 = 0;
-const CLEAN_COMMAND_LEN: usize = 1 + 8 * 3;
+const CLEAN_COMMAND_LEN: usize = 1 + 8 * 4;
+/// Most keys a replica's key map takes for a command, whatever the command says.
+pub const MAX_COMMAND_KEYS: usize = 1 << 24;
 
 /// "Clean `[clean_start_offset, clean_end_offset)`; tombstones older than
-/// `delete_horizon_ms` go."
+/// `delete_horizon_ms` go." `key_count` is how many distinct keys the leader found in
+/// the range: every replica's key map takes at least that many (its records there are
+/// the leader's or fewer), so no replica stops short of the clean point because its own
+/// `log-cleaner-dedupe-buffer-size` is smaller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CleanCommand {
     pub clean_start_offset: i64,
     pub clean_end_offset: i64,
     pub delete_horizon_ms: i64,
+    pub key_count: i64,
+}
+
+impl CleanCommand {
+    /// The key map bound a replica uses for this command.
+    pub fn max_keys(&self, own_max_keys: usize) -> usize {
+        let asked = usize::try_from(self.key_count).unwrap_or(0);
+        own_max_keys
+            .max(asked)
+            .min(MAX_COMMAND_KEYS.max(own_max_keys))
+    }
 }
 
 impl CleanCommand {
@@ -42,6 +58,7 @@ impl CleanCommand {
         value.put_i64(self.clean_start_offset);
         value.put_i64(self.clean_end_offset);
         value.put_i64(self.delete_horizon_ms);
+        value.put_i64(self.key_count);
         value.freeze()
     }
 
@@ -62,6 +79,7 @@ impl CleanCommand {
             clean_start_offset: buf.get_i64(),
             clean_end_offset: buf.get_i64(),
             delete_horizon_ms: buf.get_i64(),
+            key_count: buf.get_i64(),
         };
         (0 <= command.clean_start_offset && command.clean_start_offset < command.clean_end_offset)
             .then_some(command)
@@ -148,6 +166,7 @@ pub fn plan_clean(
         clean_start_offset: start,
         clean_end_offset: end,
         delete_horizon_ms: last_clean.map_or(horizon, |c| horizon.max(c.delete_horizon_ms)),
+        key_count: keys.len() as i64,
     };
     Ok(Some(CleanPlan {
         command,

@@ -1035,7 +1035,7 @@ impl ReplicaLog {
             command.clean_start_offset,
             command.clean_end_offset,
             command.delete_horizon_ms,
-            max_keys,
+            command.max_keys(max_keys),
         )?;
         self.last_clean = Some(*command);
         Ok(report)

@@ -10,16 +10,20 @@ use crate::replication::compaction::plan_clean;
 use std::sync::Arc;
 
 impl ClusterNode {
-    /// One cleaner pass over every hosted partition whose topic is compacted.
+    /// One cleaner pass: every hosted partition's committed clean commands are applied,
+    /// and the compacted ones this broker leads are planned.
     pub async fn run_cleaner(&self, now_ms: i64, dedupe_buffer_bytes: usize) {
         let max_keys = (dedupe_buffer_bytes / KEY_MAP_ENTRY_BYTES).max(1);
         let replicas: Vec<Arc<Replica>> = self.replicas.read().unwrap().values().cloned().collect();
         for replica in replicas {
-            if !replica.storage.lock().log().config().cleanup_policy_compact {
-                continue;
-            }
+            // Committed commands are applied whatever the topic's config says now: a
+            // config change reaches replicas at different times, and every replica must
+            // apply the same commands.
             if !self.apply_clean_commands(&replica, max_keys) {
                 return;
+            }
+            if !replica.storage.lock().log().config().cleanup_policy_compact {
+                continue;
             }
             self.propose_clean(&replica, now_ms, max_keys).await;
             // The driver task takes the log's lock too: let it run between partitions.

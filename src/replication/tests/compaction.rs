@@ -205,6 +205,7 @@ fn prepared_replica(storage: &MemoryStorage) -> (ReplicaLog, CleanCommand) {
         clean_start_offset: 0,
         clean_end_offset: end,
         delete_horizon_ms: NOW_MS,
+        key_count: 6,
     };
     entries = vec![entry(31, 1, command.to_batch())];
     replica.append(&entries, 0).unwrap();
@@ -238,6 +239,14 @@ fn a_crash_during_a_clean_reopens_old_or_new_and_the_clean_completes() {
     assert!(report.segments_rewritten > 0);
     let cleaned = all_batches(&reference);
     assert_ne!(cleaned, original);
+    // A replica with a smaller key map still cleans as far: the command says how many
+    // keys the leader's map held.
+    let small_disk = MemoryStorage::new();
+    let (mut small, _) = prepared_replica(&small_disk);
+    small.take_committed_clean_commands();
+    let report = small.apply_clean(&command, 1).unwrap();
+    assert_eq!(report.cleaned_end_offset, command.clean_end_offset);
+    assert_eq!(all_batches(&small), cleaned);
     let mut interrupted = 0;
     for seed in 0..60u64 {
         let disk = MemoryStorage::new();
@@ -319,6 +328,7 @@ fn the_leaders_plan_follows_the_compaction_configs() {
     assert_eq!(first.clean_start_offset, 0);
     assert!(first.clean_end_offset <= active_base && first.clean_end_offset > 0);
     assert_eq!(first.delete_horizon_ms, NOW_MS);
+    assert_eq!(first.key_count, 6, "k0..k5");
     // Nothing new since the last clean: nothing to do.
     assert_eq!(plan(&replica, Some(first)), None);
     // Half of it cleaned already: a ratio of 1 waits, unless a dirty record is overdue.

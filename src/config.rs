@@ -358,6 +358,24 @@ mod tests {
     }
 
     #[test]
+    fn cleaner_settings() {
+        let file = "log-cleaner-backoff-ms = 200\nlog-cleaner-dedupe-buffer-size = 1048576\n[topic-defaults]\n\"cleanup.policy\" = \"compact\"\n";
+        let c = BrokerConfig::build(Some(file), &Overrides::default()).unwrap();
+        assert_eq!(c.log_cleaner_backoff_ms, 200);
+        assert_eq!(c.log_cleaner_dedupe_buffer_bytes, 1 << 20);
+        assert!(c.log_defaults.cleanup_policy_compact && !c.log_defaults.cleanup_policy_delete);
+        for bad in [
+            "log-cleaner-backoff-ms = 0\n",
+            "log-cleaner-dedupe-buffer-size = 10\n",
+        ] {
+            assert!(
+                BrokerConfig::build(Some(bad), &Overrides::default()).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn peers_name_every_broker_once() {
         let flags = Overrides {
             node_id: Some(2),

@@ -189,8 +189,10 @@ fn decode_raw_records(
         batch::decompress_records(body, header).map_err(|e| clean_err(header, e.to_string()))?
     };
     let mut rest: &[u8] = &records;
-    let mut out = Vec::with_capacity(count as usize);
-    let mut previous_offset = header.base_offset - 1;
+    // Every record takes at least 7 bytes: a count larger than that is refused below,
+    // and never reserved for.
+    let mut out = Vec::with_capacity((count as usize).min(records.len() / 7));
+    let mut previous_offset: Option<i64> = None;
     for i in 0..count {
         let bad = |what: &str| clean_err(header, format!("record {i}: {what}"));
         let before = rest;
@@ -209,9 +211,9 @@ fn decode_raw_records(
         let offset = header
             .base_offset
             .checked_add(offset_delta)
-            .filter(|o| *o > previous_offset && *o <= header.last_offset())
+            .filter(|o| previous_offset.is_none_or(|p| *o > p) && *o <= header.last_offset())
             .ok_or_else(|| bad("offset out of order or outside the batch"))?;
-        previous_offset = offset;
+        previous_offset = Some(offset);
         let key = read_field(&mut record).ok_or_else(|| bad("key"))?;
         let value = read_field(&mut record).ok_or_else(|| bad("value"))?;
         out.push(RawRecord {

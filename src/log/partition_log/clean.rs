@@ -60,7 +60,9 @@ impl PartitionLog {
             if segment.base_offset >= to_offset {
                 break;
             }
+            let mut walked_to = segment.base_offset;
             for (position, header) in segment.headers()? {
+                walked_to = header.next_offset();
                 if header.base_offset < from_offset {
                     continue;
                 }
@@ -71,6 +73,10 @@ impl PartitionLog {
                 if !visit(&header, &bytes)? {
                     return Ok(());
                 }
+            }
+            // A header the walk could not parse ends it early: damage, not the end.
+            if walked_to != segment.next_offset() {
+                return Err(CleanFailure::Corrupt { offset: walked_to });
             }
         }
         Ok(())
@@ -105,9 +111,6 @@ impl PartitionLog {
                 self.log_end_offset
             )));
         }
-        if self.active().base_offset < clean_end_offset {
-            self.roll()?;
-        }
         let mut keys = KeyMap::new(max_keys);
         let mut end = start;
         self.visit_batches(start, clean_end_offset, |header, bytes| {
@@ -120,6 +123,9 @@ impl PartitionLog {
             Ok(fits)
         })?;
         report.cleaned_end_offset = end;
+        if self.active().base_offset < end {
+            self.roll()?;
+        }
         let bases: Vec<i64> = self
             .segments
             .range(..end)
@@ -153,6 +159,15 @@ impl PartitionLog {
         let next_offset = segment.next_offset();
         let in_range = |h: &BatchHeader| h.base_offset >= start && h.next_offset() <= end;
         let headers = segment.headers()?;
+        // The walk must cover the whole segment: a header it could not parse would
+        // otherwise end the rewritten segment early and lose every batch after it.
+        let walked_bytes: u64 = headers.iter().map(|(_, h)| h.size_bytes() as u64).sum();
+        let walked_next = headers.last().map_or(base, |(_, h)| h.next_offset());
+        if walked_bytes != size_before || walked_next != next_offset {
+            return Err(CleanFailure::Corrupt {
+                offset: walked_next,
+            });
+        }
         // Clean in memory one batch at a time; a segment without changes is left alone.
         let mut cleaned = Vec::new();
         for (position, header) in &headers {

@@ -384,3 +384,53 @@ fn the_leaders_plan_follows_the_compaction_configs() {
     set(&mut replica, &|c| c.cleanup_policy_compact = false);
     assert_eq!(plan(&replica, None), None);
 }
+
+#[test]
+fn a_damaged_batch_stops_the_clean_before_any_rewrite() {
+    let disk = MemoryStorage::new();
+    let (mut replica, command) = prepared_replica(&disk);
+    replica.take_committed_clean_commands();
+    let logs = |disk: &MemoryStorage| -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        let mut files: Vec<_> = disk
+            .file_paths()
+            .into_iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "log"))
+            .map(|f| {
+                let data = crate::storage::read_to_vec(disk, &f).unwrap();
+                (f, data)
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    // The second batch's length, outside the CRC, now runs past its segment: a walk of
+    // the segment's headers ends early there.
+    let stored = replica
+        .log()
+        .read_batch(replica.position(2).unwrap().base_offset)
+        .unwrap();
+    let (path, at) = logs(&disk)
+        .into_iter()
+        .find_map(|(f, data)| {
+            Some((
+                f,
+                data.windows(stored.len()).position(|w| w == &stored[..])?,
+            ))
+        })
+        .unwrap();
+    assert!(disk.corrupt(&path, at + 8, &100_000i32.to_be_bytes()));
+    let before = logs(&disk);
+    let result = replica.apply_clean(&command, 1 << 20);
+    assert!(
+        matches!(
+            result,
+            Err(crate::log::partition_log::CleanFailure::Corrupt { .. })
+        ),
+        "{result:?}"
+    );
+    assert_eq!(
+        logs(&disk),
+        before,
+        "a segment was rewritten around the damage"
+    );
+}

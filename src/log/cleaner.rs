@@ -6,9 +6,15 @@
 //! decides the clean point and the time. Rules:
 //! - Only records below the clean point (`clean_end_offset`, a batch boundary) are
 //!   touched. A record with a key is dropped when a later record below the clean point
-//!   has the same key; the latest record of a key is kept, unless it is a tombstone
-//!   (null value) whose timestamp is before the delete horizon (`delete_horizon_ms`, the
-//!   proposing leader's clock minus `delete.retention.ms`).
+//!   has the same key, or when its key is one of the clean's deleted keys: keys whose
+//!   latest record below the clean point is a tombstone (null value) with a timestamp
+//!   before the delete horizon (the leader's clock minus `delete.retention.ms`), listed
+//!   by the leader ([`KeyMap::expired_tombstones`]) and then dropped whole on every
+//!   replica. A replica does not decide tombstones from its own copy: a follower that
+//!   caught up may hold an older record of a key in its own, not yet cleaned part while
+//!   the leader's cleaned batches it received no longer hold the tombstone that
+//!   superseded it (found by the simulator); from its copy alone it would keep that
+//!   record.
 //! - Records without a key, control batches and everything at or above the clean point
 //!   are never touched.
 //! - A rewritten batch keeps its baseOffset, lastOffsetDelta, partitionLeaderEpoch,
@@ -21,9 +27,10 @@
 //!   produced. A compressed batch is decompressed, filtered and compressed again with the
 //!   same codec.
 //! - The output is a function of the input batch and the set of records dropped, and
-//!   cleaning is idempotent: cleaning twice, or cleaning a batch that a later clean point
+//!   cleaning is idempotent: cleaning twice, or cleaning a batch that a later clean
 //!   already cleaned, yields the same bytes. Every replica therefore serves the same
-//!   batches once it applied the same clean commands.
+//!   batches once it applied the same clean commands, whichever of its batches came
+//!   from a leader that had cleaned them further (the model property below checks it).
 //!
 //! Keys are remembered as a 128-bit prefix of their SHA-256 ([`key_hash`]): a collision
 //! between two different keys (probability about n²/2^129 for n keys) would make the older
@@ -32,7 +39,7 @@
 use super::batch::{self, BatchHeader, BATCH_HEADER_SIZE};
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Bytes one key-map entry is counted as (a 16-byte hash, an 8-byte offset, and the
 /// map's own overhead): `log.cleaner.dedupe.buffer.size` divided by this bounds the keys.
@@ -60,10 +67,17 @@ pub fn key_hash(key: &[u8]) -> u128 {
     u128::from_be_bytes(digest[..16].try_into().expect("a SHA-256 has 32 bytes"))
 }
 
-/// Latest offset of each key seen so far, bounded in the number of keys.
+/// The latest record of a key: its offset, and its timestamp if it is a tombstone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Latest {
+    offset: i64,
+    tombstone_timestamp_ms: Option<i64>,
+}
+
+/// Latest record of each key seen so far, bounded in the number of keys.
 #[derive(Debug, Clone)]
 pub struct KeyMap {
-    latest: BTreeMap<u128, i64>,
+    latest: BTreeMap<u128, Latest>,
     max_keys: usize,
 }
 
@@ -90,7 +104,21 @@ impl KeyMap {
     }
 
     pub fn latest_offset(&self, key: &[u8]) -> Option<i64> {
-        self.latest.get(&key_hash(key)).copied()
+        self.latest.get(&key_hash(key)).map(|l| l.offset)
+    }
+
+    /// Keys whose latest record is a tombstone stamped before `delete_horizon_ms`, in
+    /// hash order, at most `limit` of them.
+    pub fn expired_tombstones(&self, delete_horizon_ms: i64, limit: usize) -> Vec<u128> {
+        self.latest
+            .iter()
+            .filter(|(_, l)| {
+                l.tombstone_timestamp_ms
+                    .is_some_and(|t| t < delete_horizon_ms)
+            })
+            .map(|(hash, _)| *hash)
+            .take(limit)
+            .collect()
     }
 
     /// Adds the keys of one batch (records in offset order). Returns false, leaving the
@@ -112,8 +140,14 @@ impl KeyMap {
         }
         for record in &records {
             if let Some(key) = &record.key {
-                let offset = self.latest.entry(key_hash(key)).or_insert(record.offset);
-                *offset = (*offset).max(record.offset);
+                let seen = Latest {
+                    offset: record.offset,
+                    tombstone_timestamp_ms: record.is_tombstone.then_some(record.timestamp_ms),
+                };
+                let latest = self.latest.entry(key_hash(key)).or_insert(seen);
+                if latest.offset < seen.offset {
+                    *latest = seen;
+                }
             }
         }
         Ok(true)
@@ -231,23 +265,25 @@ fn decode_raw_records(
 }
 
 /// Whether a record below the clean point survives: see the module doc.
-fn survives(record: &RawRecord, keys: &KeyMap, delete_horizon_ms: i64) -> bool {
+fn survives(record: &RawRecord, keys: &KeyMap, deleted_keys: &BTreeSet<u128>) -> bool {
     let Some(key) = &record.key else {
         return true;
     };
-    match keys.latest_offset(key) {
-        Some(latest) if latest > record.offset => false,
-        _ => !(record.is_tombstone && record.timestamp_ms < delete_horizon_ms),
+    let hash = key_hash(key);
+    if deleted_keys.contains(&hash) {
+        return false;
     }
+    !matches!(keys.latest.get(&hash), Some(latest) if latest.offset > record.offset)
 }
 
 /// Cleans one batch lying wholly below the clean point, against `keys` (the latest offset
-/// of every key below the clean point). `Ok(None)`: nothing to drop, the batch stays as
-/// it is (so does every control batch). Otherwise the rewritten batch.
+/// of every key below the clean point) and `deleted_keys` (key hashes whose records all
+/// go). `Ok(None)`: nothing to drop, the batch stays as it is (so does every control
+/// batch). Otherwise the rewritten batch.
 pub fn clean_batch(
     batch_bytes: &[u8],
     keys: &KeyMap,
-    delete_horizon_ms: i64,
+    deleted_keys: &BTreeSet<u128>,
 ) -> Result<Option<Bytes>, CleanError> {
     let header = parse_checked(batch_bytes)?;
     if header.is_control() {
@@ -256,7 +292,7 @@ pub fn clean_batch(
     let records = decode_raw_records(batch_bytes, &header)?;
     let kept: Vec<&RawRecord> = records
         .iter()
-        .filter(|r| survives(r, keys, delete_horizon_ms))
+        .filter(|r| survives(r, keys, deleted_keys))
         .collect();
     if kept.len() == records.len() {
         return Ok(None);

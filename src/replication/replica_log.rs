@@ -22,6 +22,19 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub const STATE_FILE: &str = "raft-state";
+/// Beside the segments: the offset of the last clean command applied to the end.
+pub const CLEANER_CHECKPOINT_FILE: &str = "cleaner-checkpoint";
+
+/// The offset in `CLEANER_CHECKPOINT_FILE`; None when missing or unreadable (every clean
+/// command in the log is then applied again: cleaning is idempotent).
+fn read_cleaner_checkpoint(storage: &dyn Storage, dir: &Path) -> Option<i64> {
+    let path = dir.join(CLEANER_CHECKPOINT_FILE);
+    if !storage.exists(&path) {
+        return None;
+    }
+    let bytes = crate::storage::read_to_vec(storage, &path).ok()?;
+    std::str::from_utf8(&bytes).ok()?.trim().parse().ok()
+}
 /// The state file is rewritten with only its last record once it grows past this.
 const STATE_FILE_COMPACT_BYTES: u64 = 64 * 1024;
 /// Largest state record accepted when reading the file back.
@@ -192,6 +205,8 @@ pub struct ReplicaLog {
     /// The last clean command applied (in memory: the log's last one is applied again
     /// after a restart).
     last_clean: Option<CleanCommand>,
+    /// See [`ReplicaLog::quiet_mark`].
+    quiet_mark: Option<super::compaction::QuietMark>,
 }
 
 fn frame(record: &PersistedState) -> Vec<u8> {
@@ -569,6 +584,7 @@ impl ReplicaLog {
             pending_synced: (0, 0),
             clean_commands: BTreeMap::new(),
             last_clean: None,
+            quiet_mark: None,
         };
         replica.synced_end = (replica.last_index(), replica.last_term());
         if fresh {
@@ -583,17 +599,21 @@ impl ReplicaLog {
         }
         // A crash between persisting a new log start and deleting the segments below it.
         replica.log.delete_segments_below(persisted.first_offset)?;
-        // The last clean command is applied again (once committed): a crash may have
-        // stopped it halfway, and earlier ones are covered by it.
+        // Clean commands after the last one applied to the end (`CLEANER_CHECKPOINT_FILE`)
+        // are applied again once committed: a crash may have stopped one halfway, or
+        // come before a committed one was applied at all.
+        let applied = read_cleaner_checkpoint(replica.storage.as_ref(), dir);
         controls.truncate(replica.entries.len());
-        for (i, _) in controls.iter().enumerate().rev().filter(|(_, c)| **c) {
+        for (i, _) in controls.iter().enumerate().filter(|(_, c)| **c) {
             let base_offset = replica.entries[i].base_offset;
+            if applied.is_some_and(|a| base_offset <= a) {
+                continue;
+            }
             let Ok(stored) = replica.log.read_batch(base_offset) else {
                 continue;
             };
             if let Some(command) = stored_clean_command(&stored) {
                 replica.clean_commands.insert(base_offset, command);
-                break;
             }
         }
         replica.check_invariants();
@@ -1015,9 +1035,12 @@ impl ReplicaLog {
         taken.into_iter().collect()
     }
 
-    /// Applies a committed clean command to the log (see `replication::compaction`).
+    /// Applies the committed clean command stored at `command_offset` to the log (see
+    /// `replication::compaction`); once done, the command's offset is written down
+    /// (`CLEANER_CHECKPOINT_FILE`) so that a restart applies only later ones again.
     pub fn apply_clean(
         &mut self,
+        command_offset: i64,
         command: &CleanCommand,
         max_keys: usize,
     ) -> Result<crate::log::partition_log::CleanReport, crate::log::partition_log::CleanFailure>
@@ -1031,19 +1054,35 @@ impl ReplicaLog {
                 self.committed_end_offset()
             )));
         }
+        let deleted_keys = command.deleted_key_hashes.iter().copied().collect();
         let report = self.log.clean(
             command.clean_start_offset,
             command.clean_end_offset,
-            command.delete_horizon_ms,
+            &deleted_keys,
             command.max_keys(max_keys),
         )?;
-        self.last_clean = Some(*command);
+        self.last_clean = Some(command.clone());
+        write_atomic(
+            self.storage.as_ref(),
+            &self.log.dir().join(CLEANER_CHECKPOINT_FILE),
+            command_offset.to_string().as_bytes(),
+        )?;
         Ok(report)
     }
 
     /// The last clean command applied since the log was opened.
-    pub fn last_clean(&self) -> Option<CleanCommand> {
-        self.last_clean
+    pub fn last_clean(&self) -> Option<&CleanCommand> {
+        self.last_clean.as_ref()
+    }
+
+    /// See `replication::compaction::plan_clean`: where the leader last found nothing
+    /// to clean.
+    pub fn quiet_mark(&self) -> Option<super::compaction::QuietMark> {
+        self.quiet_mark
+    }
+
+    pub fn set_quiet_mark(&mut self, mark: Option<super::compaction::QuietMark>) {
+        self.quiet_mark = mark;
     }
 
     /// Whether a clean command is in the log, not yet applied.

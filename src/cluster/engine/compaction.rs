@@ -36,7 +36,10 @@ impl ClusterNode {
     fn apply_clean_commands(&self, replica: &Replica, max_keys: usize) -> bool {
         let commands = replica.storage.lock().take_committed_clean_commands();
         for (offset, command) in commands {
-            let result = replica.storage.lock().apply_clean(&command, max_keys);
+            let result = replica
+                .storage
+                .lock()
+                .apply_clean(offset, &command, max_keys);
             match result {
                 Ok(report) => {
                     tracing::info!(topic = %replica.topic, partition = replica.partition, command_offset = offset,
@@ -72,17 +75,22 @@ impl ClusterNode {
             return;
         }
         let plan = {
-            let log = replica.storage.lock();
+            let mut log = replica.storage.lock();
             if log.has_pending_clean() {
                 return;
             }
-            plan_clean(
+            let planned = plan_clean(
                 log.log(),
                 log.committed_end_offset(),
                 log.last_clean(),
+                log.quiet_mark(),
                 now_ms,
                 max_keys,
-            )
+            );
+            if let Ok((_, mark)) = &planned {
+                log.set_quiet_mark(*mark);
+            }
+            planned.map(|(plan, _)| plan)
         };
         let plan = match plan {
             Ok(Some(plan)) => plan,

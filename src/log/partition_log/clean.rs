@@ -15,6 +15,7 @@ use crate::log::cleaner::{self, KeyMap};
 use crate::log::segment::{file_stem, Segment, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
 use crate::log::ReadError;
 use bytes::Bytes;
+use std::collections::BTreeSet;
 use std::io;
 use std::path::PathBuf;
 
@@ -62,14 +63,24 @@ impl PartitionLog {
             }
             let mut walked_to = segment.base_offset;
             for (position, header) in segment.headers()? {
+                // Headers are read without their CRC: a batch must start where the one
+                // before it ended, and is CRC-checked before anything is decided from
+                // its offsets (a damaged lastOffsetDelta once ended a clean early, on
+                // one replica only: found by the simulator).
+                if header.base_offset != walked_to {
+                    return Err(CleanFailure::Corrupt { offset: walked_to });
+                }
                 walked_to = header.next_offset();
                 if header.base_offset < from_offset {
                     continue;
                 }
-                if header.next_offset() > to_offset {
+                if header.base_offset >= to_offset {
                     return Ok(());
                 }
                 let bytes = read_whole(segment, position, &header)?;
+                if header.next_offset() > to_offset {
+                    return Ok(());
+                }
                 if !visit(&header, &bytes)? {
                     return Ok(());
                 }
@@ -83,8 +94,8 @@ impl PartitionLog {
     }
 
     /// Cleans the records in `[clean_start_offset, clean_end_offset)` (see
-    /// `log::cleaner`): keeps the latest record of each key, drops tombstones with a
-    /// timestamp before `delete_horizon_ms`, never moves an offset or removes a batch.
+    /// `log::cleaner`): keeps the latest record of each key, drops every record of the
+    /// keys in `deleted_keys` (key hashes), never moves an offset or removes a batch.
     /// `clean_end_offset` must be a batch boundary at or below the committed end; an
     /// active segment that starts below it is rolled first (rolls are legal at any batch
     /// boundary, and only sealed segments are rewritten). The key map holds at most
@@ -94,7 +105,7 @@ impl PartitionLog {
         &mut self,
         clean_start_offset: i64,
         clean_end_offset: i64,
-        delete_horizon_ms: i64,
+        deleted_keys: &BTreeSet<u128>,
         max_keys: usize,
     ) -> Result<CleanReport, CleanFailure> {
         let start = clean_start_offset.max(self.log_start_offset());
@@ -133,7 +144,7 @@ impl PartitionLog {
             .filter(|base| *base != self.active().base_offset)
             .collect();
         for base in bases {
-            let (before, after) = self.clean_segment(base, start, end, &keys, delete_horizon_ms)?;
+            let (before, after) = self.clean_segment(base, start, end, &keys, deleted_keys)?;
             if before != after {
                 report.segments_rewritten += 1;
             }
@@ -152,7 +163,7 @@ impl PartitionLog {
         start: i64,
         end: i64,
         keys: &KeyMap,
-        delete_horizon_ms: i64,
+        deleted_keys: &BTreeSet<u128>,
     ) -> Result<(u64, u64), CleanFailure> {
         let segment = &self.segments[&base];
         let size_before = segment.size_bytes();
@@ -175,7 +186,7 @@ impl PartitionLog {
                 continue;
             }
             let bytes = read_whole(segment, *position, header)?;
-            if let Some(new) = cleaner::clean_batch(&bytes, keys, delete_horizon_ms)
+            if let Some(new) = cleaner::clean_batch(&bytes, keys, deleted_keys)
                 .map_err(|e| CleanFailure::Refused(e.to_string()))?
             {
                 cleaned.push((*position, new));

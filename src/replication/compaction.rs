@@ -2,19 +2,20 @@
 //! same records at the same point of its log.
 //!
 //! The partition's leader decides (`cluster` cleaner loop): it proposes a CLEAN control
-//! batch (see `entry_codec`) naming the range to clean and the delete horizon, computed
-//! from its own clock and the topic's configs. The batch is an ordinary Raft entry that
-//! takes one offset, like a leader's no-op. Once it is committed, every replica applies it
-//! to its own log (`PartitionLog::clean`), with only what the command says: no replica
-//! reads its clock or its own config for it. So replicas clean identical batches with
-//! identical parameters, and the cleaner's output is a function of them.
+//! batch (see `entry_codec`) naming the range to clean, how many keys it holds, and the
+//! keys whose history goes (latest record a tombstone older than the horizon the leader
+//! computed from its clock and `delete.retention.ms`). The batch is an ordinary Raft
+//! entry that takes one offset, like a leader's no-op. Once it is committed, every
+//! replica applies it to its own log (`PartitionLog::clean`), with only what the command
+//! says: no replica reads its clock or its own config for it.
 //!
 //! A follower that receives entries the leader already cleaned (catching up, or repaired)
-//! gets the cleaned bytes; applying the earlier commands to them changes nothing more
-//! (cleaning is idempotent and a later clean covers an earlier one, see `log::cleaner`),
-//! so it ends with the same bytes as the others once it applied the same commands. A
-//! crash during a clean leaves each segment old or new; the last command of the log is
-//! applied again when the replica opens (`ReplicaLog::open`).
+//! gets the cleaned bytes, next to its own older ones; applying the same commands in
+//! order then ends with the same bytes as the others (see `log::cleaner`: records are
+//! dropped only when a later record of the key is still there, which cleaning never
+//! removes, or when the command lists the key). A crash during a clean leaves each
+//! segment old or new; the commands after the last one applied to the end
+//! (`cleaner-checkpoint`) are applied again when the replica opens (`ReplicaLog::open`).
 
 use super::entry_codec::{control_batch, CONTROL_TYPE_CLEAN};
 use crate::log::cleaner::KeyMap;

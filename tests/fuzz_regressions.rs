@@ -867,8 +867,9 @@ fn cleaner(data: &[u8]) {
     }
 }
 
-/// A batch whose base offset is i64::MIN: "the offset before the first record"
-/// overflowed (a panic with overflow checks).
+/// `base-offset-i64-min`: a batch whose base offset is i64::MIN: "the offset before the
+/// first record" overflowed (a panic with overflow checks). `compressed-control-batch-bomb`:
+/// a gzip control batch that the clean-command decoder inflated to 3.4 GB.
 #[test]
 fn every_cleaner_regression_replays() {
     for (_, data) in inputs("cleaner") {

@@ -194,12 +194,14 @@ fn control_type(records: &[Record], index: u64) -> Result<i16, EntryError> {
 /// The clean command stored as `stored` (one whole batch), if it is one.
 pub fn stored_clean_command(stored: &Bytes) -> Option<super::compaction::CleanCommand> {
     let header = batch::parse_whole(stored).ok()?;
-    if !header.is_control() || header.records_count != 1 {
+    // Clean commands are written uncompressed: anything else is not one (and is never
+    // inflated here: a few bytes of a compressed batch can claim gigabytes).
+    if !header.is_control() || header.records_count != 1 || header.compression_codec() != 0 {
         return None;
     }
     batch::verify_crc(&stored[..header.size_bytes()], &header).ok()?;
     let mut buf = stored.slice(..header.size_bytes());
-    let set = RecordBatchDecoder::decode(&mut buf).ok()?;
+    let set = batch::decode_bounded(&mut buf, &header).ok()?;
     if control_type(&set.records, 0).ok()? != CONTROL_TYPE_CLEAN {
         return None;
     }

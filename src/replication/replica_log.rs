@@ -435,7 +435,10 @@ impl ReplicaLog {
         let contiguous = entries
             .iter()
             .take_while(|entry| {
-                let next = entry.base_offset == expected;
+                // A batch takes at least one offset: a damaged lastOffsetDelta (headers
+                // are read here without their CRC) can make its end negative, and the
+                // cut below would then truncate to it (seed 1788: `offset >= 0` failed).
+                let next = entry.base_offset == expected && entry.next_offset > entry.base_offset;
                 expected = entry.next_offset;
                 next
             })

@@ -34,6 +34,11 @@ pub struct BrokerConfig {
     pub retention_check_interval_ms: u64,
     /// How often the recovery-point checkpoint is rewritten.
     pub recovery_checkpoint_interval_ms: u64,
+    /// `log.cleaner.backoff.ms`: how often the cleaner looks at compacted partitions.
+    pub log_cleaner_backoff_ms: u64,
+    /// `log.cleaner.dedupe.buffer.size`: memory for the cleaner's key map (bounds the
+    /// keys one clean covers; a larger log is cleaned in passes).
+    pub log_cleaner_dedupe_buffer_bytes: usize,
     /// Topic config defaults (`segment.bytes`, `retention.ms`, ...).
     pub log_defaults: LogConfig,
     /// Seed of the broker's RNG (cluster id, topic ids). None: drawn at start.
@@ -94,6 +99,8 @@ impl Default for BrokerConfig {
             max_connections: 1024,
             retention_check_interval_ms: 30_000,
             recovery_checkpoint_interval_ms: 10_000,
+            log_cleaner_backoff_ms: 15_000,
+            log_cleaner_dedupe_buffer_bytes: 128 << 20,
             log_defaults: LogConfig::default(),
             seed: None,
             peers: BTreeMap::new(),
@@ -129,6 +136,8 @@ pub struct ConfigFile {
     pub max_connections: Option<usize>,
     pub retention_check_interval_ms: Option<u64>,
     pub recovery_checkpoint_interval_ms: Option<u64>,
+    pub log_cleaner_backoff_ms: Option<u64>,
+    pub log_cleaner_dedupe_buffer_size: Option<usize>,
     /// `ID@IP:PORT,...`: every broker of the cluster with its Raft address.
     pub peers: Option<String>,
     pub raft_listen: Option<String>,
@@ -292,6 +301,17 @@ impl BrokerConfig {
             config.recovery_checkpoint_interval_ms =
                 positive("recovery-checkpoint-interval-ms", v)?;
         }
+        if let Some(v) = file.log_cleaner_backoff_ms {
+            config.log_cleaner_backoff_ms = positive("log-cleaner-backoff-ms", v)?;
+        }
+        if let Some(v) = file.log_cleaner_dedupe_buffer_size {
+            if v < 1 << 16 {
+                return Err(format!(
+                    "log-cleaner-dedupe-buffer-size: must be at least 65536, got {v}"
+                ));
+            }
+            config.log_cleaner_dedupe_buffer_bytes = v;
+        }
         for (name, value) in &file.topic_defaults {
             validate_topic_config(name, value).map_err(|e| format!("topic-defaults: {e}"))?;
         }
@@ -428,6 +448,24 @@ mod tests {
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.advertised_port, 9000);
         assert_eq!(c.log_defaults.retention_ms, 5000);
+    }
+
+    #[test]
+    fn cleaner_settings() {
+        let file = "log-cleaner-backoff-ms = 200\nlog-cleaner-dedupe-buffer-size = 1048576\n[topic-defaults]\n\"cleanup.policy\" = \"compact\"\n";
+        let c = BrokerConfig::build(Some(file), &Overrides::default()).unwrap();
+        assert_eq!(c.log_cleaner_backoff_ms, 200);
+        assert_eq!(c.log_cleaner_dedupe_buffer_bytes, 1 << 20);
+        assert!(c.log_defaults.cleanup_policy_compact && !c.log_defaults.cleanup_policy_delete);
+        for bad in [
+            "log-cleaner-backoff-ms = 0\n",
+            "log-cleaner-dedupe-buffer-size = 10\n",
+        ] {
+            assert!(
+                BrokerConfig::build(Some(bad), &Overrides::default()).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

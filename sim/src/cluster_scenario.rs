@@ -58,6 +58,11 @@ mod group_workload;
 const RAFT_PORT: u16 = 9093;
 const KAFKA_PORT: u16 = 9092;
 const TOPIC: &str = "sim";
+/// A compacted topic (`cleanup.policy=compact`, small segments) written with a few keys
+/// while the faults run: its replicas must converge to identical bytes (cleaning is
+/// replicated) and keep the latest acknowledged record of every key.
+const COMPACTED_TOPIC: &str = "sim-compacted";
+const COMPACTED_KEYS: u32 = 6;
 const DATA_DIR: &str = "/data";
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 100);
 /// Seconds of faults and load when `--sim-seconds` is not given.
@@ -158,6 +163,11 @@ struct Shared {
     stop_group: AtomicBool,
     /// Simulated ms at which every fault was healed (0: not yet).
     healed_at_ms: AtomicU64,
+    /// The compacted topic's latest acknowledged record per key: (offset, value).
+    compacted_acks: Mutex<BTreeMap<String, (i64, Option<String>)>>,
+    /// Keys of the compacted topic with a tombstone sent but never answered: it may have
+    /// been written, and then cleaned away with everything before it.
+    compacted_unanswered_tombstones: Mutex<BTreeSet<String>>,
     settings: Settings,
 }
 
@@ -252,6 +262,8 @@ pub fn run_seed(seed: u64, options: &Options) -> Report {
                     stop_load: AtomicBool::new(false),
                     stop_group: AtomicBool::new(false),
                     healed_at_ms: AtomicU64::new(0),
+                    compacted_acks: Mutex::default(),
+                    compacted_unanswered_tombstones: Mutex::default(),
                     settings,
                 });
                 *slot.lock().unwrap() = Some(shared.clone());
@@ -380,6 +392,7 @@ async fn broker_main(
         default_replication_factor: 3,
         raft_tick_ms: 100,
         broker_session_timeout_ms: 3_000,
+        log_cleaner_backoff_ms: 500,
         ..BrokerConfig::default()
     };
     let mut config = config;
@@ -502,11 +515,16 @@ async fn supervise(seed: u64, faults: &Faults, shared: Arc<Shared>) -> Result<()
         .build();
 
     create_topic(&shared).await?;
+    create_compacted_topic(&shared).await?;
 
     let mut load = Vec::new();
     {
         let s = shared.clone();
         load.push(client.spawn(async move { admin_loop(s).await }));
+    }
+    {
+        let s = shared.clone();
+        load.push(client.spawn(async move { compacted_produce_loop(s).await }));
     }
     let mut group_members = Vec::new();
     for index in 0..settings.group_members {
@@ -630,6 +648,14 @@ async fn supervise(seed: u64, faults: &Faults, shared: Arc<Shared>) -> Result<()
     })
     .await?;
     check_history(&shared, &logs)?;
+    // A broker restarted just before the sim topic converged applies the compacted
+    // topic's committed clean commands on its cleaner's next pass (every 500 ms).
+    let compacted_deadline = deadline.max(Shared::now_ms() + 10_000);
+    let compacted = converge_topic(&shared, COMPACTED_TOPIC, 1, compacted_deadline, || {
+        restart_failed(&shared, &handle, &hosts, &mut injected, u64::MAX, &mut rng)
+    })
+    .await?;
+    check_compacted(&shared, &compacted)?;
     // The group consumes every record of the final logs (from its committed offsets).
     loop {
         let missing = group_workload::missing_from_group(&shared, &logs);
@@ -689,6 +715,164 @@ async fn create_topic(shared: &Arc<Shared>) -> Result<(), Violation> {
         "liveness",
         "the cluster never formed and created the topic",
     ))
+}
+
+/// Creates the compacted topic (one partition, three replicas, small segments, a low
+/// dirty ratio, a short tombstone retention) once the sim topic exists.
+async fn create_compacted_topic(shared: &Arc<Shared>) -> Result<(), Violation> {
+    let configs: BTreeMap<String, String> = [
+        ("cleanup.policy", "compact"),
+        ("segment.bytes", "2048"),
+        ("min.cleanable.dirty.ratio", "0.2"),
+        ("delete.retention.ms", "2000"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for attempt in 0..600 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let Some(broker) = shared.broker(1) else {
+            continue;
+        };
+        let request = strand::metadata::CreateTopic {
+            name: COMPACTED_TOPIC.into(),
+            partitions: Some(1),
+            replication_factor: Some(3),
+            configs: configs.clone(),
+            ..Default::default()
+        };
+        match broker.node.create_topic(request).await {
+            Ok(_) => {
+                shared.event(format!("compacted topic created (attempt {attempt})"));
+                return Ok(());
+            }
+            Err(e) => shared.event(format!("create compacted topic: {e:?}")),
+        }
+    }
+    Err(violation(
+        "liveness",
+        "the compacted topic was never created",
+    ))
+}
+
+/// Writes keyed records (a tombstone now and then) to the compacted topic with acks=all
+/// and remembers the latest acknowledged record of each key.
+async fn compacted_produce_loop(shared: Arc<Shared>) {
+    let mut rng = thread_rng();
+    let mut connection: Option<Client> = None;
+    let mut batch_no = 0u64;
+    while !shared.stop_load.load(Ordering::Relaxed) && batch_no < MAX_BATCHES_PER_PRODUCER {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(10..=80))).await;
+        if connection.is_none() {
+            let leader = (1..=shared.settings.brokers)
+                .find_map(|id| shared.broker(id))
+                .and_then(|b| {
+                    b.node
+                        .with_image(|image| image.partition(COMPACTED_TOPIC, 0).map(|p| p.leader))
+                })
+                .filter(|leader| *leader > 0);
+            let Some(leader) = leader else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            connection = connect(kafka_addr(leader as u64)).await;
+            if connection.is_none() {
+                continue;
+            }
+        }
+        let client = connection.as_mut().expect("connected above");
+        let records: Vec<(String, Option<String>)> = (0..rng.gen_range(1..=3))
+            .map(|i| {
+                let key = format!("key-{}", rng.gen_range(0..COMPACTED_KEYS));
+                let value = (rng.gen_range(0..10) != 0).then(|| format!("c-{batch_no:06}-{i}"));
+                (key, value)
+            })
+            .collect();
+        batch_no += 1;
+        let encoded: Vec<(Option<Bytes>, Option<Bytes>)> = records
+            .iter()
+            .map(|(k, v)| (Some(Bytes::from(k.clone())), v.clone().map(Bytes::from)))
+            .collect();
+        let result = tokio::time::timeout(
+            OP_TIMEOUT,
+            client.produce(COMPACTED_TOPIC, 0, &encoded, strand::clock::now_ms(), -1),
+        )
+        .await;
+        match result {
+            Ok(Ok(Some(offset))) => {
+                let mut acks = shared.compacted_acks.lock().unwrap();
+                for (i, (key, value)) in records.into_iter().enumerate() {
+                    let at = offset + i as i64;
+                    let latest = acks.entry(key).or_insert((at, value.clone()));
+                    if latest.0 <= at {
+                        *latest = (at, value);
+                    }
+                }
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(_)) | Err(_) => {
+                connection = None;
+                let mut unanswered = shared.compacted_unanswered_tombstones.lock().unwrap();
+                for (key, value) in records {
+                    if value.is_none() {
+                        unanswered.insert(key);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// After convergence: the compacted topic's latest acknowledged record of every key is
+/// still there at its offset, unless a later record of the key (one whose answer was
+/// lost) is, or it is a tombstone that cleaning may drop (`compaction-keeps-latest`).
+fn check_compacted(shared: &Shared, logs: &Logs) -> Result<(), Violation> {
+    let log = logs.get(&0).cloned().unwrap_or_default();
+    let mut records = Vec::new();
+    let mut batches = 0usize;
+    for bytes in log.values() {
+        batches += 1;
+        let decoded = strand::client::decode_records(bytes).map_err(|e| {
+            violation(
+                "compaction-keeps-latest",
+                format!("a batch does not decode: {e:#}"),
+            )
+        })?;
+        records.extend(decoded);
+    }
+    let acks = shared.compacted_acks.lock().unwrap().clone();
+    let unanswered = shared
+        .compacted_unanswered_tombstones
+        .lock()
+        .unwrap()
+        .clone();
+    for (key, (offset, value)) in &acks {
+        let key_bytes = Bytes::from(key.clone());
+        let later = records
+            .iter()
+            .any(|r| r.key.as_ref() == Some(&key_bytes) && r.offset > *offset);
+        let at = records.iter().find(|r| r.offset == *offset);
+        let kept = match at {
+            Some(r) => {
+                r.key.as_ref() == Some(&key_bytes)
+                    && r.value.as_deref() == value.as_deref().map(str::as_bytes)
+            }
+            None => false,
+        };
+        let never_there = !records.iter().any(|r| r.key.as_ref() == Some(&key_bytes));
+        if !(kept || later || value.is_none() || (never_there && unanswered.contains(key))) {
+            return Err(violation(
+                "compaction-keeps-latest",
+                format!("{key}: its latest acknowledged record at offset {offset} ({value:?}) is gone, and no later one of the key is there"),
+            ));
+        }
+    }
+    shared.event(format!(
+        "compacted topic: {} records in {batches} batches, {} keys acknowledged",
+        records.len(),
+        acks.len()
+    ));
+    Ok(())
 }
 
 /// Each broker's own view of who leads what, for `one-leader-per-epoch`; changes of
@@ -1687,12 +1871,41 @@ async fn converge(
     }
 }
 
+/// [`converge`] for any topic.
+async fn converge_topic(
+    shared: &Shared,
+    topic: &str,
+    partitions: i32,
+    deadline: u64,
+    mut each_step: impl FnMut(),
+) -> Result<Logs, Violation> {
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        each_step();
+        let why = match replicas_identical_of(shared, topic, partitions) {
+            Ok(logs) => return Ok(logs),
+            Err(e) => e,
+        };
+        if Shared::now_ms() > deadline {
+            return Err(violation(
+                "liveness",
+                format!("replicas of {topic} did not converge after healing: {why}"),
+            ));
+        }
+    }
+}
+
 /// Ok with the common logs when every broker holds every replica with the same high
 /// watermark and the same batches below it.
 fn replicas_identical(shared: &Shared) -> Result<Logs, String> {
+    replicas_identical_of(shared, TOPIC, shared.settings.partitions)
+}
+
+/// [`replicas_identical`] for any topic of `partitions` partitions.
+fn replicas_identical_of(shared: &Shared, topic: &str, partitions: i32) -> Result<Logs, String> {
     let settings = &shared.settings;
     let mut result = Logs::new();
-    for partition in 0..settings.partitions {
+    for partition in 0..partitions {
         let mut first: Option<(u64, BTreeMap<i64, Bytes>)> = None;
         let mut hws: BTreeMap<u64, i64> = BTreeMap::new();
         // The partition's replicas, as the metadata says (with 5 brokers, 3 of them).
@@ -1702,7 +1915,7 @@ fn replicas_identical(shared: &Shared) -> Result<Logs, String> {
         let replicas: Vec<u64> = any.node.with_image(|image| {
             image
                 .topics
-                .get(TOPIC)
+                .get(topic)
                 .and_then(|t| t.partitions.get(partition as usize))
                 .map(|p| p.replicas.iter().map(|r| *r as u64).collect())
                 .unwrap_or_default()
@@ -1716,7 +1929,7 @@ fn replicas_identical(shared: &Shared) -> Result<Logs, String> {
                 .ok_or(format!("broker {id} is not running"))?;
             let replica = broker
                 .node
-                .replica(TOPIC, partition)
+                .replica(topic, partition)
                 .ok_or(format!("broker {id} has no replica of p{partition}"))?;
             let hw = replica.high_watermark();
             let storage = replica.storage.lock();

@@ -224,8 +224,9 @@ impl GroupService {
         })
     }
 
-    /// Creates `__consumer_offsets` with `offsets.topic.num.partitions` partitions and
-    /// `offsets.topic.replication.factor` replicas (at most the cluster's size). Like
+    /// Creates `__consumer_offsets`, compacted, with `offsets.topic.num.partitions`
+    /// partitions and `offsets.topic.replication.factor` replicas (at most the cluster's
+    /// size). Like
     /// Kafka, it waits (COORDINATOR_NOT_AVAILABLE) until that many brokers are up, so
     /// that a broker starting late does not leave the topic with fewer replicas for good.
     async fn create_offsets_topic(&self) -> Result<(), ApiError> {
@@ -248,7 +249,10 @@ impl GroupService {
             partitions: Some(self.config.offsets_topic_partitions),
             replication_factor: Some(replication_factor),
             assignments: None,
-            configs: BTreeMap::new(),
+            // Only the latest record of each group and of each committed offset matters
+            // (and tombstones until they are cleaned away): the cleaner keeps the topic
+            // as large as the groups, not their history.
+            configs: BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]),
         };
         match self.node.create_topic(request).await {
             Ok(_) => {
@@ -921,11 +925,15 @@ mod tests {
     use bytes::Bytes;
 
     async fn open(storage: Arc<MemoryStorage>) -> Arc<Broker> {
+        open_with(storage, BrokerConfig::default()).await
+    }
+
+    async fn open_with(storage: Arc<MemoryStorage>, base: BrokerConfig) -> Arc<Broker> {
         let mut config = BrokerConfig {
             data_dir: "/data".into(),
             seed: Some(3),
             raft_tick_ms: 10,
-            ..BrokerConfig::default()
+            ..base
         };
         config.groups.offsets_topic_partitions = 3;
         config.groups.coordinator.initial_rebalance_delay_ms = 0;
@@ -977,6 +985,15 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(broker.groups.find_coordinator("g").await.unwrap(), 1);
+        let offsets_topic = broker.topic(OFFSETS_TOPIC).expect("created");
+        assert_eq!(offsets_topic.partitions.len(), 3);
+        assert_eq!(
+            offsets_topic
+                .configs
+                .get("cleanup.policy")
+                .map(String::as_str),
+            Some("compact")
+        );
         until(|| broker.groups.describe("g")).await;
         let first = broker.groups.join(join_request("")).await;
         assert_eq!(first.error, Some(ResponseError::MemberIdRequired));
@@ -1038,5 +1055,84 @@ mod tests {
             broker.groups.heartbeat("g", &first.member_id, 1, None),
             None
         );
+    }
+
+    /// `__consumer_offsets` is compacted: after many commits of one offset the cleaner
+    /// keeps the latest, and a restarted coordinator still finds it (and the group).
+    #[tokio::test]
+    async fn commits_survive_compaction_of_the_offsets_topic() {
+        let storage = Arc::new(MemoryStorage::new());
+        let mut base = BrokerConfig {
+            log_cleaner_backoff_ms: 20,
+            ..BrokerConfig::default()
+        };
+        base.log_defaults.segment_bytes = 1024;
+        let broker = open_with(storage.clone(), base.clone()).await;
+        for _ in 0..500 {
+            if broker.groups.find_coordinator("g").await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        until(|| broker.groups.describe("g")).await;
+        let commit = |offset: i64| OffsetCommitRequest {
+            group_id: "g".into(),
+            member_id: String::new(),
+            generation_id: -1,
+            group_instance_id: None,
+            offsets: vec![("t".into(), 0, offset, 1, String::new())],
+        };
+        for offset in 1..=300 {
+            assert_eq!(
+                broker.groups.commit_offsets(commit(offset)).await,
+                vec![None]
+            );
+        }
+        let partition = crate::group::host::partition_for("g", 3);
+        let records_left = |broker: &Broker| {
+            let replica = broker.node.replica(OFFSETS_TOPIC, partition).unwrap();
+            let storage = replica.storage.lock();
+            let log = storage.log();
+            let mut offset = log.log_start_offset();
+            let mut records = 0;
+            while let Ok(bytes) = log.read(offset, 1 << 20, replica.high_watermark(), true) {
+                if bytes.is_empty() {
+                    break;
+                }
+                let mut at = 0;
+                while at < bytes.len() {
+                    let header = BatchHeader::parse(&bytes[at..]).unwrap();
+                    if !header.is_control() {
+                        records += header.records_count;
+                    }
+                    offset = header.next_offset();
+                    at += header.size_bytes();
+                }
+            }
+            records
+        };
+        for _ in 0..500 {
+            if records_left(&broker) < 100 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = records_left(&broker);
+        assert!(
+            left < 100,
+            "{left} of 300 records still there: nothing was cleaned"
+        );
+        drop(broker);
+        storage.crash();
+        let broker = open_with(storage.clone(), base).await;
+        for _ in 0..500 {
+            if broker.groups.find_coordinator("g").await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let key = [("t".to_string(), 0)];
+        let fetched = until(|| broker.groups.fetch_offsets("g", Some(&key))).await;
+        assert_eq!(fetched[0].1.as_ref().map(|c| c.offset), Some(300));
     }
 }

@@ -125,10 +125,27 @@ impl Broker {
         &self.config.data_dir
     }
 
-    /// Starts the background tasks: the group coordinators, retention and recovery
-    /// checkpoints.
+    /// Starts the background tasks: the group coordinators, retention, the log cleaner
+    /// and recovery checkpoints.
     pub fn start_background_tasks(self: &Arc<Self>) {
         tokio::spawn(self.groups.clone().run());
+        let broker = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(broker.config.log_cleaner_backoff_ms))
+                    .await;
+                if broker.is_shutting_down() {
+                    return;
+                }
+                broker
+                    .node
+                    .run_cleaner(
+                        clock::now_ms(),
+                        broker.config.log_cleaner_dedupe_buffer_bytes,
+                    )
+                    .await;
+            }
+        });
         let broker = self.clone();
         tokio::spawn(async move {
             loop {

@@ -29,6 +29,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
+mod compaction;
+
 /// The Raft group of the cluster metadata log.
 pub const METADATA_GROUP: &str = "__cluster_metadata-0";
 /// Commands queued for the driver task before producers are pushed back.

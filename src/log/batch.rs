@@ -295,6 +295,20 @@ pub fn decode_bounded(
     .map_err(|e| BatchError::InvalidRecords(e.to_string()))
 }
 
+/// The records section of a batch (`body`: the bytes after the header), decompressed
+/// with the batch's codec, never to more than [`MAX_DECOMPRESSED_BATCH_BYTES`].
+pub(crate) fn decompress_records(mut body: Bytes, header: &BatchHeader) -> anyhow::Result<Bytes> {
+    let compression = match header.compression_codec() {
+        0 => Compression::None,
+        1 => Compression::Gzip,
+        2 => Compression::Snappy,
+        3 => Compression::Lz4,
+        4 => Compression::Zstd,
+        other => anyhow::bail!("unknown compression codec {other}"),
+    };
+    decompress_bounded(&mut body, compression)
+}
+
 /// Output that refuses to grow past [`MAX_DECOMPRESSED_BATCH_BYTES`].
 struct BoundedWriter(Vec<u8>);
 

@@ -20,6 +20,20 @@ pub struct LogConfig {
     pub max_message_bytes: u64,
     /// `min.insync.replicas`: replicas that must have a write for acks=all.
     pub min_insync_replicas: i64,
+    /// `cleanup.policy` holds `delete`: segments go by `retention.ms`/`retention.bytes`.
+    pub cleanup_policy_delete: bool,
+    /// `cleanup.policy` holds `compact`: the cleaner keeps the latest record per key.
+    pub cleanup_policy_compact: bool,
+    /// `delete.retention.ms`: how long a tombstone stays readable (by its timestamp).
+    pub delete_retention_ms: i64,
+    /// `min.cleanable.dirty.ratio`, in millionths: clean when the dirty part of the
+    /// cleanable log is at least this share of it.
+    pub min_cleanable_dirty_ratio_ppm: u32,
+    /// `min.compaction.lag.ms`: records younger than this are never cleaned.
+    pub min_compaction_lag_ms: i64,
+    /// `max.compaction.lag.ms`: a dirty record older than this is cleaned whatever the
+    /// dirty ratio.
+    pub max_compaction_lag_ms: i64,
 }
 
 impl Default for LogConfig {
@@ -32,6 +46,12 @@ impl Default for LogConfig {
             index_interval_bytes: 4096,
             max_message_bytes: 1_048_588,
             min_insync_replicas: 1,
+            cleanup_policy_delete: true,
+            cleanup_policy_compact: false,
+            delete_retention_ms: 86_400_000,
+            min_cleanable_dirty_ratio_ppm: 500_000,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX,
         }
     }
 }
@@ -70,7 +90,23 @@ pub const TOPIC_CONFIG_KEYS: &[ConfigKey] = &[
     },
     ConfigKey {
         name: "cleanup.policy",
-        doc: "only 'delete' until log compaction exists",
+        doc: "'delete', 'compact' or both ('compact,delete'): delete old segments, keep the latest record per key",
+    },
+    ConfigKey {
+        name: "delete.retention.ms",
+        doc: "how long tombstones of a compacted topic stay readable, by their timestamp",
+    },
+    ConfigKey {
+        name: "min.cleanable.dirty.ratio",
+        doc: "share of the cleanable log not yet cleaned above which the cleaner runs",
+    },
+    ConfigKey {
+        name: "min.compaction.lag.ms",
+        doc: "records younger than this are never compacted",
+    },
+    ConfigKey {
+        name: "max.compaction.lag.ms",
+        doc: "a record not yet compacted this long after its timestamp is, whatever the dirty ratio",
     },
     ConfigKey {
         name: "message.timestamp.type",
@@ -135,8 +171,24 @@ fn apply_one(config: &mut LogConfig, name: &str, value: &str) -> Result<(), Conf
         "retention.bytes" => config.retention_bytes = parse_i64(name, value, -1)?,
         "index.interval.bytes" => config.index_interval_bytes = parse_i64(name, value, 0)? as u64,
         "max.message.bytes" => config.max_message_bytes = parse_i64(name, value, 0)? as u64,
-        "cleanup.policy" if value == "delete" => {}
-        "cleanup.policy" => return Err(err(name, value, "only 'delete' is supported")),
+        "cleanup.policy" => {
+            let (delete, compact) = parse_cleanup_policy(value)?;
+            config.cleanup_policy_delete = delete;
+            config.cleanup_policy_compact = compact;
+        }
+        "delete.retention.ms" => config.delete_retention_ms = parse_i64(name, value, 0)?,
+        "min.cleanable.dirty.ratio" => {
+            let ratio: f64 = value
+                .trim()
+                .parse()
+                .map_err(|_| err(name, value, "not a number"))?;
+            if !(0.0..=1.0).contains(&ratio) {
+                return Err(err(name, value, "must be between 0 and 1"));
+            }
+            config.min_cleanable_dirty_ratio_ppm = (ratio * 1e6).round() as u32;
+        }
+        "min.compaction.lag.ms" => config.min_compaction_lag_ms = parse_i64(name, value, 0)?,
+        "max.compaction.lag.ms" => config.max_compaction_lag_ms = parse_i64(name, value, 1)?,
         "message.timestamp.type" if value == "CreateTime" => {}
         "message.timestamp.type" => return Err(err(name, value, "only 'CreateTime' is supported")),
         "min.insync.replicas" => config.min_insync_replicas = parse_i64(name, value, 1)?,
@@ -145,6 +197,24 @@ fn apply_one(config: &mut LogConfig, name: &str, value: &str) -> Result<(), Conf
         _ => return Err(err(name, value, "unknown topic config")),
     }
     Ok(())
+}
+
+/// `cleanup.policy`: a list of `delete` and `compact` (either order, each at most once,
+/// not empty). Returns (delete, compact).
+fn parse_cleanup_policy(value: &str) -> Result<(bool, bool), ConfigError> {
+    let name = "cleanup.policy";
+    let (mut delete, mut compact) = (false, false);
+    for item in value.split(',').map(str::trim) {
+        let seen = match item {
+            "delete" => std::mem::replace(&mut delete, true),
+            "compact" => std::mem::replace(&mut compact, true),
+            _ => return Err(err(name, value, "a list of 'delete' and 'compact'")),
+        };
+        if seen {
+            return Err(err(name, value, "a policy is named twice"));
+        }
+    }
+    Ok((delete, compact))
 }
 
 /// The effective config: `defaults` with `overrides` (already validated) applied.
@@ -168,7 +238,17 @@ pub fn describe(config: &LogConfig, name: &str) -> Option<String> {
         "retention.bytes" => config.retention_bytes.to_string(),
         "index.interval.bytes" => config.index_interval_bytes.to_string(),
         "max.message.bytes" => config.max_message_bytes.to_string(),
-        "cleanup.policy" => "delete".into(),
+        "cleanup.policy" => match (config.cleanup_policy_compact, config.cleanup_policy_delete) {
+            (true, true) => "compact,delete".into(),
+            (true, false) => "compact".into(),
+            _ => "delete".into(),
+        },
+        "delete.retention.ms" => config.delete_retention_ms.to_string(),
+        "min.cleanable.dirty.ratio" => {
+            format!("{}", config.min_cleanable_dirty_ratio_ppm as f64 / 1e6)
+        }
+        "min.compaction.lag.ms" => config.min_compaction_lag_ms.to_string(),
+        "max.compaction.lag.ms" => config.max_compaction_lag_ms.to_string(),
         "message.timestamp.type" => "CreateTime".into(),
         "min.insync.replicas" => config.min_insync_replicas.to_string(),
         "compression.type" => "producer".into(),
@@ -191,7 +271,33 @@ mod tests {
         assert!(validate_topic_config("no.such.config", "1").is_err());
         assert!(validate_topic_config("segment.bytes", "abc").is_err());
         assert!(validate_topic_config("retention.ms", "-2").is_err());
-        assert!(validate_topic_config("cleanup.policy", "compact").is_err());
+        assert!(validate_topic_config("cleanup.policy", "compacted").is_err());
+        assert!(validate_topic_config("cleanup.policy", "").is_err());
+        assert!(validate_topic_config("cleanup.policy", "delete,delete").is_err());
+        assert!(validate_topic_config("min.cleanable.dirty.ratio", "1.5").is_err());
+        for (value, delete, compact) in [
+            ("compact", false, true),
+            ("delete", true, false),
+            ("compact,delete", true, true),
+            ("delete, compact", true, true),
+        ] {
+            let overrides = BTreeMap::from([("cleanup.policy".to_string(), value.to_string())]);
+            let config = effective_config(&LogConfig::default(), &overrides).unwrap();
+            assert_eq!(
+                (config.cleanup_policy_delete, config.cleanup_policy_compact),
+                (delete, compact)
+            );
+            let shown = describe(&config, "cleanup.policy").unwrap();
+            validate_topic_config("cleanup.policy", &shown).unwrap();
+        }
+        let overrides =
+            BTreeMap::from([("min.cleanable.dirty.ratio".to_string(), "0.01".to_string())]);
+        let config = effective_config(&LogConfig::default(), &overrides).unwrap();
+        assert_eq!(config.min_cleanable_dirty_ratio_ppm, 10_000);
+        assert_eq!(
+            describe(&config, "min.cleanable.dirty.ratio").unwrap(),
+            "0.01"
+        );
         for key in TOPIC_CONFIG_KEYS {
             let value = describe(&LogConfig::default(), key.name).unwrap();
             validate_topic_config(key.name, &value).unwrap();

@@ -2,6 +2,7 @@
 //! roll and retention. Plain Rust over the storage trait; no tasks, no clock.
 
 pub mod batch;
+pub mod cleaner;
 pub mod config;
 pub mod index;
 pub mod partition_log;

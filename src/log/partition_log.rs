@@ -19,6 +19,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod clean;
+pub use clean::{CleanFailure, CleanReport, CLEANED_SUFFIX};
+
 /// Where the offsets of an append landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendInfo {
@@ -92,6 +95,12 @@ impl PartitionLog {
                 if let Ok(base) = stem.parse::<i64>() {
                     bases.push(base);
                 }
+            }
+        }
+        // A segment rewrite the cleaner did not finish: the old log is still in place.
+        for name in &names {
+            if name.ends_with(clean::CLEANED_SUFFIX) {
+                storage.remove_file(&dir.join(name))?;
             }
         }
         // Indexes without a log are leftovers from an interrupted delete.
@@ -459,7 +468,8 @@ impl PartitionLog {
     /// below `upper_offset` (a replicated log passes its high watermark). Rolls an expired
     /// active segment that is wholly below it, so that it can go too; deletes nothing.
     pub fn retention_start_offset(&mut self, now_ms: i64, upper_offset: i64) -> io::Result<i64> {
-        if self.closed {
+        // A compact-only topic keeps its segments: the cleaner thins them instead.
+        if self.closed || !self.config.cleanup_policy_delete {
             return Ok(self.log_start_offset());
         }
         let retention_ms = self.config.retention_ms;

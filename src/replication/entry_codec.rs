@@ -10,6 +10,9 @@
 //!   term is also stored inside the CRC (the header's `partitionLeaderEpoch` is not).
 //! - A configuration change (ConfChangeV2) is stored as a control batch of type VOTERS
 //!   whose record value is the encoded change.
+//! - A clean command (`replication::compaction`) is a normal entry whose data is already
+//!   a control batch of type CLEAN, built by the leader (producers may not write control
+//!   batches): stored as it is, read back as a normal entry carrying that batch.
 //!
 //! Every replica persists the same entries after the same prefix, so every replica
 //! assigns the same offsets: a Kafka offset is a deterministic function of the Raft log.
@@ -26,6 +29,9 @@ use raft::eraftpb::{Entry, EntryType};
 pub const CONTROL_TYPE_LEADER_CHANGE: i16 = 2;
 /// Control record type of a Raft configuration change.
 pub const CONTROL_TYPE_VOTERS: i16 = 6;
+/// Control record type of a replicated clean command (`replication::compaction`), a
+/// Strand type outside Kafka's range: clients skip control batches of any type.
+pub const CONTROL_TYPE_CLEAN: i16 = 0x5C01;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EntryError {
@@ -40,7 +46,7 @@ fn invalid(index: u64, reason: impl Into<String>) -> EntryError {
     }
 }
 
-fn control_batch(control_type: i16, value: &[u8]) -> Bytes {
+pub(crate) fn control_batch(control_type: i16, value: &[u8]) -> Bytes {
     let mut key = BytesMut::with_capacity(4);
     key.extend_from_slice(&0i16.to_be_bytes());
     key.extend_from_slice(&control_type.to_be_bytes());
@@ -118,6 +124,9 @@ pub fn stored_leader_change(stored: &Bytes) -> Result<Option<Option<u64>>, Entry
     }
     let mut buf = stored.slice(..header.size_bytes());
     let set = RecordBatchDecoder::decode(&mut buf).map_err(|e| invalid(0, e.to_string()))?;
+    if control_type(&set.records, 0)? != CONTROL_TYPE_LEADER_CHANGE {
+        return Ok(None);
+    }
     let value = set
         .records
         .first()
@@ -150,13 +159,12 @@ pub fn decode_entry(stored: &Bytes, index: u64) -> Result<Entry, EntryError> {
         .records
         .first()
         .ok_or_else(|| invalid(index, "empty control batch"))?;
-    let key = record
-        .key
-        .as_ref()
-        .filter(|k| k.len() >= 4)
-        .ok_or_else(|| invalid(index, "control record without a key"))?;
-    match i16::from_be_bytes([key[2], key[3]]) {
+    match control_type(&set.records, index)? {
         CONTROL_TYPE_LEADER_CHANGE => entry.set_entry_type(EntryType::EntryNormal),
+        CONTROL_TYPE_CLEAN => {
+            entry.set_entry_type(EntryType::EntryNormal);
+            entry.data = stored.slice(..header.size_bytes());
+        }
         CONTROL_TYPE_VOTERS => {
             entry.set_entry_type(EntryType::EntryConfChangeV2);
             entry.data = record.value.clone().unwrap_or_default();
@@ -169,4 +177,33 @@ pub fn decode_entry(stored: &Bytes, index: u64) -> Result<Entry, EntryError> {
         }
     }
     Ok(entry)
+}
+
+/// The control type of a control batch's (first) record.
+fn control_type(records: &[Record], index: u64) -> Result<i16, EntryError> {
+    let key = records
+        .first()
+        .ok_or_else(|| invalid(index, "empty control batch"))?
+        .key
+        .as_ref()
+        .filter(|k| k.len() >= 4)
+        .ok_or_else(|| invalid(index, "control record without a key"))?;
+    Ok(i16::from_be_bytes([key[2], key[3]]))
+}
+
+/// The clean command stored as `stored` (one whole batch), if it is one.
+pub fn stored_clean_command(stored: &Bytes) -> Option<super::compaction::CleanCommand> {
+    let header = batch::parse_whole(stored).ok()?;
+    // Clean commands are written uncompressed: anything else is not one (and is never
+    // inflated here: a few bytes of a compressed batch can claim gigabytes).
+    if !header.is_control() || header.records_count != 1 || header.compression_codec() != 0 {
+        return None;
+    }
+    batch::verify_crc(&stored[..header.size_bytes()], &header).ok()?;
+    let mut buf = stored.slice(..header.size_bytes());
+    let set = batch::decode_bounded(&mut buf, &header).ok()?;
+    if control_type(&set.records, 0).ok()? != CONTROL_TYPE_CLEAN {
+        return None;
+    }
+    super::compaction::CleanCommand::decode_value(set.records[0].value.as_deref()?)
 }

@@ -2,6 +2,7 @@
 //! own segment log.
 //!
 //! - [`entry_codec`]: how a Raft entry is stored as a RecordBatch (offsets follow the log);
+//! - [`compaction`]: the replicated clean command of compacted partitions;
 //! - [`replica_log`]: the raft-rs `Storage` over a partition log plus its hard state;
 //! - [`slog_bridge`]: raft-rs logging into `tracing`;
 //! - [`driver`]: the multi-Raft driver (one per broker, one fsync pass per round);
@@ -13,6 +14,7 @@
 // built with `default()` and then assigned, as raft-rs itself does.
 #![allow(clippy::field_reassign_with_default)]
 
+pub mod compaction;
 pub mod driver;
 pub mod entry_codec;
 pub mod replica_log;

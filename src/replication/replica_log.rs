@@ -9,18 +9,32 @@
 //! [`ReplicaStorage`] shares one `ReplicaLog` between raft-rs (which reads through the
 //! `raft::Storage` trait) and the driver (which persists each `Ready`).
 
-use super::entry_codec::{decode_entry, encode_entry, stored_leader_change};
+use super::compaction::CleanCommand;
+use super::entry_codec::{decode_entry, encode_entry, stored_clean_command, stored_leader_change};
 use crate::log::{LogConfig, PartitionLog, ReadError};
 use crate::storage::{read_exact_at, write_atomic, Storage, StorageFile, SyncHandle};
 use prost::Message;
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub const STATE_FILE: &str = "raft-state";
+/// Beside the segments: the offset of the last clean command applied to the end.
+pub const CLEANER_CHECKPOINT_FILE: &str = "cleaner-checkpoint";
+
+/// The offset in `CLEANER_CHECKPOINT_FILE`; None when missing or unreadable (every clean
+/// command in the log is then applied again: cleaning is idempotent).
+fn read_cleaner_checkpoint(storage: &dyn Storage, dir: &Path) -> Option<i64> {
+    let path = dir.join(CLEANER_CHECKPOINT_FILE);
+    if !storage.exists(&path) {
+        return None;
+    }
+    let bytes = crate::storage::read_to_vec(storage, &path).ok()?;
+    std::str::from_utf8(&bytes).ok()?.trim().parse().ok()
+}
 /// The state file is rewritten with only its last record once it grows past this.
 const STATE_FILE_COMPACT_BYTES: u64 = 64 * 1024;
 /// Largest state record accepted when reading the file back.
@@ -185,6 +199,14 @@ pub struct ReplicaLog {
     /// `PersistedState::log_end_index`), and of the last one the pass in progress covers.
     synced_end: (u64, u64),
     pending_synced: (u64, u64),
+    /// Clean commands in the log not yet applied, by base offset (see
+    /// `replication::compaction`): each one appended, and the log's last one at open.
+    clean_commands: BTreeMap<i64, CleanCommand>,
+    /// The last clean command applied (in memory: the log's last one is applied again
+    /// after a restart).
+    last_clean: Option<CleanCommand>,
+    /// See [`ReplicaLog::quiet_mark`].
+    quiet_mark: Option<super::compaction::QuietMark>,
 }
 
 fn frame(record: &PersistedState) -> Vec<u8> {
@@ -387,7 +409,7 @@ impl ReplicaLog {
             ..Default::default()
         });
         let mut entries = VecDeque::new();
-        let mut controls = Vec::new();
+        let mut controls: Vec<bool> = Vec::new();
         for header in log
             .batch_headers()?
             .into_iter()
@@ -413,7 +435,10 @@ impl ReplicaLog {
         let contiguous = entries
             .iter()
             .take_while(|entry| {
-                let next = entry.base_offset == expected;
+                // A batch takes at least one offset: a damaged lastOffsetDelta (headers
+                // are read here without their CRC) can make its end negative, and the
+                // cut below would then truncate to it (seed 1788: `offset >= 0` failed).
+                let next = entry.base_offset == expected && entry.next_offset > entry.base_offset;
                 expected = entry.next_offset;
                 next
             })
@@ -560,6 +585,9 @@ impl ReplicaLog {
             // What a log reads back after a restart is what its disk holds.
             synced_end: (0, 0),
             pending_synced: (0, 0),
+            clean_commands: BTreeMap::new(),
+            last_clean: None,
+            quiet_mark: None,
         };
         replica.synced_end = (replica.last_index(), replica.last_term());
         if fresh {
@@ -574,6 +602,23 @@ impl ReplicaLog {
         }
         // A crash between persisting a new log start and deleting the segments below it.
         replica.log.delete_segments_below(persisted.first_offset)?;
+        // Clean commands after the last one applied to the end (`CLEANER_CHECKPOINT_FILE`)
+        // are applied again once committed: a crash may have stopped one halfway, or
+        // come before a committed one was applied at all.
+        let applied = read_cleaner_checkpoint(replica.storage.as_ref(), dir);
+        controls.truncate(replica.entries.len());
+        for (i, _) in controls.iter().enumerate().filter(|(_, c)| **c) {
+            let base_offset = replica.entries[i].base_offset;
+            if applied.is_some_and(|a| base_offset <= a) {
+                continue;
+            }
+            let Ok(stored) = replica.log.read_batch(base_offset) else {
+                continue;
+            };
+            if let Some(command) = stored_clean_command(&stored) {
+                replica.clean_commands.insert(base_offset, command);
+            }
+        }
         replica.check_invariants();
         Ok(replica)
     }
@@ -638,6 +683,7 @@ impl ReplicaLog {
             .take_while(|e| e.next_offset <= end)
             .count();
         self.entries.truncate(keep);
+        self.clean_commands.split_off(&end);
         self.clamp_synced_end();
         self.hard_state.commit = self.hard_state.commit.min(self.last_index());
         self.write_state()?;
@@ -748,6 +794,7 @@ impl ReplicaLog {
             let keep = (first.index - self.first_index) as usize;
             let cut = self.entries[keep].base_offset;
             self.log.truncate_to(cut)?;
+            self.clean_commands.split_off(&cut);
             if self.log.log_end_offset() != cut {
                 // Damage below the cut: the log now ends earlier than raft-rs believes.
                 // Restarting rebuilds everything from what is on disk.
@@ -776,6 +823,11 @@ impl ReplicaLog {
                 self.log
                     .append(&[(header, bytes)], header.partition_leader_epoch, now_ms)?;
             assert_eq!(info.base_offset, base_offset);
+            if header.is_control() && entry.get_entry_type() == EntryType::EntryNormal {
+                if let Some(command) = stored_clean_command(&entry.data) {
+                    self.clean_commands.insert(base_offset, command);
+                }
+            }
             self.entries.push_back(EntryPosition {
                 base_offset,
                 next_offset: info.last_offset + 1,
@@ -924,6 +976,7 @@ impl ReplicaLog {
         );
         self.log.reset_to(data.next_offset)?;
         self.entries.clear();
+        self.clean_commands.clear();
         self.first_index = metadata.index + 1;
         self.snapshot_term = metadata.term;
         self.synced_end = (metadata.index, metadata.term);
@@ -968,6 +1021,76 @@ impl ReplicaLog {
         self.log.delete_segments_below(new_start)?;
         self.check_invariants();
         Ok(dropped)
+    }
+
+    /// Offset after the last committed entry.
+    pub fn committed_end_offset(&self) -> i64 {
+        self.position(self.hard_state.commit)
+            .map(|p| p.next_offset)
+            .unwrap_or_else(|| self.log.log_start_offset())
+    }
+
+    /// The clean commands that are committed and not yet taken, oldest first.
+    pub fn take_committed_clean_commands(&mut self) -> Vec<(i64, CleanCommand)> {
+        let committed_end = self.committed_end_offset();
+        let later = self.clean_commands.split_off(&committed_end);
+        let taken = std::mem::replace(&mut self.clean_commands, later);
+        taken.into_iter().collect()
+    }
+
+    /// Applies the committed clean command stored at `command_offset` to the log (see
+    /// `replication::compaction`); once done, the command's offset is written down
+    /// (`CLEANER_CHECKPOINT_FILE`) so that a restart applies only later ones again.
+    pub fn apply_clean(
+        &mut self,
+        command_offset: i64,
+        command: &CleanCommand,
+        max_keys: usize,
+    ) -> Result<crate::log::partition_log::CleanReport, crate::log::partition_log::CleanFailure>
+    {
+        // Only committed entries are cleaned. A command always names a point before its
+        // own batch, so this refuses only a command no leader of this code proposes.
+        if command.clean_end_offset > self.committed_end_offset() {
+            return Err(crate::log::partition_log::CleanFailure::Refused(format!(
+                "clean point {} is past the committed end {}",
+                command.clean_end_offset,
+                self.committed_end_offset()
+            )));
+        }
+        let deleted_keys = command.deleted_key_hashes.iter().copied().collect();
+        let report = self.log.clean(
+            command.clean_start_offset,
+            command.clean_end_offset,
+            &deleted_keys,
+            command.max_keys(max_keys),
+        )?;
+        self.last_clean = Some(command.clone());
+        write_atomic(
+            self.storage.as_ref(),
+            &self.log.dir().join(CLEANER_CHECKPOINT_FILE),
+            command_offset.to_string().as_bytes(),
+        )?;
+        Ok(report)
+    }
+
+    /// The last clean command applied since the log was opened.
+    pub fn last_clean(&self) -> Option<&CleanCommand> {
+        self.last_clean.as_ref()
+    }
+
+    /// See `replication::compaction::plan_clean`: where the leader last found nothing
+    /// to clean.
+    pub fn quiet_mark(&self) -> Option<super::compaction::QuietMark> {
+        self.quiet_mark
+    }
+
+    pub fn set_quiet_mark(&mut self, mark: Option<super::compaction::QuietMark>) {
+        self.quiet_mark = mark;
+    }
+
+    /// Whether a clean command is in the log, not yet applied.
+    pub fn has_pending_clean(&self) -> bool {
+        !self.clean_commands.is_empty()
     }
 
     /// What must be fsynced to make every append so far durable, and the offset it makes

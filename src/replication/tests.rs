@@ -16,6 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
+mod compaction;
+
 fn batch(tag: &str, records: usize) -> Bytes {
     let values: Vec<_> = (0..records)
         .map(|i| (None, Some(Bytes::from(format!("{tag}-{i}")))))

@@ -50,13 +50,14 @@ class BrokerProcess:
     """One strand broker: start, SIGTERM, SIGKILL and restart on the same port and dir."""
 
     def __init__(self, binary: Path, data_dir: Path, log_path: Path, port: int,
-                 node_id: int = 1, peers: str = None):
+                 node_id: int = 1, peers: str = None, extra_args=None):
         self.binary = binary
         self.data_dir = data_dir
         self.log_path = log_path
         self.port = port
         self.node_id = node_id
         self.peers = peers
+        self.extra_args = list(extra_args or [])
         self.proc = None
         self.starts = 0
 
@@ -81,6 +82,7 @@ class BrokerProcess:
                 "--data-dir", str(self.data_dir), "--node-id", str(self.node_id)]
         if self.peers:
             args += ["--peers", self.peers]
+        args += self.extra_args
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(

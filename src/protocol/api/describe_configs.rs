@@ -18,6 +18,7 @@ const TYPE_BOOLEAN: i8 = 1;
 const TYPE_STRING: i8 = 2;
 const TYPE_INT: i8 = 3;
 const TYPE_LONG: i8 = 5;
+const TYPE_DOUBLE: i8 = 6;
 const TYPE_LIST: i8 = 7;
 
 /// One described setting before filtering.
@@ -33,6 +34,7 @@ struct Entry {
 fn topic_config_type(name: &str) -> i8 {
     match name {
         "cleanup.policy" => TYPE_LIST,
+        "min.cleanable.dirty.ratio" => TYPE_DOUBLE,
         "message.timestamp.type" | "compression.type" => TYPE_STRING,
         "segment.bytes" | "index.interval.bytes" | "max.message.bytes" | "min.insync.replicas" => {
             TYPE_INT

@@ -1,6 +1,6 @@
-//! IncrementalAlterConfigs: SET and DELETE of individual topic configs. APPEND and
-//! SUBTRACT apply only to list configs, and the one list config Strand has
-//! (`cleanup.policy`) accepts a single value, so they are refused.
+//! IncrementalAlterConfigs: SET and DELETE of individual topic configs, and APPEND and
+//! SUBTRACT of the one list config (`cleanup.policy`): items are added once, removed if
+//! present, and the resulting list is validated like a SET (an empty one is refused).
 
 use super::alter_configs::not_a_topic;
 use super::{code, str_bytes, RESOURCE_TOPIC};
@@ -16,6 +16,28 @@ use std::sync::Arc;
 
 const OP_SET: i8 = 0;
 const OP_DELETE: i8 = 1;
+const OP_APPEND: i8 = 2;
+const OP_SUBTRACT: i8 = 3;
+
+/// The topic configs that are lists (APPEND and SUBTRACT apply to them only).
+const LIST_CONFIGS: &[&str] = &["cleanup.policy"];
+
+/// `current` (a comma-separated list) with `items` appended (once each) or subtracted.
+fn edit_list(current: &str, items: &str, append: bool) -> String {
+    let mut list: Vec<&str> = current
+        .split(',')
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+        .collect();
+    for item in items.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        if append && !list.contains(&item) {
+            list.push(item);
+        } else if !append {
+            list.retain(|i| *i != item);
+        }
+    }
+    list.join(",")
+}
 
 pub async fn handle(
     broker: &Arc<Broker>,
@@ -71,6 +93,16 @@ async fn apply(
             (OP_DELETE, _) => {
                 configs.remove(&key);
             }
+            (op @ (OP_APPEND | OP_SUBTRACT), Some(value))
+                if LIST_CONFIGS.contains(&key.as_str()) =>
+            {
+                let current = match configs.get(&key) {
+                    Some(v) => v.clone(),
+                    None => crate::log::config::describe(&broker.config.log_defaults, &key)
+                        .unwrap_or_default(),
+                };
+                configs.insert(key, edit_list(&current, value, op == OP_APPEND));
+            }
             (op, _) => {
                 return Err(ApiError::new(
                     ResponseError::InvalidConfig,
@@ -83,4 +115,20 @@ async fn apply(
         .node
         .set_topic_configs(&name, configs, validate_only)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::edit_list;
+
+    #[test]
+    fn list_edits() {
+        assert_eq!(edit_list("delete", "compact", true), "delete,compact");
+        assert_eq!(
+            edit_list("delete,compact", "compact", true),
+            "delete,compact"
+        );
+        assert_eq!(edit_list("delete,compact", "delete", false), "compact");
+        assert_eq!(edit_list("compact", "compact", false), "");
+    }
 }

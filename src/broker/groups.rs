@@ -290,14 +290,10 @@ impl GroupService {
             Ok(id) => id,
             Err(e) => return join_error(e),
         };
-        match tokio::time::timeout(wait, answer).await {
-            Ok(Ok(answer)) => answer,
-            _ => {
-                self.lock().waiting.remove(&id);
-                tracing::warn!(group = %group_id, "a JoinGroup got no answer within its rebalance timeout");
-                join_error(ResponseError::CoordinatorNotAvailable)
-            }
-        }
+        self.answer(id, answer, wait).await.unwrap_or_else(|| {
+            tracing::warn!(group = %group_id, "a JoinGroup got no answer within its rebalance timeout");
+            join_error(ResponseError::CoordinatorNotAvailable)
+        })
     }
 
     /// SyncGroup.
@@ -317,11 +313,23 @@ impl GroupService {
             Ok(id) => id,
             Err(e) => return sync_error(e),
         };
-        match tokio::time::timeout(MAX_SYNC_WAIT, answer).await {
-            Ok(Ok(answer)) => answer,
+        self.answer(id, answer, MAX_SYNC_WAIT)
+            .await
+            .unwrap_or_else(|| sync_error(ResponseError::CoordinatorNotAvailable))
+    }
+
+    /// The answer to request `id`, or None (and it is forgotten) after `wait`.
+    async fn answer<T>(
+        &self,
+        id: RequestId,
+        answer: oneshot::Receiver<T>,
+        wait: Duration,
+    ) -> Option<T> {
+        match tokio::time::timeout(wait, answer).await {
+            Ok(Ok(answer)) => Some(answer),
             _ => {
                 self.lock().waiting.remove(&id);
-                sync_error(ResponseError::CoordinatorNotAvailable)
+                None
             }
         }
     }

@@ -20,7 +20,7 @@ pub struct Bug {
 }
 
 /// Every planted bug, with what it breaks.
-pub const BUGS: [Bug; 15] = [
+pub const BUGS: [Bug; 16] = [
     Bug {
         name: "ack-before-quorum",
         description: "acks=all is answered once the leader's own write is fsynced, not at commit by a quorum",
@@ -80,6 +80,10 @@ pub const BUGS: [Bug; 15] = [
     Bug {
         name: "group-load-before-term-commit",
         description: "a new group coordinator loads its partition before its leader committed an entry of its own term (it may miss records an earlier leader committed)",
+    },
+    Bug {
+        name: "group-serve-before-load",
+        description: "a new group coordinator serves its groups at once, from nothing, instead of first replaying its partition's records",
     },
 ];
 

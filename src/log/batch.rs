@@ -376,8 +376,8 @@ fn decompress_bounded(data: &mut Bytes, compression: Compression) -> anyhow::Res
     Ok(out.0.into())
 }
 
-/// Reads one zigzag varint of at most `max_bytes` bytes.
-fn read_varint(buf: &mut &[u8], max_bytes: usize) -> Option<i64> {
+/// Reads one zigzag varint of at most `max_bytes` bytes (RecordBatch v2 record fields).
+pub(crate) fn read_varint(buf: &mut &[u8], max_bytes: usize) -> Option<i64> {
     let mut value = 0u64;
     for i in 0..max_bytes {
         let (&byte, rest) = buf.split_first()?;

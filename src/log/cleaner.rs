@@ -36,7 +36,7 @@
 //! between two different keys (probability about n²/2^129 for n keys) would make the older
 //! key's latest record look superseded and drop it, on every replica alike.
 
-use super::batch::{self, BatchHeader, BATCH_HEADER_SIZE};
+use super::batch::{self, read_varint, BatchHeader, BATCH_HEADER_SIZE};
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
 use std::collections::{BTreeMap, BTreeSet};
@@ -175,20 +175,6 @@ fn parse_checked(batch_bytes: &[u8]) -> Result<BatchHeader, CleanError> {
     }
     batch::verify_crc(batch_bytes, &header).map_err(|e| clean_err(&header, e.to_string()))?;
     Ok(header)
-}
-
-/// Reads one zigzag varint of at most `max_bytes` bytes from the front of `buf`.
-fn read_varint(buf: &mut &[u8], max_bytes: usize) -> Option<i64> {
-    let mut value = 0u64;
-    for i in 0..max_bytes {
-        let (&byte, rest) = buf.split_first()?;
-        *buf = rest;
-        value |= ((byte & 0x7f) as u64) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Some((value >> 1) as i64 ^ -((value & 1) as i64));
-        }
-    }
-    None
 }
 
 /// Reads a varint-length-prefixed byte field (-1: null).

@@ -20,7 +20,7 @@ pub struct Bug {
 }
 
 /// Every planted bug, with what it breaks.
-pub const BUGS: [Bug; 16] = [
+pub const BUGS: [Bug; 18] = [
     Bug {
         name: "ack-before-quorum",
         description: "acks=all is answered once the leader's own write is fsynced, not at commit by a quorum",
@@ -84,6 +84,14 @@ pub const BUGS: [Bug; 16] = [
     Bug {
         name: "group-serve-before-load",
         description: "a new group coordinator serves its groups at once, from nothing, instead of first replaying its partition's records",
+    },
+    Bug {
+        name: "forget-sequence-window-on-leader-change",
+        description: "a new partition leader ignores the producer state its log holds for batches of earlier terms, so a retry of such a batch is appended again",
+    },
+    Bug {
+        name: "stale-epoch-produce-accepted",
+        description: "a partition leader accepts a batch whose producer epoch is older than the producer's current one (a zombie producer)",
     },
 ];
 

@@ -141,6 +141,7 @@ fuzz_target!(|data: &[u8]| {
             DescribeGroups => DescribeGroupsRequest, DescribeGroupsResponse,
             DeleteGroups => DeleteGroupsRequest, DeleteGroupsResponse,
             OffsetDelete => OffsetDeleteRequest, OffsetDeleteResponse,
+            InitProducerId => InitProducerIdRequest, InitProducerIdResponse,
         ),
         _ => header_roundtrip(s.key, version, kind == 2, bytes),
     }

@@ -11,6 +11,7 @@
 
 pub mod groups;
 pub mod metadata_store;
+pub mod producer_ids;
 
 use crate::clock;
 use crate::cluster::{ClusterConfig, ClusterNode, RecoveryPoints};
@@ -41,6 +42,8 @@ pub struct Broker {
     pub node: Arc<ClusterNode>,
     /// The group coordinators this broker hosts.
     pub groups: Arc<groups::GroupService>,
+    /// Producer ids for InitProducerId.
+    pub producer_ids: producer_ids::ProducerIds,
     storage: Arc<dyn Storage>,
     /// Set when a clean shutdown starts: produce answers NOT_LEADER_OR_FOLLOWER so that
     /// clients keep their records and retry once the broker is back.
@@ -102,6 +105,7 @@ impl Broker {
             config,
             node,
             groups,
+            producer_ids: Default::default(),
             storage,
             shutting_down: AtomicBool::new(false),
         });

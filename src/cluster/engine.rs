@@ -7,7 +7,8 @@ use crate::log::config::effective_config;
 use crate::log::{LogConfig, ReadError};
 use crate::metadata::log_codec::{decode_batch, encode_batch};
 use crate::metadata::records::{
-    BrokerRef, ClusterIdentity, MetadataRecord, PartitionChange, Record, RegisterBroker,
+    AllocateProducerIds, BrokerRef, ClusterIdentity, MetadataRecord, PartitionChange, Record,
+    RegisterBroker,
 };
 use crate::metadata::{Controller, ControllerConfig, CreateTopic, MetadataImage, PlacementSeed};
 use crate::replication::driver::{
@@ -30,6 +31,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
 mod compaction;
+mod idempotence;
 
 /// The Raft group of the cluster metadata log.
 pub const METADATA_GROUP: &str = "__cluster_metadata-0";
@@ -121,6 +123,10 @@ pub enum ProduceError {
     Storage(String),
     #[error("the broker is stopping")]
     Stopped,
+    #[error("{0}")]
+    Sequence(crate::log::producer_state::SequenceError),
+    #[error("invalid record: {0}")]
+    InvalidRecord(String),
 }
 
 impl ProduceError {
@@ -131,6 +137,8 @@ impl ProduceError {
             }
             ProduceError::UnknownPartition => ResponseError::UnknownTopicOrPartition,
             ProduceError::Storage(_) => ResponseError::KafkaStorageError,
+            ProduceError::Sequence(e) => e.kafka_error(),
+            ProduceError::InvalidRecord(_) => ResponseError::InvalidRecord,
         }
     }
 }
@@ -230,6 +238,10 @@ struct Pending {
     #[cfg(feature = "planted-bugs")]
     batches: Vec<Bytes>,
 }
+
+/// Producers waiting, by (group, Raft index of the entry they wait for). Several may
+/// wait for one entry: a retried idempotent batch waits for its original.
+type PendingMap = BTreeMap<(GroupId, u64), Vec<Pending>>;
 
 /// A producer's place in line: await it for the base offset.
 pub type ProduceTicket = oneshot::Receiver<Result<i64, ProduceError>>;
@@ -508,8 +520,8 @@ impl ClusterNode {
     }
 
     /// [`ClusterNode::fail`], answering every waiting producer with the error first.
-    fn fail_pending(&self, pending: &mut BTreeMap<(GroupId, u64), Pending>, why: String) {
-        for (_, p) in std::mem::take(pending) {
+    fn fail_pending(&self, pending: &mut PendingMap, why: String) {
+        for p in std::mem::take(pending).into_values().flatten() {
             let _ = p.reply.send(Err(ProduceError::Storage(why.clone())));
         }
         self.fail(why);
@@ -704,6 +716,43 @@ impl ClusterNode {
             Some(vec![record]),
         )
         .await?
+    }
+
+    /// Takes a block of `count` producer ids for this broker through the metadata log:
+    /// the block starts where the last granted one ended, and is this broker's once the
+    /// image shows it granted to this incarnation (another broker may win the race for
+    /// the same start: then it asks again, a few times).
+    pub async fn allocate_producer_ids(&self, count: i64) -> Result<i64, ApiError> {
+        const ATTEMPTS: usize = 8;
+        let me = (self.config.node_id as i32, self.incarnation_id);
+        for _ in 0..ATTEMPTS {
+            self.catch_up_image().await?;
+            let first = self.with_image(|image| image.next_producer_id);
+            let record = MetadataRecord::new(Record::AllocateProducerIds(AllocateProducerIds {
+                broker_id: me.0,
+                incarnation_id: me.1,
+                first_producer_id: first,
+                count,
+            }));
+            self.propose_metadata(vec![record.clone()]).await?;
+            let granted = self
+                .await_image(
+                    move |image| match image.producer_id_blocks.get(&first) {
+                        Some(owner) => Some(*owner == me),
+                        None if image.next_producer_id > first => Some(false),
+                        None => None,
+                    },
+                    Some(vec![record]),
+                )
+                .await?;
+            if granted {
+                return Ok(first);
+            }
+        }
+        Err(ApiError::new(
+            ResponseError::CoordinatorNotAvailable,
+            "no producer id block could be taken",
+        ))
     }
 
     /// Checks a topic creation without making it.
@@ -1075,7 +1124,7 @@ impl ClusterNode {
         mut inbox: mpsc::Receiver<(u64, Vec<GroupMessage>)>,
         mut commands: mpsc::Receiver<Command>,
     ) {
-        let mut pending: BTreeMap<(GroupId, u64), Pending> = BTreeMap::new();
+        let mut pending: PendingMap = BTreeMap::new();
         let mut ticker = tokio::time::interval(Duration::from_millis(self.config.tick_ms));
         let mut refusals_logged = 0u32;
         // A round's results held back one round (BUGGIFY, simulation only).
@@ -1312,12 +1361,7 @@ impl ClusterNode {
         });
     }
 
-    fn handle(
-        &self,
-        driver: &mut Driver,
-        pending: &mut BTreeMap<(GroupId, u64), Pending>,
-        command: Command,
-    ) {
+    fn handle(&self, driver: &mut Driver, pending: &mut PendingMap, command: Command) {
         match command {
             Command::Stop { .. } => unreachable!("handled by the driver loop"),
             Command::Propose {
@@ -1347,6 +1391,17 @@ impl ClusterNode {
                 } else {
                     wait
                 };
+                match idempotence::check_producer_batches(driver, &group, &batches) {
+                    Ok(idempotence::ProducerCheck::Propose) => {}
+                    Ok(duplicate) => {
+                        self.answer_duplicate(pending, group, duplicate, wait, reply);
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                }
                 #[cfg(feature = "planted-bugs")]
                 let kept = batches.clone();
                 match propose_all(driver, &group, batches) {
@@ -1360,7 +1415,7 @@ impl ClusterNode {
                             #[cfg(feature = "planted-bugs")]
                             batches: kept,
                         };
-                        pending.insert((group, last_index), p);
+                        pending.entry((group, last_index)).or_default().push(p);
                     }
                     Err(DriverError::NotLeader { leader, .. }) => {
                         let _ = reply.send(Err(ProduceError::NotLeader { leader }));
@@ -1388,10 +1443,56 @@ impl ClusterNode {
         }
     }
 
+    /// Answers a retried idempotent batch with its original's offsets: now if the original
+    /// already meets `wait`, else once it does (if a leader change replaces it instead,
+    /// the producer is told to retry).
+    fn answer_duplicate(
+        &self,
+        pending: &mut PendingMap,
+        group: GroupId,
+        duplicate: idempotence::ProducerCheck,
+        wait: Wait,
+        reply: oneshot::Sender<Result<i64, ProduceError>>,
+    ) {
+        use idempotence::ProducerCheck::*;
+        let (index, term) = match duplicate {
+            Propose => unreachable!("not a duplicate"),
+            DuplicateWritten {
+                base_offset,
+                last_offset,
+                entry,
+            } => {
+                let committed = self
+                    .replicas
+                    .read()
+                    .unwrap()
+                    .get(&group)
+                    .is_some_and(|r| r.high_watermark() > last_offset);
+                match entry {
+                    Some(entry) if !committed && wait == Wait::Commit => entry,
+                    _ => {
+                        let _ = reply.send(Ok(base_offset));
+                        return;
+                    }
+                }
+            }
+            DuplicateUnwritten { index, term } => (index, term),
+        };
+        let p = Pending {
+            term,
+            first_index: index,
+            wait,
+            reply,
+            #[cfg(feature = "planted-bugs")]
+            batches: Vec::new(),
+        };
+        pending.entry((group, index)).or_default().push(p);
+    }
+
     fn apply(
         &self,
         driver: &mut Driver,
-        pending: &mut BTreeMap<(GroupId, u64), Pending>,
+        pending: &mut PendingMap,
         output: RoundOutput,
     ) -> io::Result<()> {
         let mut image_changed = false;
@@ -1419,7 +1520,10 @@ impl ClusterNode {
                     .fetch_max(c.next_offset, Ordering::AcqRel);
                 data_changed = true;
             }
-            if let Some(p) = pending.remove(&(c.group.clone(), c.index)) {
+            for p in pending
+                .remove(&(c.group.clone(), c.index))
+                .unwrap_or_default()
+            {
                 let base_offset = if p.first_index == c.index {
                     Some(c.base_offset)
                 } else {
@@ -1441,7 +1545,7 @@ impl ClusterNode {
         // acks=1: answered once the leader's own round persisted the entry.
         let local: Vec<(GroupId, u64)> = pending
             .iter()
-            .filter(|(_, p)| p.wait == Wait::LocalAppend)
+            .filter(|(_, waiting)| waiting.iter().any(|p| p.wait == Wait::LocalAppend))
             .map(|(k, _)| k.clone())
             .collect();
         for (group, index) in local {
@@ -1450,11 +1554,18 @@ impl ClusterNode {
             };
             let log = storage.lock();
             if let Some(position) = log.position(index) {
-                let p = pending
-                    .remove(&(group.clone(), index))
-                    .expect("listed above");
-                let first = log.position(p.first_index).map(|f| f.base_offset);
-                p.answer(position.term, first);
+                let key = (group.clone(), index);
+                let waiting = pending.remove(&key).expect("listed above");
+                let (answered, still): (Vec<_>, Vec<_>) = waiting
+                    .into_iter()
+                    .partition(|p| p.wait == Wait::LocalAppend);
+                for p in answered {
+                    let first = log.position(p.first_index).map(|f| f.base_offset);
+                    p.answer(position.term, first);
+                }
+                if !still.is_empty() {
+                    pending.insert(key, still);
+                }
             }
         }
         for change in &output.leader_changes {
@@ -1471,7 +1582,10 @@ impl ClusterNode {
             // handed to the new leader, although they may still commit where they are.
             #[cfg(feature = "planted-bugs")]
             if crate::planted::on("duplicate-on-retry") && !change.is_local_leader {
-                for ((group, _), p) in pending.iter() {
+                for ((group, _), p) in pending
+                    .iter()
+                    .flat_map(|(k, v)| v.iter().map(move |p| (k, p)))
+                {
                     if *group == change.group && p.term < change.term {
                         for batch in &p.batches {
                             let _ = driver.propose_anywhere(group, batch.to_vec());
@@ -1650,8 +1764,8 @@ fn step_batch(
 }
 
 /// Answers every waiting producer with `Stopped`, then the stop request.
-fn stop(pending: BTreeMap<(GroupId, u64), Pending>, done: oneshot::Sender<()>) {
-    for (_, p) in pending {
+fn stop(pending: PendingMap, done: oneshot::Sender<()>) {
+    for p in pending.into_values().flatten() {
         let _ = p.reply.send(Err(ProduceError::Stopped));
     }
     let _ = done.send(());

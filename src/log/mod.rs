@@ -6,6 +6,7 @@ pub mod cleaner;
 pub mod config;
 pub mod index;
 pub mod partition_log;
+pub mod producer_state;
 pub mod segment;
 
 pub use config::LogConfig;

@@ -20,7 +20,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 mod clean;
+mod producer_snapshots;
 pub use clean::{CleanFailure, CleanReport, CLEANED_SUFFIX};
+pub use producer_snapshots::SNAPSHOT_SUFFIX;
+
+use super::producer_state::ProducerStateMap;
 
 /// Where the offsets of an append landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +78,9 @@ pub struct PartitionLog {
     closed: bool,
     /// Reads that found a corrupt batch (see [`PartitionLog::corrupt_reads`]).
     corrupt_reads: std::sync::atomic::AtomicU64,
+    /// Every batch of the log applied, in order (`producer_state.end_offset() ==
+    /// log_end_offset`).
+    producer_state: ProducerStateMap,
 }
 
 impl PartitionLog {
@@ -97,9 +104,10 @@ impl PartitionLog {
                 }
             }
         }
-        // A segment rewrite the cleaner did not finish: the old log is still in place.
+        // A segment rewrite the cleaner did not finish (the old log is still in place), or
+        // a snapshot write that did not finish (the previous snapshots are).
         for name in &names {
-            if name.ends_with(clean::CLEANED_SUFFIX) {
+            if name.ends_with(clean::CLEANED_SUFFIX) || name.ends_with(".snapshot.tmp") {
                 storage.remove_file(&dir.join(name))?;
             }
         }
@@ -192,7 +200,7 @@ impl PartitionLog {
         }
         report.segments = segments.len();
         let log_end_offset = segments.values().next_back().unwrap().next_offset();
-        let log = PartitionLog {
+        let mut log = PartitionLog {
             storage,
             dir: dir.to_path_buf(),
             config,
@@ -201,13 +209,16 @@ impl PartitionLog {
             recovery_point: recovery_point.min(log_end_offset),
             closed: false,
             corrupt_reads: Default::default(),
+            producer_state: ProducerStateMap::empty_at(0),
         };
+        log.rebuild_producer_state()?;
         log.check_invariants();
         Ok((log, report))
     }
 
     fn check_invariants(&self) {
         assert!(!self.segments.is_empty());
+        assert_eq!(self.producer_state.end_offset(), self.log_end_offset);
         assert!(self.recovery_point <= self.log_end_offset);
         assert_eq!(self.active().next_offset(), self.log_end_offset);
         debug_assert!(self
@@ -296,6 +307,7 @@ impl PartitionLog {
             }
             next = patched_header.next_offset();
             self.log_end_offset = next;
+            self.producer_state.apply(&patched_header);
         }
         debug_assert!(
             self.segments.values().next_back().map(|s| s.next_offset())
@@ -345,6 +357,8 @@ impl PartitionLog {
         self.segments.insert(base, segment);
         // Everything in the sealed segment was just fsynced.
         self.recovery_point = self.recovery_point.max(base);
+        // The producer state as of the new segment's base: rebuilding starts here.
+        producer_snapshots::write(self.storage.as_ref(), &self.dir, &self.producer_state)?;
         self.check_invariants();
         Ok(())
     }
@@ -529,14 +543,33 @@ impl PartitionLog {
         segment.delete(self.storage.as_ref(), &self.dir)?;
         self.storage.sync_dir(&self.dir)?;
         self.recovery_point = self.recovery_point.max(self.log_start_offset());
+        // The snapshot at the new start stays: a follower that installs a Raft snapshot
+        // of this log gets the producer state from it.
+        producer_snapshots::remove_below(
+            self.storage.as_ref(),
+            &self.dir,
+            self.log_start_offset(),
+        )?;
         self.check_invariants();
         Ok(())
     }
 
     /// Replaces the whole log with an empty one starting at `offset` (a replica that
-    /// installs a snapshot of a log whose start it is behind). Durable on return.
-    pub fn reset_to(&mut self, offset: i64) -> io::Result<()> {
+    /// installs a snapshot of a log whose start it is behind), whose producer state is
+    /// `producer_state` (the leader's as of `offset`; empty when it has none). Durable on
+    /// return.
+    pub fn reset_to(
+        &mut self,
+        offset: i64,
+        producer_state: Option<ProducerStateMap>,
+    ) -> io::Result<()> {
         assert!(offset >= 0);
+        let mut producer_state = producer_state
+            .filter(|s| s.end_offset() <= offset)
+            .unwrap_or_else(|| ProducerStateMap::empty_at(offset));
+        producer_state.advance_to(offset);
+        producer_snapshots::remove_above(self.storage.as_ref(), &self.dir, -1)?;
+        producer_snapshots::write(self.storage.as_ref(), &self.dir, &producer_state)?;
         let fresh = Segment::create(
             self.storage.as_ref(),
             &self.dir,
@@ -553,6 +586,7 @@ impl PartitionLog {
         self.storage.sync_dir(&self.dir)?;
         self.log_end_offset = offset;
         self.recovery_point = offset;
+        self.producer_state = producer_state;
         self.check_invariants();
         Ok(())
     }
@@ -579,7 +613,57 @@ impl PartitionLog {
         self.log_end_offset = self.active().next_offset();
         // Sealed segments were synced when rolled, the active one just now.
         self.recovery_point = self.log_end_offset;
+        self.rebuild_producer_state()?;
         self.check_invariants();
+        Ok(())
+    }
+
+    /// What the log knows of its producers (every batch applied).
+    pub fn producer_state(&self) -> &ProducerStateMap {
+        &self.producer_state
+    }
+
+    /// Forgets producers silent for `expiration_ms` (`producer.id.expiration.ms`).
+    pub fn expire_producers(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
+        self.producer_state.remove_expired(now_ms, expiration_ms)
+    }
+
+    /// The producer state snapshot at `offset` (a segment base), if one is on disk.
+    pub fn producer_snapshot_at(&self, offset: i64) -> Option<ProducerStateMap> {
+        producer_snapshots::read(self.storage.as_ref(), &self.dir, offset)
+    }
+
+    /// Rebuilds the producer state: the latest snapshot at or below the log end (the
+    /// empty state at the log start without one), then every batch after it. Snapshots
+    /// past the log end (a cut tail's) are removed.
+    fn rebuild_producer_state(&mut self) -> io::Result<()> {
+        let storage = self.storage.clone();
+        producer_snapshots::remove_above(storage.as_ref(), &self.dir, self.log_end_offset)?;
+        let start = self.log_start_offset();
+        let mut state =
+            producer_snapshots::latest(storage.as_ref(), &self.dir, self.log_end_offset)?
+                .unwrap_or_else(|| ProducerStateMap::empty_at(start));
+        state.advance_to(start);
+        for segment in self.segments.values() {
+            if segment.next_offset() <= state.end_offset() {
+                continue;
+            }
+            for (_, header) in segment.headers()? {
+                // A damaged header (repaired later from a replica) may claim any offsets.
+                if header.next_offset() > self.log_end_offset {
+                    break;
+                }
+                state.apply(&header);
+            }
+        }
+        // A log whose last batches were cut ends where its segments do.
+        state.advance_to(self.log_end_offset);
+        assert_eq!(
+            state.end_offset(),
+            self.log_end_offset,
+            "producer state past the log end"
+        );
+        self.producer_state = state;
         Ok(())
     }
 

@@ -5,7 +5,9 @@
 //! deterministic; a record that does not fit the image (it can only come from a bug or a
 //! corrupt log) is refused with an error and changes nothing, identically everywhere.
 
-use super::records::{MetadataRecord, PartitionRecord, Record, RegisterBroker, TopicRecord};
+use super::records::{
+    AllocateProducerIds, MetadataRecord, PartitionRecord, Record, RegisterBroker, TopicRecord,
+};
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +75,11 @@ pub struct MetadataImage {
     /// Deletions at or below this offset are forgotten: a creation checked against an
     /// image this old is stale whatever its name.
     deleted_forgotten_up_to: i64,
+    /// The first producer id no block has been granted yet.
+    pub next_producer_id: i64,
+    /// The last [`MetadataImage::MAX_PRODUCER_ID_BLOCKS`] blocks granted: first id →
+    /// (broker, incarnation). A broker uses a block only once it sees it here as its own.
+    pub producer_id_blocks: BTreeMap<i64, (i32, u64)>,
 }
 
 fn check_partition(
@@ -117,6 +124,43 @@ impl MetadataImage {
 
     /// Deleted topic names remembered at most (see `deleted_at`).
     pub const MAX_DELETED_NAMES: usize = 4096;
+
+    /// Producer id blocks remembered (see `producer_id_blocks`).
+    pub const MAX_PRODUCER_ID_BLOCKS: usize = 256;
+
+    /// Largest producer id block a broker may take at once.
+    pub const MAX_PRODUCER_ID_BLOCK_SIZE: i64 = 1_000_000;
+
+    fn allocate_producer_ids(&mut self, block: &AllocateProducerIds) -> Result<(), ApplyError> {
+        if !(1..=Self::MAX_PRODUCER_ID_BLOCK_SIZE).contains(&block.count) {
+            return Err(ApplyError::Invalid(format!(
+                "producer id block of {} ids",
+                block.count
+            )));
+        }
+        if block.first_producer_id != self.next_producer_id {
+            return Err(ApplyError::Stale(format!(
+                "producer id block at {} asked, the next free id is {}",
+                block.first_producer_id, self.next_producer_id
+            )));
+        }
+        if !self.brokers.contains_key(&block.broker_id) {
+            return Err(ApplyError::UnknownBroker(block.broker_id));
+        }
+        let end = block
+            .first_producer_id
+            .checked_add(block.count)
+            .ok_or_else(|| ApplyError::Invalid("producer ids exhausted".into()))?;
+        self.next_producer_id = end;
+        self.producer_id_blocks.insert(
+            block.first_producer_id,
+            (block.broker_id, block.incarnation_id),
+        );
+        while self.producer_id_blocks.len() > Self::MAX_PRODUCER_ID_BLOCKS {
+            self.producer_id_blocks.pop_first();
+        }
+        Ok(())
+    }
 
     /// Applies the record at `offset` of the metadata log.
     pub fn apply(&mut self, offset: i64, record: &MetadataRecord) -> Result<(), ApplyError> {
@@ -184,6 +228,7 @@ impl MetadataImage {
                 topic.configs_changed_at = offset;
                 Ok(())
             }
+            Record::AllocateProducerIds(block) => self.allocate_producer_ids(block),
             Record::PartitionChange(c) => {
                 let topic = self
                     .topics

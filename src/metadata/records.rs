@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 /// One entry of the metadata log.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct MetadataRecord {
-    #[prost(oneof = "Record", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
+    #[prost(oneof = "Record", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10")]
     pub record: Option<Record>,
     /// For an admin change: the offset of the image it was checked against (none: an
     /// unconditional record). The change applies only if what it depends on has not
@@ -40,6 +40,24 @@ pub enum Record {
     PartitionChange(PartitionChange),
     #[prost(message, tag = "9")]
     ClusterIdentity(ClusterIdentity),
+    #[prost(message, tag = "10")]
+    AllocateProducerIds(AllocateProducerIds),
+}
+
+/// A block of producer ids `[first_producer_id, first_producer_id + count)` handed to one
+/// broker incarnation. Applied only if the block starts where the last one ended, so a
+/// block is granted once, to one broker, and ids are never reused (a record that commits
+/// late or twice changes nothing).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct AllocateProducerIds {
+    #[prost(int32, tag = "1")]
+    pub broker_id: i32,
+    #[prost(uint64, tag = "2")]
+    pub incarnation_id: u64,
+    #[prost(int64, tag = "3")]
+    pub first_producer_id: i64,
+    #[prost(int64, tag = "4")]
+    pub count: i64,
 }
 
 /// The cluster's id (Metadata, DescribeCluster). Every broker proposes one until the

@@ -483,3 +483,44 @@ fn forgotten_deletions_make_old_creations_stale() {
     c.commit(fresh);
     assert!(c.image.topics.contains_key("fresh"));
 }
+
+#[test]
+fn producer_id_blocks_are_granted_once_and_never_overlap() {
+    let mut cluster = Cluster::new(&[1, 2]);
+    let block = |broker_id, first_producer_id, count| {
+        MetadataRecord::new(Record::AllocateProducerIds(AllocateProducerIds {
+            broker_id,
+            incarnation_id: 7,
+            first_producer_id,
+            count,
+        }))
+    };
+    cluster.commit(block(1, 0, 1000));
+    // Broker 2 asked for the same start: too late, nothing changes.
+    assert!(matches!(
+        cluster.try_commit(block(2, 0, 1000)),
+        Err(ApplyError::Stale(_))
+    ));
+    // The same record committing twice is refused the second time.
+    assert!(cluster.try_commit(block(1, 0, 1000)).is_err());
+    cluster.commit(block(2, 1000, 1000));
+    assert_eq!(cluster.image.next_producer_id, 2000);
+    assert_eq!(cluster.image.producer_id_blocks.get(&0), Some(&(1, 7)));
+    assert_eq!(cluster.image.producer_id_blocks.get(&1000), Some(&(2, 7)));
+    for bad in [
+        block(1, 2000, 0),
+        block(1, 2000, i64::MAX),
+        block(9, 2000, 10),
+    ] {
+        assert!(cluster.try_commit(bad).is_err());
+    }
+    assert_eq!(cluster.image.next_producer_id, 2000);
+    // Only the latest blocks are remembered.
+    for k in 0..(MetadataImage::MAX_PRODUCER_ID_BLOCKS as i64 + 5) {
+        cluster.commit(block(1, 2000 + k, 1));
+    }
+    assert_eq!(
+        cluster.image.producer_id_blocks.len(),
+        MetadataImage::MAX_PRODUCER_ID_BLOCKS
+    );
+}

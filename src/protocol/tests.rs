@@ -352,6 +352,12 @@ fn request_for(key: ApiKey, version: i16) -> RequestKind {
                         ])]),
             )
         }
+        ApiKey::InitProducerId => RequestKind::InitProducerId(
+            InitProducerIdRequest::default()
+                .with_transaction_timeout_ms(60_000)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1),
+        ),
         other => panic!("no test request for {other:?}"),
     }
 }

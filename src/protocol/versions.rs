@@ -46,6 +46,11 @@ pub const SUPPORTED: &[Supported] = &[
         max: 4,
     },
     Supported {
+        key: ApiKey::InitProducerId,
+        min: 0,
+        max: 5,
+    },
+    Supported {
         key: ApiKey::ApiVersions,
         min: 0,
         max: 3,
@@ -194,6 +199,7 @@ mod tests {
                 ApiKey::DescribeGroups => range::<DescribeGroupsRequest>(),
                 ApiKey::DeleteGroups => range::<DeleteGroupsRequest>(),
                 ApiKey::OffsetDelete => range::<OffsetDeleteRequest>(),
+                ApiKey::InitProducerId => range::<InitProducerIdRequest>(),
                 other => panic!("no decoder check for {other:?}"),
             };
             let handled_min = if s.key == ApiKey::Produce {

@@ -16,7 +16,7 @@
 use super::entry_codec::encode_entry;
 use super::replica_log::{ReplicaLog, ReplicaStorage, VerifyError, VoteBarrier};
 use super::slog_bridge;
-use raft::eraftpb::{EntryType, Message, MessageType};
+use raft::eraftpb::{Entry, EntryType, Message, MessageType};
 use raft::{Config, RawNode, StateRole};
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -818,6 +818,23 @@ impl Driver {
         }
         g.raw.propose(vec![], data)?;
         Ok(g.raw.raft.raft_log.last_index())
+    }
+
+    /// Normal entries raft-rs holds for `group` after index `after` (those the replica log
+    /// has not written yet: proposed since the last round), in index order.
+    pub fn unwritten_entries(&self, group: &str, after: u64) -> Vec<Entry> {
+        let Some(g) = self.groups.get(group) else {
+            return Vec::new();
+        };
+        g.raw
+            .raft
+            .raft_log
+            .unstable
+            .entries
+            .iter()
+            .filter(|e| e.index > after && e.get_entry_type() == EntryType::EntryNormal)
+            .cloned()
+            .collect()
     }
 
     /// Proposes from any replica: a follower forwards the proposal to the leader it knows

@@ -134,12 +134,16 @@ impl VoteBarrier {
     }
 }
 
-/// What a snapshot carries: where the log continues. The partition's data before it is
-/// gone by retention, so a replica that installs the snapshot starts empty there.
+/// What a snapshot carries: where the log continues, and the producer state as of there.
+/// The partition's data before it is gone by retention, so a replica that installs the
+/// snapshot starts empty there.
 #[derive(Clone, PartialEq, prost::Message)]
 struct SnapshotData {
     #[prost(int64, tag = "1")]
     next_offset: i64,
+    /// `ProducerStateMap::encode` at `next_offset` (absent: the leader had none).
+    #[prost(bytes = "vec", optional, tag = "2")]
+    producer_state: Option<Vec<u8>>,
 }
 
 /// Where one entry sits in the partition log.
@@ -311,7 +315,8 @@ fn cut_entries(
     first_offset: i64,
 ) -> io::Result<()> {
     if keep == 0 {
-        log.reset_to(first_offset)?;
+        let producer_state = log.producer_snapshot_at(first_offset);
+        log.reset_to(first_offset, producer_state)?;
     } else {
         log.truncate_to(entries[keep - 1].next_offset)?;
     }
@@ -756,6 +761,15 @@ impl ReplicaLog {
             .copied()
     }
 
+    /// The Raft index and term of the entry whose batch starts at `base_offset`.
+    pub fn index_of_offset(&self, base_offset: i64) -> Option<(u64, u64)> {
+        let k = self
+            .entries
+            .binary_search_by_key(&base_offset, |e| e.base_offset)
+            .ok()?;
+        Some((self.first_index + k as u64, self.entries[k].term))
+    }
+
     /// Term of entry `index`, including the one just before the first.
     pub fn term(&self, index: u64) -> Result<u64, StorageError> {
         if index + 1 == self.first_index {
@@ -952,7 +966,16 @@ impl ReplicaLog {
         metadata.set_conf_state(self.conf_state.clone());
         let mut snapshot = Snapshot::default();
         snapshot.set_metadata(metadata);
-        snapshot.data = SnapshotData { next_offset }.encode_to_vec().into();
+        let producer_state = if next_offset == self.log.log_end_offset() {
+            Some(self.log.producer_state().clone())
+        } else {
+            self.log.producer_snapshot_at(next_offset)
+        };
+        let data = SnapshotData {
+            next_offset,
+            producer_state: producer_state.map(|s| s.encode()),
+        };
+        snapshot.data = data.encode_to_vec().into();
         snapshot
     }
 
@@ -974,7 +997,11 @@ impl ReplicaLog {
             metadata.index + 1 >= self.first_index,
             "a snapshot never moves the log back"
         );
-        self.log.reset_to(data.next_offset)?;
+        let producer_state = data
+            .producer_state
+            .as_deref()
+            .and_then(crate::log::producer_state::ProducerStateMap::decode);
+        self.log.reset_to(data.next_offset, producer_state)?;
         self.entries.clear();
         self.clean_commands.clear();
         self.first_index = metadata.index + 1;

@@ -1,7 +1,10 @@
 //! Produce: validate each partition's record batches and propose them to the
 //! partition's Raft group on its leader; answer by acks: acks=0 never answers, acks=1
 //! answers once the leader persisted the batches, acks=-1 (all) once a quorum persisted
-//! and committed them. Nothing is proposed from a batch that fails validation.
+//! and committed them. Nothing is proposed from a batch that fails validation. Batches of
+//! idempotent producers are checked against the partition's producer state when the
+//! leader proposes them (`cluster::engine::idempotence`): a retry is answered with its
+//! original's offsets.
 
 use super::{code, str_bytes};
 use crate::broker::Broker;
@@ -140,11 +143,10 @@ async fn propose(
             return Refused(e.kafka_error(), e.to_string());
         }
     };
-    if batches.iter().any(|(h, _)| h.producer_id != -1) {
-        // Idempotent and transactional producers need producer ids this broker never issued.
+    if batches.iter().any(|(h, _)| h.is_transactional()) {
         return Refused(
-            ResponseError::UnknownProducerId,
-            "idempotent producers are not supported yet".into(),
+            ResponseError::TransactionalIdAuthorizationFailed,
+            "transactions are not supported yet".into(),
         );
     }
     let batches = batches.into_iter().map(|(_, bytes)| bytes).collect();

@@ -1,0 +1,124 @@
+//! The leader's check of batches from idempotent producers, made when a produce is
+//! proposed: against the partition's producer state (every batch written to the log)
+//! and the entries proposed since the last round (not written yet), so two retries in
+//! one round are seen too. A retry is answered with its original's offsets once the
+//! original meets the producer's acks; nothing is proposed for it.
+
+use super::ProduceError;
+use crate::log::batch::BatchHeader;
+use crate::log::producer_state::{ProducerEntry, Verdict};
+use crate::replication::driver::Driver;
+use bytes::Bytes;
+
+/// What the check decided for a proposal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ProducerCheck {
+    /// No idempotent producer's batch in it, or a new one: propose it.
+    Propose,
+    /// A retry of a batch written at `base_offset..=last_offset`, Raft entry `index` of
+    /// `term` (None: below the Raft log's start, hence committed).
+    DuplicateWritten {
+        base_offset: i64,
+        last_offset: i64,
+        entry: Option<(u64, u64)>,
+    },
+    /// A retry of a batch proposed but not yet written: Raft entry `index` of `term`.
+    DuplicateUnwritten { index: u64, term: u64 },
+}
+
+/// An unwritten entry's batch has no offsets yet: it stands in the state under a
+/// negative offset that names its Raft index.
+fn unwritten_offset(index: u64) -> i64 {
+    -(index as i64) - 1
+}
+
+fn unwritten_index(offset: i64) -> u64 {
+    debug_assert!(offset < 0);
+    (-(offset + 1)) as u64
+}
+
+/// Checks a proposal's batches for `group` on its leader.
+pub(super) fn check_producer_batches(
+    driver: &Driver,
+    group: &str,
+    batches: &[Bytes],
+) -> Result<ProducerCheck, ProduceError> {
+    let headers: Vec<BatchHeader> = batches
+        .iter()
+        .filter_map(|b| BatchHeader::parse(b).ok())
+        .collect();
+    let Some(header) = headers
+        .iter()
+        .find(|h| h.producer_id >= 0 && !h.is_control())
+    else {
+        return Ok(ProducerCheck::Propose);
+    };
+    if batches.len() != 1 {
+        return Err(ProduceError::InvalidRecord(
+            "an idempotent producer sends one batch per partition".into(),
+        ));
+    }
+    let storage = driver
+        .storage(group)
+        .ok_or(ProduceError::UnknownPartition)?;
+    let log = storage.lock();
+    // Planted bug: a new leader forgets what its log says about producers (as if the
+    // state lived only in the memory of the leader that accepted the batches).
+    let forget = crate::planted::on("forget-sequence-window-on-leader-change")
+        && log
+            .log()
+            .producer_state()
+            .entry(header.producer_id)
+            .and_then(|e| e.batches.back())
+            .and_then(|b| log.index_of_offset(b.base_offset))
+            .is_some_and(|(_, term)| term < log.hard_state().term);
+    let mut entry = if forget {
+        None
+    } else {
+        log.log()
+            .producer_state()
+            .entry(header.producer_id)
+            .cloned()
+    };
+    let mut unwritten_terms = Vec::new();
+    for e in driver.unwritten_entries(group, log.last_index()) {
+        let Ok(mut h) = BatchHeader::parse(&e.data) else {
+            continue;
+        };
+        if h.producer_id != header.producer_id || h.is_control() {
+            continue;
+        }
+        h.base_offset = unwritten_offset(e.index);
+        entry
+            .get_or_insert_with(|| ProducerEntry::empty(h.producer_epoch))
+            .apply_data(&h);
+        unwritten_terms.push((e.index, e.term));
+    }
+    // Planted bug: a batch from an older epoch than the producer's is let in.
+    if crate::planted::on("stale-epoch-produce-accepted") {
+        if let Some(e) = entry
+            .as_mut()
+            .filter(|e| header.producer_epoch < e.producer_epoch)
+        {
+            e.producer_epoch = header.producer_epoch;
+            e.batches.clear();
+        }
+    }
+    match ProducerEntry::check(entry.as_ref(), header).map_err(ProduceError::Sequence)? {
+        Verdict::Append => Ok(ProducerCheck::Propose),
+        Verdict::Duplicate(original) if original.base_offset < 0 => {
+            let index = unwritten_index(original.base_offset);
+            let term = unwritten_terms
+                .iter()
+                .find(|(i, _)| *i == index)
+                .map(|(_, t)| *t)
+                .expect("an unwritten duplicate names an unwritten entry");
+            Ok(ProducerCheck::DuplicateUnwritten { index, term })
+        }
+        Verdict::Duplicate(original) => Ok(ProducerCheck::DuplicateWritten {
+            base_offset: original.base_offset,
+            last_offset: original.last_offset,
+            entry: log.index_of_offset(original.base_offset),
+        }),
+    }
+}

@@ -1,0 +1,315 @@
+use super::*;
+use proptest::prelude::*;
+
+/// A data batch header of `records` records from `producer_id` at `base_offset`.
+fn batch(
+    producer_id: i64,
+    epoch: i16,
+    base_sequence: i32,
+    records: i32,
+    base_offset: i64,
+) -> BatchHeader {
+    BatchHeader {
+        base_offset,
+        batch_length: 100,
+        partition_leader_epoch: 1,
+        magic: 2,
+        crc: 0,
+        attributes: 0,
+        last_offset_delta: records - 1,
+        base_timestamp: 1_000,
+        max_timestamp: 1_000 + base_offset,
+        producer_id,
+        producer_epoch: epoch,
+        base_sequence,
+        records_count: records,
+    }
+}
+
+fn marker(producer_id: i64, epoch: i16, base_offset: i64) -> BatchHeader {
+    let mut h = batch(producer_id, epoch, -1, 1, base_offset);
+    h.attributes = 0x20 | 0x10;
+    h
+}
+
+#[test]
+fn a_retry_within_the_window_is_a_duplicate_with_the_original_offsets() {
+    let mut state = ProducerStateMap::empty_at(0);
+    for k in 0..5 {
+        state.apply(&batch(7, 0, k * 10, 10, k as i64 * 10));
+    }
+    let entry = state.entry(7);
+    let retry = batch(7, 0, 20, 10, -1);
+    assert_eq!(
+        ProducerEntry::check(entry, &retry),
+        Ok(Verdict::Duplicate(BatchMetadata {
+            first_sequence: 20,
+            last_sequence: 29,
+            base_offset: 20,
+            last_offset: 29
+        }))
+    );
+    assert_eq!(
+        ProducerEntry::check(entry, &batch(7, 0, 50, 10, -1)),
+        Ok(Verdict::Append)
+    );
+    // One more batch pushes the first out of the window: its retry is out of order.
+    state.apply(&batch(7, 0, 50, 10, 50));
+    assert_eq!(
+        ProducerEntry::check(state.entry(7), &batch(7, 0, 0, 10, -1)),
+        Err(SequenceError::OutOfOrder {
+            expected: 60,
+            got: 0
+        })
+    );
+    assert_eq!(
+        state.entry(7).unwrap().batches.len(),
+        SEQUENCE_WINDOW_BATCHES
+    );
+}
+
+#[test]
+fn gaps_stale_epochs_and_epoch_bumps() {
+    let mut state = ProducerStateMap::empty_at(0);
+    // Unknown producers may start anywhere (KIP-360).
+    assert_eq!(
+        ProducerEntry::check(None, &batch(1, 3, 42, 1, -1)),
+        Ok(Verdict::Append)
+    );
+    state.apply(&batch(1, 3, 42, 1, 0));
+    let entry = state.entry(1);
+    assert_eq!(
+        ProducerEntry::check(entry, &batch(1, 3, 44, 1, -1)),
+        Err(SequenceError::OutOfOrder {
+            expected: 43,
+            got: 44
+        })
+    );
+    assert_eq!(
+        ProducerEntry::check(entry, &batch(1, 2, 43, 1, -1)),
+        Err(SequenceError::StaleEpoch { current: 3, got: 2 })
+    );
+    assert_eq!(
+        ProducerEntry::check(entry, &batch(1, 4, 5, 1, -1)),
+        Err(SequenceError::OutOfOrder {
+            expected: 0,
+            got: 5
+        })
+    );
+    assert_eq!(
+        ProducerEntry::check(entry, &batch(1, 4, 0, 1, -1)),
+        Ok(Verdict::Append)
+    );
+    assert_eq!(
+        ProducerEntry::check(entry, &batch(1, 3, -1, 1, -1)),
+        Err(SequenceError::NoSequence)
+    );
+    state.apply(&batch(1, 4, 0, 1, 1));
+    assert_eq!(state.entry(1).unwrap().producer_epoch, 4);
+    assert_eq!(state.entry(1).unwrap().batches.len(), 1);
+    assert_eq!(state.end_offset(), 2);
+}
+
+#[test]
+fn sequences_wrap_after_i32_max() {
+    let h = batch(1, 0, i32::MAX - 1, 4, 0);
+    assert_eq!(last_sequence(&h), 1);
+    let mut state = ProducerStateMap::empty_at(0);
+    state.apply(&batch(1, 0, i32::MAX, 1, 0));
+    assert_eq!(
+        ProducerEntry::check(state.entry(1), &batch(1, 0, 0, 1, -1)),
+        Ok(Verdict::Append)
+    );
+    assert!(ProducerEntry::check(state.entry(1), &batch(1, 0, 1, 1, -1)).is_err());
+}
+
+#[test]
+fn markers_end_transactions_and_bump_epochs() {
+    let mut state = ProducerStateMap::empty_at(0);
+    let mut h = batch(9, 0, 0, 2, 0);
+    h.attributes = 0x10;
+    state.apply(&h);
+    assert_eq!(state.entry(9).unwrap().current_txn_first_offset, Some(0));
+    // An open transaction keeps its producer from expiring.
+    assert_eq!(state.remove_expired(i64::MAX / 2, 1), 0);
+    state.apply(&marker(9, 1, 2));
+    let entry = state.entry(9).unwrap();
+    assert_eq!(entry.current_txn_first_offset, None);
+    assert_eq!(entry.producer_epoch, 1);
+    assert!(entry.batches.is_empty());
+    assert_eq!(state.remove_expired(i64::MAX / 2, 1), 1);
+    assert!(state.is_empty());
+}
+
+#[test]
+fn expiry_follows_batch_timestamps() {
+    let mut state = ProducerStateMap::empty_at(0);
+    state.apply(&batch(1, 0, 0, 1, 0)); // max timestamp 1000
+    state.apply(&batch(2, 0, 0, 1, 5000)); // max timestamp 6000
+    assert_eq!(state.remove_expired(6_000, 5_000), 1);
+    assert!(state.entry(1).is_none());
+    assert!(state.entry(2).is_some());
+}
+
+#[test]
+fn replay_skips_batches_already_covered() {
+    let mut state = ProducerStateMap::empty_at(0);
+    state.apply(&batch(1, 0, 0, 3, 0));
+    let copy = state.clone();
+    state.apply(&batch(1, 0, 0, 3, 0));
+    assert_eq!(state, copy);
+}
+
+#[test]
+fn a_corrupt_snapshot_does_not_decode() {
+    let mut state = ProducerStateMap::empty_at(0);
+    state.apply(&batch(1, 0, 0, 3, 0));
+    let mut bytes = state.encode();
+    assert_eq!(ProducerStateMap::decode(&bytes), Some(state));
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    assert_eq!(ProducerStateMap::decode(&bytes), None);
+    assert_eq!(ProducerStateMap::decode(&bytes[..3]), None);
+}
+
+proptest! {
+    /// Snapshots round-trip, and a state rebuilt from a snapshot plus the rest of the log
+    /// equals the state built from the whole log.
+    #[test]
+    fn snapshot_then_replay_equals_full_replay(
+        batches in proptest::collection::vec((0i64..4, 0i16..3, 1i32..5, any::<bool>()), 1..60),
+        cut in 0usize..60,
+    ) {
+        let mut headers = Vec::new();
+        let mut offset = 0;
+        let mut next_sequence = [0i32; 4];
+        for (producer, epoch, records, is_marker) in batches {
+            let h = if is_marker {
+                marker(producer, epoch, offset)
+            } else {
+                let h = batch(producer, epoch, next_sequence[producer as usize], records, offset);
+                next_sequence[producer as usize] += records;
+                h
+            };
+            offset = h.next_offset();
+            headers.push(h);
+        }
+        let mut full = ProducerStateMap::empty_at(0);
+        for h in &headers {
+            full.apply(h);
+        }
+        let cut = cut.min(headers.len());
+        let mut prefix = ProducerStateMap::empty_at(0);
+        for h in &headers[..cut] {
+            prefix.apply(h);
+        }
+        let mut rebuilt = ProducerStateMap::decode(&prefix.encode()).unwrap();
+        prop_assert_eq!(&rebuilt, &prefix);
+        // Replaying from a little before the snapshot point is harmless.
+        for h in &headers[cut.saturating_sub(2)..] {
+            rebuilt.apply(h);
+        }
+        prop_assert_eq!(rebuilt, full);
+    }
+}
+
+/// The partition log keeps its producer state through reopening, truncation, retention
+/// and a reset, rebuilding it from the snapshots written at each roll.
+mod with_the_log {
+    use super::super::ProducerStateMap;
+    use crate::log::batch::{self, BatchHeader};
+    use crate::log::{LogConfig, PartitionLog};
+    use crate::storage::{MemoryStorage, Storage};
+    use bytes::Bytes;
+    use kafka_protocol::records::Compression;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    /// A producer's batch of `count` records with its producer fields set (CRC redone).
+    fn producer_batch(
+        producer_id: i64,
+        epoch: i16,
+        sequence: i32,
+        count: usize,
+    ) -> (BatchHeader, Bytes) {
+        let mut bytes = batch::tests::make_batch(count, 1_000, Compression::None).to_vec();
+        bytes[43..51].copy_from_slice(&producer_id.to_be_bytes());
+        bytes[51..53].copy_from_slice(&epoch.to_be_bytes());
+        bytes[53..57].copy_from_slice(&sequence.to_be_bytes());
+        let crc = crc32c::crc32c(&bytes[21..]);
+        bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+        let header = BatchHeader::parse(&bytes).unwrap();
+        (header, Bytes::from(bytes))
+    }
+
+    fn open(storage: &Arc<dyn Storage>, recovery_point: i64) -> PartitionLog {
+        let config = LogConfig {
+            segment_bytes: 600,
+            ..LogConfig::default()
+        };
+        PartitionLog::open(storage.clone(), Path::new("/p/t-0"), config, recovery_point)
+            .unwrap()
+            .0
+    }
+
+    fn from_scratch(log: &PartitionLog) -> ProducerStateMap {
+        let mut state = ProducerStateMap::empty_at(log.log_start_offset());
+        for h in log.batch_headers().unwrap() {
+            state.apply(&h);
+        }
+        state
+    }
+
+    #[test]
+    fn producer_state_survives_reopen_truncation_retention_and_reset() {
+        let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+        let mut log = open(&storage, 0);
+        let mut sequences = [0i32; 3];
+        for k in 0..40 {
+            let producer = k % 3;
+            let b = producer_batch(producer as i64, 0, sequences[producer], 2);
+            sequences[producer] += 2;
+            log.append(&[b], 1, 0).unwrap();
+        }
+        assert!(log.segment_count() > 4, "the test needs several segments");
+        let full = log.producer_state().clone();
+        assert_eq!(full.len(), 3);
+        assert_eq!(full, from_scratch(&log));
+        log.sync_all().unwrap();
+        drop(log);
+
+        // Reopened after a crash (nothing trusted) and after a clean shutdown.
+        for recovery_point in [0, i64::MAX] {
+            let log = open(&storage, recovery_point);
+            assert_eq!(log.producer_state(), &full);
+        }
+
+        // Truncation drops the state of the batches cut, back to the last snapshot.
+        let mut log = open(&storage, i64::MAX);
+        let middle = log.segment_base_offsets()[2] + 3;
+        log.truncate_to(middle).unwrap();
+        assert_eq!(log.producer_state(), &from_scratch(&log));
+        assert_ne!(log.producer_state(), &full);
+
+        // Retention deletes segments, not what they said about producers.
+        let before = log.producer_state().clone();
+        let start = log.segment_base_offsets()[2];
+        log.delete_segments_below(start).unwrap();
+        assert_eq!(log.log_start_offset(), start);
+        assert_eq!(log.producer_state(), &before);
+        drop(log);
+        let log = open(&storage, 0);
+        assert_eq!(log.producer_state(), &before);
+        assert_eq!(log.producer_snapshot_at(start).map(|s| s.len()), Some(3));
+
+        // A reset (a follower installing a Raft snapshot) takes the leader's state.
+        let mut log = log;
+        let end = log.log_end_offset() + 100;
+        log.reset_to(end, Some(before.clone())).unwrap();
+        let mut expected = before;
+        expected.advance_to(end);
+        assert_eq!(log.producer_state(), &expected);
+        drop(log);
+        assert_eq!(open(&storage, 0).producer_state(), &expected);
+    }
+}

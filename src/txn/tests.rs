@@ -519,6 +519,10 @@ fn version_2_bumps_the_epoch_at_every_end_and_answers_retries() {
     assert_eq!((unsure.error, unsure.producer_epoch), (None, 3));
     assert_eq!(h.markers.len(), markers);
     assert_eq!(h.state(ID), TxnState::CompleteAbort);
+    // Its retry is answered with what the first answer said.
+    let retry = h.end(ID, pe(bumped.producer_id, 2), TxnResult::Abort, true);
+    assert_eq!((retry.error, retry.producer_epoch), (None, 3));
+    assert_eq!(h.metadata(ID).producer_epoch, 3, "a retry bumps nothing");
     use TxnState::*;
     let tail: Vec<_> = h.logged_states(ID).into_iter().rev().take(2).collect();
     assert_eq!(tail, vec![Some(CompleteAbort), Some(PrepareAbort)]);
@@ -587,6 +591,28 @@ fn version_2_takes_a_new_producer_id_when_the_epoch_is_exhausted() {
         h.add(ID, old, &[tp("out", 0)], true),
         Err(ResponseError::InvalidProducerIdMapping)
     );
+}
+
+#[test]
+fn an_end_that_needs_a_producer_id_it_cannot_get_changes_nothing() {
+    let mut h = harness_with(ongoing_at(i16::MAX - 1, true, 1_000_000));
+    let before = h.metadata(ID);
+    let mut unavailable = || Err(ResponseError::CoordinatorLoadInProgress);
+    let (answer, effects) = h.coordinator.end_txn(
+        ID,
+        before.producer(),
+        TxnResult::Commit,
+        true,
+        &mut unavailable,
+        h.now_ms,
+    );
+    assert_eq!(answer.error, Some(ResponseError::CoordinatorLoadInProgress));
+    assert!(effects.is_empty());
+    assert_eq!(h.metadata(ID), before);
+    // Version 1 needs no new id: the same end goes through.
+    let answer = h.end(ID, before.producer(), TxnResult::Commit, false);
+    assert_eq!(answer.error, None);
+    assert_eq!(h.markers[0].producer_epoch, i16::MAX - 1);
 }
 
 #[test]
@@ -777,7 +803,7 @@ fn idle_transactional_ids_expire_and_busy_ones_do_not() {
     assert_eq!(again.producer_epoch, 0);
     h.deliver_markers();
     h.tick(expiration_ms);
-    assert!(h.coordinator.transactions().contains_key("busy") == false);
+    assert!(!h.coordinator.transactions().contains_key("busy"));
 }
 
 #[test]

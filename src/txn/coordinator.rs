@@ -371,13 +371,24 @@ pub struct TxnDescription {
     pub topics: BTreeMap<String, Vec<i32>>,
 }
 
-/// ListTransactions' filters (empty: no filter; `duration_filter_ms` < 0: none).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// ListTransactions' filters (empty: no filter; `duration_filter_ms` < 0: none, as
+/// the default is).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListFilter {
     pub states: Vec<String>,
     pub producer_ids: Vec<i64>,
     /// Only transactions running longer than this (KIP-994).
     pub duration_filter_ms: i64,
+}
+
+impl Default for ListFilter {
+    fn default() -> Self {
+        ListFilter {
+            states: Vec::new(),
+            producer_ids: Vec::new(),
+            duration_filter_ms: -1,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -822,10 +822,7 @@ fn list_transactions_filters_by_state_producer_and_duration() {
         let ids: Vec<String> = listed.into_iter().map(|l| l.transactional_id).collect();
         (ids, unknown)
     };
-    let all = ListFilter {
-        duration_filter_ms: -1,
-        ..ListFilter::default()
-    };
+    let all = ListFilter::default();
     assert_eq!(ids(&all, h.now_ms).0, vec!["a", "b", "c"]);
     let ongoing = ListFilter {
         states: vec!["Ongoing".into(), "Bogus".into()],

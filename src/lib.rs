@@ -21,3 +21,4 @@ pub mod planted;
 pub mod protocol;
 pub mod replication;
 pub mod storage;
+pub mod txn;

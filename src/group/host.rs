@@ -25,9 +25,10 @@ pub fn java_hash_code(s: &str) -> i32 {
 }
 
 /// The `__consumer_offsets` partition of a group (Kafka's
-/// `Utils.abs(groupId.hashCode) % partitions`, where `abs(i32::MIN)` is 0).
+/// `Utils.abs(groupId.hashCode) % partitions`, where `abs(i32::MIN)` is 0). The
+/// transaction coordinator places transactional ids by the same rule.
 pub fn partition_for(group_id: &str, partitions: i32) -> i32 {
-    assert!(partitions > 0, "the offsets topic has partitions");
+    assert!(partitions > 0, "a coordinator topic has partitions");
     let hash = java_hash_code(group_id);
     let positive = if hash == i32::MIN { 0 } else { hash.abs() };
     positive % partitions

@@ -20,7 +20,7 @@ pub struct Bug {
 }
 
 /// Every planted bug, with what it breaks.
-pub const BUGS: [Bug; 18] = [
+pub const BUGS: [Bug; 19] = [
     Bug {
         name: "ack-before-quorum",
         description: "acks=all is answered once the leader's own write is fsynced, not at commit by a quorum",
@@ -90,8 +90,12 @@ pub const BUGS: [Bug; 18] = [
         description: "a new partition leader ignores the producer state its log holds for batches of earlier terms, so a retry of such a batch is appended again",
     },
     Bug {
-        name: "stale-epoch-produce-accepted",
-        description: "a partition leader accepts a batch whose producer epoch is older than the producer's current one (a zombie producer)",
+        name: "duplicate-acked-before-commit",
+        description: "a retried idempotent batch whose original is in the leader's log is acknowledged at once, though the original may not commit",
+    },
+    Bug {
+        name: "producer-state-kept-on-truncation",
+        description: "a replica whose divergent log tail is cut keeps what the cut batches told its producer state (a later leader takes a retry of a lost batch for a duplicate)",
     },
 ];
 

@@ -54,6 +54,7 @@ use strand::storage::{DiskFaults, MemoryStorage, Storage};
 use tokio::net::TcpListener;
 
 mod group_workload;
+mod idempotent_workload;
 
 const RAFT_PORT: u16 = 9093;
 const KAFKA_PORT: u16 = 9092;
@@ -152,6 +153,7 @@ struct Shared {
     failed: Mutex<BTreeSet<u64>>,
     history: Mutex<History>,
     group: Mutex<group_workload::GroupHistory>,
+    idempotent: Mutex<idempotent_workload::IdempotentHistory>,
     /// Each broker's view of the metadata and of the partitions it leads, as last traced.
     views: Mutex<BTreeMap<String, String>>,
     /// The first violation a client task found.
@@ -263,6 +265,7 @@ pub fn run_seed(seed: u64, options: &Options) -> Report {
                     stop_group: AtomicBool::new(false),
                     healed_at_ms: AtomicU64::new(0),
                     compacted_acks: Mutex::default(),
+                    idempotent: Mutex::default(),
                     compacted_unanswered_tombstones: Mutex::default(),
                     settings,
                 });
@@ -516,6 +519,7 @@ async fn supervise(seed: u64, faults: &Faults, shared: Arc<Shared>) -> Result<()
 
     create_topic(&shared).await?;
     create_compacted_topic(&shared).await?;
+    idempotent_workload::create_topic(&shared).await?;
 
     let mut load = Vec::new();
     {
@@ -525,6 +529,12 @@ async fn supervise(seed: u64, faults: &Faults, shared: Arc<Shared>) -> Result<()
     {
         let s = shared.clone();
         load.push(client.spawn(async move { compacted_produce_loop(s).await }));
+    }
+    for partition in 0..idempotent_workload::IDEMPOTENT_PARTITIONS {
+        let s = shared.clone();
+        load.push(
+            client.spawn(async move { idempotent_workload::producer_loop(s, partition).await }),
+        );
     }
     let mut group_members = Vec::new();
     for index in 0..settings.group_members {
@@ -656,6 +666,11 @@ async fn supervise(seed: u64, faults: &Faults, shared: Arc<Shared>) -> Result<()
     })
     .await?;
     check_compacted(&shared, &compacted)?;
+    let idempotent_deadline = deadline.max(Shared::now_ms() + 10_000);
+    idempotent_workload::check(&shared, idempotent_deadline, || {
+        restart_failed(&shared, &handle, &hosts, &mut injected, u64::MAX, &mut rng)
+    })
+    .await?;
     // The group consumes every record of the final logs (from its committed offsets).
     loop {
         let missing = group_workload::missing_from_group(&shared, &logs);
@@ -729,29 +744,39 @@ async fn create_compacted_topic(shared: &Arc<Shared>) -> Result<(), Violation> {
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
+    create_extra_topic(shared, COMPACTED_TOPIC, 1, configs).await
+}
+
+/// Creates a topic of a workload beside the main one (three replicas), through broker 1.
+async fn create_extra_topic(
+    shared: &Arc<Shared>,
+    name: &str,
+    partitions: i32,
+    configs: BTreeMap<String, String>,
+) -> Result<(), Violation> {
     for attempt in 0..600 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let Some(broker) = shared.broker(1) else {
             continue;
         };
         let request = strand::metadata::CreateTopic {
-            name: COMPACTED_TOPIC.into(),
-            partitions: Some(1),
+            name: name.into(),
+            partitions: Some(partitions),
             replication_factor: Some(3),
             configs: configs.clone(),
             ..Default::default()
         };
         match broker.node.create_topic(request).await {
             Ok(_) => {
-                shared.event(format!("compacted topic created (attempt {attempt})"));
+                shared.event(format!("topic {name} created (attempt {attempt})"));
                 return Ok(());
             }
-            Err(e) => shared.event(format!("create compacted topic: {e:?}")),
+            Err(e) => shared.event(format!("create topic {name}: {e:?}")),
         }
     }
     Err(violation(
         "liveness",
-        "the compacted topic was never created",
+        format!("topic {name} was never created"),
     ))
 }
 

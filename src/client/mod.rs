@@ -205,28 +205,60 @@ pub fn encode_batch(
     encode_records(&records, compression)
 }
 
+/// An idempotent or transactional producer's fields of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerFields {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub transactional: bool,
+}
+
 /// Encodes `(key, value, timestamp_ms)` records as one RecordBatch v2, as a
 /// non-idempotent producer would.
 pub fn encode_records(
     records: &[(Option<Bytes>, Option<Bytes>, i64)],
     compression: Compression,
 ) -> Result<Bytes> {
+    encode_producer_records(records, compression, None)
+}
+
+/// Encodes records as one RecordBatch v2 written by `producer` (None: a producer that is
+/// not idempotent).
+pub fn encode_producer_records(
+    records: &[(Option<Bytes>, Option<Bytes>, i64)],
+    compression: Compression,
+    producer: Option<ProducerFields>,
+) -> Result<Bytes> {
+    let (producer_id, producer_epoch, base_sequence, transactional) = match producer {
+        Some(p) => (
+            p.producer_id,
+            p.producer_epoch,
+            p.base_sequence,
+            p.transactional,
+        ),
+        None => (-1, -1, -1, false),
+    };
     let records: Vec<Record> = records
         .iter()
         .enumerate()
         .map(|(i, (key, value, timestamp_ms))| Record {
-            transactional: false,
+            transactional,
             control: false,
             delete_horizon: false,
             partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
+            producer_id,
+            producer_epoch,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
             // The encoder starts a new batch whenever offset - sequence changes; keeping it
-            // constant with a first sequence of -1 gives one batch with baseSequence -1
-            // (what a non-idempotent producer sends).
-            sequence: i as i32 - 1,
+            // constant gives one batch whose baseSequence is the first record's (-1 for a
+            // non-idempotent producer).
+            sequence: if base_sequence < 0 {
+                i as i32 - 1
+            } else {
+                base_sequence.wrapping_add(i as i32)
+            },
             timestamp: *timestamp_ms,
             key: key.clone(),
             value: value.clone(),
@@ -530,6 +562,22 @@ impl Client {
             .ok_or_else(|| anyhow!("empty Produce response"))?;
         check(p.error_code)?;
         Ok(Some(p.base_offset))
+    }
+
+    /// A producer id and epoch for an idempotent (or, with an id, transactional) producer.
+    pub async fn init_producer_id(
+        &mut self,
+        transactional_id: Option<&str>,
+        transaction_timeout_ms: i32,
+    ) -> Result<(i64, i16)> {
+        let request = InitProducerIdRequest::default()
+            .with_transactional_id(transactional_id.map(|t| TransactionalId(str_bytes(t))))
+            .with_transaction_timeout_ms(transaction_timeout_ms)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+        let response = self.send(&request, 4).await?;
+        check(response.error_code)?;
+        Ok((response.producer_id.0, response.producer_epoch))
     }
 
     /// Produces key/value records as one batch.

@@ -1468,6 +1468,9 @@ impl ClusterNode {
                     .unwrap()
                     .get(&group)
                     .is_some_and(|r| r.high_watermark() > last_offset);
+                // Planted bug: a retry is acknowledged as soon as its original is in the
+                // leader's log, committed or not.
+                let committed = committed || crate::planted::on("duplicate-acked-before-commit");
                 match entry {
                     Some(entry) if !committed && wait == Wait::Commit => entry,
                     _ => {

@@ -597,6 +597,11 @@ impl PartitionLog {
         if offset >= self.log_end_offset {
             return Ok(());
         }
+        // Everything that reads or may fail without harm comes before the cut: a
+        // truncation that fails once durable leaves the caller's state records claiming
+        // entries the log no longer holds.
+        let producer_state = self.producer_state_at(offset)?;
+        producer_snapshots::remove_above(self.storage.as_ref(), &self.dir, offset)?;
         while self.segments.len() > 1 && self.active().base_offset >= offset {
             let base = self.active().base_offset;
             self.segments
@@ -613,7 +618,19 @@ impl PartitionLog {
         self.log_end_offset = self.active().next_offset();
         // Sealed segments were synced when rolled, the active one just now.
         self.recovery_point = self.log_end_offset;
-        self.rebuild_producer_state()?;
+        #[cfg(feature = "planted-bugs")]
+        let kept = self.producer_state.clone();
+        if producer_state.end_offset() == self.log_end_offset {
+            self.producer_state = producer_state;
+        } else {
+            // Cut inside a batch (never by a replica, whose cuts are entry boundaries).
+            self.rebuild_producer_state()?;
+        }
+        // Planted bug: the producer state still holds the cut batches.
+        #[cfg(feature = "planted-bugs")]
+        if crate::planted::on("producer-state-kept-on-truncation") {
+            self.producer_state = kept.rewound_to(self.log_end_offset);
+        }
         self.check_invariants();
         Ok(())
     }
@@ -633,30 +650,38 @@ impl PartitionLog {
         producer_snapshots::read(self.storage.as_ref(), &self.dir, offset)
     }
 
-    /// Rebuilds the producer state: the latest snapshot at or below the log end (the
-    /// empty state at the log start without one), then every batch after it. Snapshots
-    /// past the log end (a cut tail's) are removed.
-    fn rebuild_producer_state(&mut self) -> io::Result<()> {
-        let storage = self.storage.clone();
-        producer_snapshots::remove_above(storage.as_ref(), &self.dir, self.log_end_offset)?;
+    /// The producer state as of `offset` (a batch boundary at or below the log end): the
+    /// latest snapshot at or below it, then the batches from there up to it. Reads only.
+    fn producer_state_at(&self, offset: i64) -> io::Result<ProducerStateMap> {
         let start = self.log_start_offset();
-        let mut state =
-            producer_snapshots::latest(storage.as_ref(), &self.dir, self.log_end_offset)?
-                .unwrap_or_else(|| ProducerStateMap::empty_at(start));
+        let mut state = producer_snapshots::latest(self.storage.as_ref(), &self.dir, offset)?
+            .unwrap_or_else(|| ProducerStateMap::empty_at(start));
         state.advance_to(start);
         for segment in self.segments.values() {
             if segment.next_offset() <= state.end_offset() {
                 continue;
             }
+            if segment.base_offset >= offset {
+                break;
+            }
             for (_, header) in segment.headers()? {
-                // A damaged header (repaired later from a replica) may claim any offsets.
-                if header.next_offset() > self.log_end_offset {
+                if header.next_offset() > offset {
                     break;
                 }
                 state.apply(&header);
             }
         }
-        // A log whose last batches were cut ends where its segments do.
+        Ok(state)
+    }
+
+    /// Rebuilds the producer state: the latest snapshot at or below the log end (the
+    /// empty state at the log start without one), then every batch after it. Snapshots
+    /// past the log end (a cut tail's) are removed.
+    fn rebuild_producer_state(&mut self) -> io::Result<()> {
+        producer_snapshots::remove_above(self.storage.as_ref(), &self.dir, self.log_end_offset)?;
+        let mut state = self.producer_state_at(self.log_end_offset)?;
+        // A damaged header (repaired later from a replica) may claim any offsets: the
+        // batches from it on are not applied, and the state ends where the log does.
         state.advance_to(self.log_end_offset);
         assert_eq!(
             state.end_offset(),

@@ -266,6 +266,14 @@ impl ProducerStateMap {
         self.end_offset = self.end_offset.max(offset);
     }
 
+    /// The same producers with the end moved back (only the planted bug
+    /// `producer-state-kept-on-truncation` does this).
+    #[cfg(feature = "planted-bugs")]
+    pub fn rewound_to(mut self, offset: i64) -> ProducerStateMap {
+        self.end_offset = offset;
+        self
+    }
+
     /// Forgets producers silent for `expiration_ms` (by their batches' timestamps) that
     /// have no open transaction. Returns how many went.
     pub fn remove_expired(&mut self, now_ms: i64, expiration_ms: i64) -> usize {

@@ -94,16 +94,6 @@ pub(super) fn check_producer_batches(
             .apply_data(&h);
         unwritten_terms.push((e.index, e.term));
     }
-    // Planted bug: a batch from an older epoch than the producer's is let in.
-    if crate::planted::on("stale-epoch-produce-accepted") {
-        if let Some(e) = entry
-            .as_mut()
-            .filter(|e| header.producer_epoch < e.producer_epoch)
-        {
-            e.producer_epoch = header.producer_epoch;
-            e.batches.clear();
-        }
-    }
     match ProducerEntry::check(entry.as_ref(), header).map_err(ProduceError::Sequence)? {
         Verdict::Append => Ok(ProducerCheck::Propose),
         Verdict::Duplicate(original) if original.base_offset < 0 => {

@@ -19,8 +19,9 @@
 //! - **Time.** The same loop ticks every coordinator (session and rebalance timeouts,
 //!   offset retention); their effects take the same path.
 
+use super::coordinator_log::{self, PartitionWriter, Then, WriteJob};
 use crate::clock;
-use crate::cluster::{ClusterNode, Wait};
+use crate::cluster::ClusterNode;
 use crate::config::GroupConfig;
 use crate::error::ApiError;
 use crate::group::coordinator::{
@@ -29,28 +30,19 @@ use crate::group::coordinator::{
 };
 use crate::group::host::{CoordinatorHost, OFFSETS_TOPIC};
 use crate::group::records::{decode_batches, encode_batch, GroupRecord};
-use crate::log::batch::BatchHeader;
 use crate::metadata::CreateTopic;
 use kafka_protocol::ResponseError;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-/// Jobs queued for one partition's writer before the partition is reloaded instead.
-const WRITE_QUEUE: usize = 4096;
-/// Jobs a writer proposes back to back before waiting for them.
-const WRITE_BATCH_JOBS: usize = 64;
-/// How long a write may take to commit (Kafka's `offsets.commit.timeout.ms`).
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Requests waiting for a rebalance to answer them, over every group here.
 const MAX_WAITING: usize = 100_000;
 /// A SyncGroup waits at most this long (the coordinator answers it within the rebalance
 /// timeout; this only bounds a request whose group vanished).
 const MAX_SYNC_WAIT: Duration = Duration::from_secs(600);
-/// Bytes read at a time while loading a partition.
-const LOAD_READ_BYTES: usize = 1 << 20;
 
 /// Hosts this broker's group coordinators. Made by the broker; [`GroupService::run`]
 /// is its background loop.
@@ -59,7 +51,8 @@ pub struct GroupService {
     config: GroupConfig,
     tick: Duration,
     seed: u64,
-    state: Mutex<State>,
+    /// Shared with what runs after a write (offset commits reach the coordinator then).
+    state: Arc<Mutex<State>>,
     /// Set by [`GroupService::stop`]: the loop drops every coordinator and ends.
     stopped: AtomicBool,
 }
@@ -69,7 +62,7 @@ struct State {
     host: Option<CoordinatorHost>,
     next_request: RequestId,
     waiting: BTreeMap<RequestId, Waiter>,
-    writers: BTreeMap<i32, Writer>,
+    writers: BTreeMap<i32, PartitionWriter>,
 }
 
 /// A JoinGroup or SyncGroup whose answer comes with a later effect.
@@ -126,29 +119,6 @@ impl Notify {
     }
 }
 
-struct WriteJob {
-    /// Appended as one batch (none: the job only orders what follows it).
-    records: Vec<GroupRecord>,
-    /// Offset commits and deletions: applied to the coordinator once durable.
-    replay: bool,
-    then: Vec<Notify>,
-}
-
-impl WriteJob {
-    fn fail(self, error: ResponseError) {
-        for notify in self.then {
-            notify.send(Err(error));
-        }
-    }
-}
-
-struct Writer {
-    epoch: i32,
-    jobs: mpsc::Sender<WriteJob>,
-    /// Set when the leadership's state is dropped: queued jobs are failed, not written.
-    retired: Arc<AtomicBool>,
-}
-
 pub fn join_error(error: ResponseError) -> JoinResponse {
     JoinResponse {
         error: Some(error),
@@ -171,12 +141,12 @@ impl GroupService {
             config,
             tick: Duration::from_millis(tick_ms.max(1)),
             seed,
-            state: Mutex::new(State {
+            state: Arc::new(Mutex::new(State {
                 host: None,
                 next_request: 0,
                 waiting: BTreeMap::new(),
                 writers: BTreeMap::new(),
-            }),
+            })),
             stopped: AtomicBool::new(false),
         }
     }
@@ -187,7 +157,7 @@ impl GroupService {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     /// The broker that coordinates `group_id` (FindCoordinator), creating
@@ -352,7 +322,7 @@ impl GroupService {
         state.next_request += 1;
         state.waiting.insert(id, waiter(partition));
         let effects = call(coordinator, id, clock::now_ms());
-        route(state, partition, effects, false, Vec::new());
+        route(&self.state, state, partition, effects, false, Vec::new());
         Ok(id)
     }
 
@@ -390,7 +360,14 @@ impl GroupService {
             let state = &mut *state;
             let (partition, coordinator) = serving(&mut state.host, group_id)?;
             let (errors, effects) = coordinator.leave(group_id, members, clock::now_ms());
-            route(state, partition, effects, false, vec![Notify::Done(done)]);
+            route(
+                &self.state,
+                state,
+                partition,
+                effects,
+                false,
+                vec![Notify::Done(done)],
+            );
             errors
         };
         durable
@@ -412,7 +389,14 @@ impl GroupService {
             };
             let (errors, records) = coordinator.commit_offsets(commit, clock::now_ms());
             let effects = records.into_iter().map(Effect::Persist).collect();
-            route(state, partition, effects, true, vec![Notify::Done(done)]);
+            route(
+                &self.state,
+                state,
+                partition,
+                effects,
+                true,
+                vec![Notify::Done(done)],
+            );
             errors
         };
         match durable.await.unwrap_or(Err(ResponseError::NotCoordinator)) {
@@ -471,7 +455,14 @@ impl GroupService {
                             Err(e) => Some(e),
                             Ok(records) => {
                                 let effects = records.into_iter().map(Effect::Persist).collect();
-                                route(state, partition, effects, true, vec![Notify::Done(done)]);
+                                route(
+                                    &self.state,
+                                    state,
+                                    partition,
+                                    effects,
+                                    true,
+                                    vec![Notify::Done(done)],
+                                );
                                 None
                             }
                         }
@@ -502,7 +493,14 @@ impl GroupService {
             let (partition, coordinator) = serving(&mut state.host, group_id)?;
             let (errors, records) = coordinator.delete_offsets(group_id, partitions)?;
             let effects = records.into_iter().map(Effect::Persist).collect();
-            route(state, partition, effects, true, vec![Notify::Done(done)]);
+            route(
+                &self.state,
+                state,
+                partition,
+                effects,
+                true,
+                vec![Notify::Done(done)],
+            );
             errors
         };
         durable
@@ -539,7 +537,7 @@ impl GroupService {
                 .filter(|(_, effects)| !effects.is_empty())
                 .collect();
             for (partition, effects) in ticked {
-                route(state, partition, effects, false, Vec::new());
+                route(&self.state, state, partition, effects, false, Vec::new());
             }
         }
     }
@@ -557,7 +555,6 @@ impl GroupService {
             state.host = None;
             return Vec::new();
         };
-        let me = self.node.config.node_id;
         let mut state = self.lock();
         if state.host.as_ref().map(|h| h.partitions()) != Some(partitions) {
             let held: Vec<i32> = state.writers.keys().copied().collect();
@@ -572,12 +569,7 @@ impl GroupService {
         }
         let mut to_load = Vec::new();
         for partition in 0..partitions {
-            let leading = self
-                .node
-                .replica(OFFSETS_TOPIC, partition)
-                .map(|r| r.leader())
-                .filter(|(leader, _)| *leader == me)
-                .map(|(_, term)| i32::try_from(term).unwrap_or(i32::MAX));
+            let leading = coordinator_log::leader_term(&self.node, OFFSETS_TOPIC, partition);
             let held = state.host.as_ref().and_then(|h| h.epoch(partition));
             match (leading, held) {
                 (Some(term), Some(epoch)) if term == epoch => {}
@@ -641,17 +633,25 @@ impl GroupService {
             records = records.len(),
             "loaded the groups of {OFFSETS_TOPIC}-{partition}"
         );
-        let (jobs, queue) = mpsc::channel(WRITE_QUEUE);
-        let retired = Arc::new(AtomicBool::new(false));
-        state.writers.insert(
+        let shared = self.state.clone();
+        let on_failure = move |_| {
+            let mut state = lock(&shared);
+            if state
+                .writers
+                .get(&partition)
+                .is_some_and(|w| w.epoch == epoch)
+            {
+                resign(&mut state, partition);
+            }
+        };
+        let writer = PartitionWriter::start(
+            self.node.clone(),
+            OFFSETS_TOPIC,
             partition,
-            Writer {
-                epoch,
-                jobs,
-                retired: retired.clone(),
-            },
+            epoch,
+            on_failure,
         );
-        tokio::spawn(self.clone().write_loop(partition, epoch, queue, retired));
+        state.writers.insert(partition, writer);
     }
 
     /// Every committed record of the partition, once this broker, leading it in
@@ -661,48 +661,15 @@ impl GroupService {
         partition: i32,
         epoch: i32,
     ) -> Result<Option<Vec<GroupRecord>>, String> {
-        let Some(replica) = self.node.replica(OFFSETS_TOPIC, partition) else {
+        let Some(chunks) =
+            coordinator_log::read_committed(&self.node, OFFSETS_TOPIC, partition, epoch)?
+        else {
             return Ok(None);
         };
-        let storage = replica.storage.lock();
-        let commit = storage.hard_state().commit;
-        // Planted bug: load whatever this leader knows committed, at once.
-        if storage.term(commit).ok() != Some(epoch as u64)
-            && !crate::planted::on("group-load-before-term-commit")
-        {
-            return Ok(None);
-        }
-        let Some(upper) = storage.position(commit).map(|p| p.next_offset) else {
-            return Ok(None);
-        };
-        let log = storage.log();
-        let mut offset = log.log_start_offset();
         let mut records = Vec::new();
         let mut skipped = 0;
-        while offset < upper {
-            let bytes = match log.read(offset, LOAD_READ_BYTES, upper, true) {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    if matches!(e, crate::log::ReadError::Corrupt { .. }) {
-                        // Damage on this disk: the driver repairs the entry from a
-                        // replica (this broker leads no more meanwhile), as for a fetch.
-                        storage.mark_corrupt_from_offset(offset);
-                    }
-                    return Err(format!("reading at {offset}: {e}"));
-                }
-            };
-            if bytes.is_empty() {
-                // Committed entries cover every offset below `upper`: a hole is damage,
-                // never the end of what there is to load.
-                return Err(format!("nothing to read at {offset}, below {upper}"));
-            }
-            let mut position = 0;
-            while position < bytes.len() {
-                let header = BatchHeader::parse(&bytes[position..]).map_err(|e| e.to_string())?;
-                offset = header.next_offset();
-                position += header.size_bytes();
-            }
-            let (decoded, undecodable) = decode_batches(&bytes)?;
+        for bytes in &chunks {
+            let (decoded, undecodable) = decode_batches(bytes)?;
             records.extend(decoded);
             skipped += undecodable;
         }
@@ -715,107 +682,10 @@ impl GroupService {
         }
         Ok(Some(records))
     }
+}
 
-    /// Appends the jobs of one leadership in order (see the module comment).
-    async fn write_loop(
-        self: Arc<Self>,
-        partition: i32,
-        epoch: i32,
-        mut queue: mpsc::Receiver<WriteJob>,
-        retired: Arc<AtomicBool>,
-    ) {
-        let mut failed: Option<ResponseError> = None;
-        while let Some(first) = queue.recv().await {
-            let mut jobs = vec![first];
-            while jobs.len() < WRITE_BATCH_JOBS {
-                match queue.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
-                }
-            }
-            let mut tickets = Vec::with_capacity(jobs.len());
-            for job in &jobs {
-                if failed.is_none() && retired.load(Ordering::SeqCst) {
-                    failed = Some(ResponseError::NotCoordinator);
-                }
-                if failed.is_some() || job.records.is_empty() {
-                    tickets.push(None);
-                    continue;
-                }
-                let batch = encode_batch(&job.records, clock::now_ms());
-                let submitted = self
-                    .node
-                    .submit_in_term(
-                        OFFSETS_TOPIC,
-                        partition,
-                        vec![batch],
-                        Wait::Commit,
-                        Some(epoch as u64),
-                    )
-                    .await;
-                match submitted {
-                    Ok(ticket) => tickets.push(Some(ticket)),
-                    Err(_) => {
-                        failed = Some(ResponseError::NotCoordinator);
-                        tickets.push(None);
-                    }
-                }
-            }
-            let mut first_failure = None;
-            for (job, ticket) in jobs.into_iter().zip(tickets) {
-                let outcome = match (first_failure, ticket) {
-                    (Some(e), _) => Err(e),
-                    (None, None) => failed.map_or(Ok(()), Err),
-                    // Planted bug: answered once proposed, committed or not.
-                    (None, Some(_)) if crate::planted::on("group-ack-before-durable") => Ok(()),
-                    (None, Some(ticket)) => match tokio::time::timeout(WRITE_TIMEOUT, ticket).await
-                    {
-                        Ok(Ok(Ok(_))) => Ok(()),
-                        Ok(_) => Err(ResponseError::NotCoordinator),
-                        Err(_) => Err(ResponseError::CoordinatorNotAvailable),
-                    },
-                };
-                match outcome {
-                    Ok(()) => {
-                        if job.replay {
-                            let mut state = self.lock();
-                            if let Some(coordinator) = state
-                                .host
-                                .as_mut()
-                                .and_then(|h| h.serving(partition, epoch))
-                            {
-                                let now_ms = clock::now_ms();
-                                for record in &job.records {
-                                    coordinator.replay(record, now_ms);
-                                }
-                            }
-                        }
-                        for notify in job.then {
-                            notify.send(Ok(()));
-                        }
-                    }
-                    Err(e) => {
-                        first_failure = Some(e);
-                        job.fail(e);
-                    }
-                }
-            }
-            if let Some(e) = first_failure.or(failed) {
-                failed = Some(e);
-                retired.store(true, Ordering::SeqCst);
-                let mut state = self.lock();
-                if state
-                    .writers
-                    .get(&partition)
-                    .is_some_and(|w| w.epoch == epoch)
-                {
-                    tracing::warn!(partition, epoch, error = ?e,
-                        "a write to {OFFSETS_TOPIC} failed: its groups are loaded again from the log");
-                    resign(&mut state, partition);
-                }
-            }
-        }
-    }
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The partition of `group_id` and its coordinator, if it serves here.
@@ -835,7 +705,7 @@ fn resign(state: &mut State, partition: i32) {
         host.resigned(partition);
     }
     if let Some(writer) = state.writers.remove(&partition) {
-        writer.retired.store(true, Ordering::SeqCst);
+        writer.retire();
     }
     let gone: Vec<RequestId> = state
         .waiting
@@ -853,28 +723,28 @@ fn resign(state: &mut State, partition: i32) {
 /// Queues a coordinator's effects on its partition's writer: each run of records is one
 /// job, and the answers after it (with `tail` last) follow that job. `replay`: the
 /// records are applied to the coordinator once durable (commits, deletions).
-fn route(state: &mut State, partition: i32, effects: Vec<Effect>, replay: bool, tail: Vec<Notify>) {
-    let mut jobs: Vec<WriteJob> = Vec::new();
-    let mut current = WriteJob {
-        records: Vec::new(),
-        replay,
-        then: Vec::new(),
-    };
+fn route(
+    shared: &Arc<Mutex<State>>,
+    state: &mut State,
+    partition: i32,
+    effects: Vec<Effect>,
+    replay: bool,
+    tail: Vec<Notify>,
+) {
+    // Runs of (records, answers after them).
+    let mut runs: Vec<(Vec<GroupRecord>, Vec<Notify>)> = vec![(Vec::new(), Vec::new())];
     for effect in effects {
+        let (records, then) = runs.last_mut().expect("never empty");
         match effect {
             Effect::Persist(record) => {
-                if !current.then.is_empty() {
-                    let next = WriteJob {
-                        records: Vec::new(),
-                        replay,
-                        then: Vec::new(),
-                    };
-                    jobs.push(std::mem::replace(&mut current, next));
+                if then.is_empty() {
+                    records.push(record);
+                } else {
+                    runs.push((vec![record], Vec::new()));
                 }
-                current.records.push(record);
             }
             Effect::Join(id, answer) => match state.waiting.remove(&id) {
-                Some(Waiter::Join(_, reply)) => current.then.push(Notify::Join(reply, answer)),
+                Some(Waiter::Join(_, reply)) => then.push(Notify::Join(reply, answer)),
                 Some(other) => {
                     debug_assert!(false, "request {id} waits for a SyncGroup answer");
                     other.fail(ResponseError::UnknownServerError);
@@ -882,7 +752,7 @@ fn route(state: &mut State, partition: i32, effects: Vec<Effect>, replay: bool, 
                 None => {} // the request gave up waiting
             },
             Effect::Sync(id, answer) => match state.waiting.remove(&id) {
-                Some(Waiter::Sync(_, reply)) => current.then.push(Notify::Sync(reply, answer)),
+                Some(Waiter::Sync(_, reply)) => then.push(Notify::Sync(reply, answer)),
                 Some(other) => {
                     debug_assert!(false, "request {id} waits for a JoinGroup answer");
                     other.fail(ResponseError::UnknownServerError);
@@ -891,10 +761,42 @@ fn route(state: &mut State, partition: i32, effects: Vec<Effect>, replay: bool, 
             },
         }
     }
-    current.then.extend(tail);
-    if !current.records.is_empty() || !current.then.is_empty() {
-        jobs.push(current);
-    }
+    runs.last_mut().expect("never empty").1.extend(tail);
+    let epoch = state.writers.get(&partition).map(|w| w.epoch);
+    let jobs: Vec<WriteJob> = runs
+        .into_iter()
+        .filter(|(records, then)| !records.is_empty() || !then.is_empty())
+        .map(|(records, then)| {
+            let batch = (!records.is_empty()).then(|| encode_batch(&records, clock::now_ms()));
+            let mut after: Vec<Then> = Vec::with_capacity(then.len() + 1);
+            if replay && !records.is_empty() {
+                let shared = shared.clone();
+                after.push(Box::new(move |outcome| {
+                    if outcome.is_err() {
+                        return;
+                    }
+                    let mut state = lock(&shared);
+                    let coordinator = epoch.and_then(|epoch| {
+                        state
+                            .host
+                            .as_mut()
+                            .and_then(|h| h.serving(partition, epoch))
+                    });
+                    if let Some(coordinator) = coordinator {
+                        let now_ms = clock::now_ms();
+                        for record in &records {
+                            coordinator.replay(record, now_ms);
+                        }
+                    }
+                }));
+            }
+            after.extend(
+                then.into_iter()
+                    .map(|notify| -> Then { Box::new(move |outcome| notify.send(outcome)) }),
+            );
+            WriteJob { batch, then: after }
+        })
+        .collect();
     let Some(writer) = state.writers.get(&partition) else {
         // Not serving (only a loaded partition produces effects): nothing was promised.
         for job in jobs {
@@ -902,24 +804,7 @@ fn route(state: &mut State, partition: i32, effects: Vec<Effect>, replay: bool, 
         }
         return;
     };
-    let mut overflow = false;
-    for job in jobs {
-        if overflow {
-            job.fail(ResponseError::CoordinatorNotAvailable);
-            continue;
-        }
-        if let Err(e) = writer.jobs.try_send(job) {
-            // The coordinator's state already moved on: it must be loaded again.
-            overflow = true;
-            let job = match e {
-                mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job) => {
-                    job
-                }
-            };
-            job.fail(ResponseError::CoordinatorNotAvailable);
-        }
-    }
-    if overflow {
+    if !writer.queue(jobs) {
         tracing::warn!(
             partition,
             "the {OFFSETS_TOPIC} writer is full: reloading its groups"
@@ -931,6 +816,7 @@ fn route(state: &mut State, partition: i32, effects: Vec<Effect>, replay: bool, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::batch::BatchHeader;
     use crate::broker::Broker;
     use crate::config::BrokerConfig;
     use crate::storage::MemoryStorage;

@@ -9,6 +9,7 @@
 //!
 //! It never parses Kafka bytes itself.
 
+pub mod coordinator_log;
 pub mod groups;
 pub mod metadata_store;
 pub mod producer_ids;

@@ -1,0 +1,259 @@
+//! What the coordinators a broker hosts (consumer groups, transactions) share about the
+//! partitions of their internal topic: which ones this broker leads and in which term,
+//! reading a partition's committed records when its new leader may load them, and the
+//! writer that appends one leadership's records in order and releases what follows each
+//! only once it is durable.
+//!
+//! - **Loading.** A partition led in a term is loaded once its leader has committed an
+//!   entry of that term: then every entry an earlier leader had acknowledged is
+//!   committed, and in what is read.
+//! - **Writes.** One writer task per loaded partition appends its jobs with acks=all,
+//!   only in the term the coordinator was loaded for ([`ClusterNode::submit_in_term`]),
+//!   and runs what follows a job once it and every job before it committed. A write that
+//!   fails or times out fails every later job of that leadership and reports it
+//!   (`on_failure`): the owner drops the partition's state and loads it again.
+
+use crate::cluster::{ClusterNode, Wait};
+use crate::log::batch::BatchHeader;
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Jobs queued for one partition's writer before the partition is reloaded instead.
+const WRITE_QUEUE: usize = 4096;
+/// Jobs a writer proposes back to back before waiting for them.
+const WRITE_BATCH_JOBS: usize = 64;
+/// How long a write may take to commit (Kafka's `offsets.commit.timeout.ms`).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes read at a time while loading a partition.
+const LOAD_READ_BYTES: usize = 1 << 20;
+
+/// Runs once the job it follows (and every job before it) is durable, or failed.
+pub type Then = Box<dyn FnOnce(Result<(), ResponseError>) + Send>;
+
+/// One append (or none: the job only orders what follows it) and what follows it.
+pub struct WriteJob {
+    pub batch: Option<Bytes>,
+    pub then: Vec<Then>,
+}
+
+impl WriteJob {
+    pub fn fail(self, error: ResponseError) {
+        for then in self.then {
+            then(Err(error));
+        }
+    }
+}
+
+/// The writer of one partition in one leadership.
+pub struct PartitionWriter {
+    pub epoch: i32,
+    jobs: mpsc::Sender<WriteJob>,
+    /// Set when the leadership's state is dropped: queued jobs are failed, not written.
+    retired: Arc<AtomicBool>,
+}
+
+impl PartitionWriter {
+    /// Starts the writer task of `topic`-`partition` for the leadership of `epoch`.
+    pub fn start(
+        node: Arc<ClusterNode>,
+        topic: &'static str,
+        partition: i32,
+        epoch: i32,
+        on_failure: impl Fn(ResponseError) + Send + 'static,
+    ) -> PartitionWriter {
+        let (jobs, queue) = mpsc::channel(WRITE_QUEUE);
+        let retired = Arc::new(AtomicBool::new(false));
+        let writer = Writer {
+            node,
+            topic,
+            partition,
+            epoch,
+            retired: retired.clone(),
+        };
+        tokio::spawn(writer.run(queue, on_failure));
+        PartitionWriter {
+            epoch,
+            jobs,
+            retired,
+        }
+    }
+
+    /// Queues jobs in order. False when the queue is full: the jobs that did not fit
+    /// failed (COORDINATOR_NOT_AVAILABLE) and the owner must load the partition again,
+    /// since its coordinator's state already moved on.
+    pub fn queue(&self, jobs: Vec<WriteJob>) -> bool {
+        let mut overflow = false;
+        for job in jobs {
+            if overflow {
+                job.fail(ResponseError::CoordinatorNotAvailable);
+                continue;
+            }
+            if let Err(e) = self.jobs.try_send(job) {
+                overflow = true;
+                let job = match e {
+                    mpsc::error::TrySendError::Full(job)
+                    | mpsc::error::TrySendError::Closed(job) => job,
+                };
+                job.fail(ResponseError::CoordinatorNotAvailable);
+            }
+        }
+        !overflow
+    }
+
+    /// Ends the leadership: jobs still queued fail with NOT_COORDINATOR.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+    }
+}
+
+struct Writer {
+    node: Arc<ClusterNode>,
+    topic: &'static str,
+    partition: i32,
+    epoch: i32,
+    retired: Arc<AtomicBool>,
+}
+
+impl Writer {
+    async fn run(self, mut queue: mpsc::Receiver<WriteJob>, on_failure: impl Fn(ResponseError)) {
+        let mut failed: Option<ResponseError> = None;
+        while let Some(first) = queue.recv().await {
+            let mut jobs = vec![first];
+            while jobs.len() < WRITE_BATCH_JOBS {
+                match queue.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            let mut tickets = Vec::with_capacity(jobs.len());
+            // (Jobs hold what runs after them, which is not `Sync`: no borrow of them
+            // lives across an await.)
+            let batches: Vec<Option<Bytes>> = jobs.iter().map(|job| job.batch.clone()).collect();
+            for batch in batches {
+                if failed.is_none() && self.retired.load(Ordering::SeqCst) {
+                    failed = Some(ResponseError::NotCoordinator);
+                }
+                let Some(batch) = batch.filter(|_| failed.is_none()) else {
+                    tickets.push(None);
+                    continue;
+                };
+                let submitted = self
+                    .node
+                    .submit_in_term(
+                        self.topic,
+                        self.partition,
+                        vec![batch],
+                        Wait::Commit,
+                        Some(self.epoch as u64),
+                    )
+                    .await;
+                match submitted {
+                    Ok(ticket) => tickets.push(Some(ticket)),
+                    Err(_) => {
+                        failed = Some(ResponseError::NotCoordinator);
+                        tickets.push(None);
+                    }
+                }
+            }
+            let mut first_failure = None;
+            for (job, ticket) in jobs.into_iter().zip(tickets) {
+                let outcome = match (first_failure, ticket) {
+                    (Some(e), _) => Err(e),
+                    (None, None) => failed.map_or(Ok(()), Err),
+                    // Planted bug: answered once proposed, committed or not.
+                    (None, Some(_)) if crate::planted::on("group-ack-before-durable") => Ok(()),
+                    (None, Some(ticket)) => match tokio::time::timeout(WRITE_TIMEOUT, ticket).await
+                    {
+                        Ok(Ok(Ok(_))) => Ok(()),
+                        Ok(_) => Err(ResponseError::NotCoordinator),
+                        Err(_) => Err(ResponseError::CoordinatorNotAvailable),
+                    },
+                };
+                match outcome {
+                    Ok(()) => {
+                        for then in job.then {
+                            then(Ok(()));
+                        }
+                    }
+                    Err(e) => {
+                        first_failure = Some(e);
+                        job.fail(e);
+                    }
+                }
+            }
+            if let Some(e) = first_failure.or(failed) {
+                failed = Some(e);
+                if !self.retired.swap(true, Ordering::SeqCst) {
+                    tracing::warn!(topic = self.topic, partition = self.partition, epoch = self.epoch, error = ?e,
+                        "a coordinator write failed: the partition is loaded again from the log");
+                    on_failure(e);
+                }
+            }
+        }
+    }
+}
+
+/// The term in which this broker leads `topic`-`partition`, if it does.
+pub fn leader_term(node: &ClusterNode, topic: &str, partition: i32) -> Option<i32> {
+    node.replica(topic, partition)
+        .map(|r| r.leader())
+        .filter(|(leader, _)| *leader == node.config.node_id)
+        .map(|(_, term)| i32::try_from(term).unwrap_or(i32::MAX))
+}
+
+/// Every committed batch of `topic`-`partition` (in chunks of whole batches), once this
+/// broker, leading it in `epoch`, has committed an entry of that term (None before).
+pub fn read_committed(
+    node: &ClusterNode,
+    topic: &str,
+    partition: i32,
+    epoch: i32,
+) -> Result<Option<Vec<Bytes>>, String> {
+    let Some(replica) = node.replica(topic, partition) else {
+        return Ok(None);
+    };
+    let storage = replica.storage.lock();
+    let commit = storage.hard_state().commit;
+    // Planted bug: load whatever this leader knows committed, at once.
+    if storage.term(commit).ok() != Some(epoch as u64)
+        && !crate::planted::on("group-load-before-term-commit")
+    {
+        return Ok(None);
+    }
+    let Some(upper) = storage.position(commit).map(|p| p.next_offset) else {
+        return Ok(None);
+    };
+    let log = storage.log();
+    let mut offset = log.log_start_offset();
+    let mut chunks = Vec::new();
+    while offset < upper {
+        let bytes = match log.read(offset, LOAD_READ_BYTES, upper, true) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                if matches!(e, crate::log::ReadError::Corrupt { .. }) {
+                    // Damage on this disk: the driver repairs the entry from a replica
+                    // (this broker leads no more meanwhile), as for a fetch.
+                    storage.mark_corrupt_from_offset(offset);
+                }
+                return Err(format!("reading at {offset}: {e}"));
+            }
+        };
+        if bytes.is_empty() {
+            // Committed entries cover every offset below `upper`: a hole is damage,
+            // never the end of what there is to load.
+            return Err(format!("nothing to read at {offset}, below {upper}"));
+        }
+        let mut position = 0;
+        while position < bytes.len() {
+            let header = BatchHeader::parse(&bytes[position..]).map_err(|e| e.to_string())?;
+            offset = header.next_offset();
+            position += header.size_bytes();
+        }
+        chunks.push(bytes);
+    }
+    Ok(Some(chunks))
+}

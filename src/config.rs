@@ -56,6 +56,33 @@ pub struct BrokerConfig {
     pub broker_session_timeout_ms: u64,
     /// Consumer groups: the offsets topic and the group coordinator's settings.
     pub groups: GroupConfig,
+    /// Transactions and idempotent producers.
+    pub txns: TxnServiceConfig,
+}
+
+/// The transaction coordinator's settings and producer id expiry (Kafka's names in the
+/// comments).
+#[derive(Debug, Clone)]
+pub struct TxnServiceConfig {
+    /// `transaction.state.log.num.partitions`: partitions of `__transaction_state`.
+    pub transaction_state_partitions: i32,
+    /// `transaction.state.log.replication.factor` (at most the cluster's size).
+    pub transaction_state_replication_factor: i16,
+    /// `transaction.max.timeout.ms` and `transactional.id.expiration.ms`.
+    pub coordinator: crate::txn::coordinator::TxnConfig,
+    /// `producer.id.expiration.ms`: a partition forgets a producer silent this long.
+    pub producer_id_expiration_ms: i64,
+}
+
+impl Default for TxnServiceConfig {
+    fn default() -> Self {
+        TxnServiceConfig {
+            transaction_state_partitions: crate::txn::host::DEFAULT_PARTITIONS,
+            transaction_state_replication_factor: 3,
+            coordinator: Default::default(),
+            producer_id_expiration_ms: crate::log::producer_state::DEFAULT_PRODUCER_ID_EXPIRATION_MS,
+        }
+    }
 }
 
 /// The consumer group settings (Kafka's names in the comments).
@@ -109,6 +136,7 @@ impl Default for BrokerConfig {
             raft_tick_ms: 100,
             broker_session_timeout_ms: 9_000,
             groups: GroupConfig::default(),
+            txns: TxnServiceConfig::default(),
         }
     }
 }
@@ -151,6 +179,11 @@ pub struct ConfigFile {
     pub group_min_session_timeout_ms: Option<i32>,
     pub group_max_session_timeout_ms: Option<i32>,
     pub group_max_size: Option<usize>,
+    pub transaction_state_log_num_partitions: Option<i32>,
+    pub transaction_state_log_replication_factor: Option<i16>,
+    pub transaction_max_timeout_ms: Option<i32>,
+    pub transactional_id_expiration_ms: Option<i64>,
+    pub producer_id_expiration_ms: Option<i64>,
     /// Topic config defaults by their Kafka names, e.g. `"retention.ms" = "3600000"`.
     #[serde(default)]
     pub topic_defaults: BTreeMap<String, String>,
@@ -220,6 +253,7 @@ impl BrokerConfig {
         };
         let mut config = BrokerConfig {
             groups: group_config(&file)?,
+            txns: txn_config(&file)?,
             ..BrokerConfig::default()
         };
         if let Some(v) = flags.node_id.or(file.node_id) {
@@ -361,6 +395,46 @@ impl BrokerConfig {
         }
         Ok(config)
     }
+}
+
+/// The transaction settings of the file, checked.
+fn txn_config(file: &ConfigFile) -> Result<TxnServiceConfig, String> {
+    let mut txns = TxnServiceConfig::default();
+    if let Some(v) = file.transaction_state_log_num_partitions {
+        if !(1..=1000).contains(&v) {
+            return Err(format!(
+                "transaction-state-log-num-partitions: must be in 1..=1000, got {v}"
+            ));
+        }
+        txns.transaction_state_partitions = v;
+    }
+    if let Some(v) = file.transaction_state_log_replication_factor {
+        if v < 1 {
+            return Err(format!(
+                "transaction-state-log-replication-factor: must be >= 1, got {v}"
+            ));
+        }
+        txns.transaction_state_replication_factor = v;
+    }
+    if let Some(v) = file.transaction_max_timeout_ms {
+        if v < 1 {
+            return Err(format!("transaction-max-timeout-ms: must be >= 1, got {v}"));
+        }
+        txns.coordinator.transaction_max_timeout_ms = v;
+    }
+    if let Some(v) = file.transactional_id_expiration_ms {
+        if v < 1 {
+            return Err(format!("transactional-id-expiration-ms: must be >= 1, got {v}"));
+        }
+        txns.coordinator.transactional_id_expiration_ms = v;
+    }
+    if let Some(v) = file.producer_id_expiration_ms {
+        if v < 1 {
+            return Err(format!("producer-id-expiration-ms: must be >= 1, got {v}"));
+        }
+        txns.producer_id_expiration_ms = v;
+    }
+    Ok(txns)
 }
 
 /// The consumer group settings of the file, checked.

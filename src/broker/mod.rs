@@ -162,6 +162,9 @@ impl Broker {
                     return;
                 }
                 broker.node.apply_retention(clock::now_ms());
+                broker
+                    .node
+                    .expire_producers(clock::now_ms(), broker.config.txns.producer_id_expiration_ms);
             }
         });
         let broker = self.clone();

@@ -584,6 +584,21 @@ impl ClusterNode {
         }
     }
 
+    /// Forgets, on every hosted replica, the producers silent for `expiration_ms`
+    /// (`producer.id.expiration.ms`, by their batches' timestamps).
+    pub fn expire_producers(&self, now_ms: i64, expiration_ms: i64) {
+        let replicas: Vec<Arc<Replica>> = self.replicas.read().unwrap().values().cloned().collect();
+        for replica in replicas {
+            let expired = replica
+                .storage
+                .lock()
+                .expire_producers(now_ms, expiration_ms);
+            if expired > 0 {
+                tracing::debug!(topic = %replica.topic, partition = replica.partition, expired, "producer ids expired");
+            }
+        }
+    }
+
     /// The replica that serves reads and writes of a partition here: this broker must
     /// host it and lead it, and the client's leader epoch (-1: unchecked) must match.
     pub fn leader_replica(

@@ -1050,6 +1050,11 @@ impl ReplicaLog {
         Ok(dropped)
     }
 
+    /// See [`PartitionLog::expire_producers`].
+    pub fn expire_producers(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
+        self.log.expire_producers(now_ms, expiration_ms)
+    }
+
     /// Offset after the last committed entry.
     pub fn committed_end_offset(&self) -> i64 {
         self.position(self.hard_state.commit)

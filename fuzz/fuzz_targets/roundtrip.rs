@@ -142,6 +142,9 @@ fuzz_target!(|data: &[u8]| {
             DeleteGroups => DeleteGroupsRequest, DeleteGroupsResponse,
             OffsetDelete => OffsetDeleteRequest, OffsetDeleteResponse,
             InitProducerId => InitProducerIdRequest, InitProducerIdResponse,
+            AddPartitionsToTxn => AddPartitionsToTxnRequest, AddPartitionsToTxnResponse,
+            AddOffsetsToTxn => AddOffsetsToTxnRequest, AddOffsetsToTxnResponse,
+            EndTxn => EndTxnRequest, EndTxnResponse,
         ),
         _ => header_roundtrip(s.key, version, kind == 2, bytes),
     }

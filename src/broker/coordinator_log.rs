@@ -14,9 +14,12 @@
 //!   (`on_failure`): the owner drops the partition's state and loads it again.
 
 use crate::cluster::{ClusterNode, Wait};
+use crate::error::ApiError;
 use crate::log::batch::BatchHeader;
+use crate::metadata::CreateTopic;
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -195,6 +198,70 @@ impl Writer {
             }
         }
     }
+}
+
+/// Creates a coordinator's internal topic, compacted (only the latest record of each key
+/// matters), with `replication_factor` replicas at most the cluster's size. Like Kafka,
+/// it waits (COORDINATOR_NOT_AVAILABLE) until that many brokers are up, so that a broker
+/// starting late does not leave the topic with fewer replicas for good. Ok if it exists.
+pub async fn create_internal_topic(
+    node: &ClusterNode,
+    topic: &str,
+    partitions: i32,
+    replication_factor: i16,
+) -> Result<(), ApiError> {
+    let cluster_size = node.config.peers.len().max(1);
+    let replication_factor = (replication_factor.max(1) as usize).min(cluster_size) as i16;
+    let live = node.with_image(|image| image.brokers.values().filter(|b| !b.fenced).count());
+    if live < replication_factor as usize {
+        return Err(ApiError::new(
+            ResponseError::CoordinatorNotAvailable,
+            format!("{topic} needs {replication_factor} live brokers; {live} are registered"),
+        ));
+    }
+    let request = CreateTopic {
+        name: topic.to_string(),
+        partitions: Some(partitions),
+        replication_factor: Some(replication_factor),
+        assignments: None,
+        configs: BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]),
+    };
+    match node.create_topic(request).await {
+        Ok(_) => {
+            tracing::info!(partitions, replication_factor, "created {topic}");
+            Ok(())
+        }
+        Err(e) if e.code == ResponseError::TopicAlreadyExists => Ok(()),
+        Err(e) => Err(ApiError::new(
+            ResponseError::CoordinatorNotAvailable,
+            format!("creating {topic}: {}", e.message),
+        )),
+    }
+}
+
+/// The partition count of `topic`, once it exists.
+pub fn partition_count(node: &ClusterNode, topic: &str) -> Option<i32> {
+    node.with_image(|image| {
+        image
+            .topics
+            .get(topic)
+            .map(|t| t.partitions.len() as i32)
+            .filter(|n| *n > 0)
+    })
+}
+
+/// The live broker leading `topic`-`partition` (FindCoordinator's answer).
+pub fn live_leader(node: &ClusterNode, topic: &str, partition: i32) -> Result<i32, ApiError> {
+    node.with_image(|image| {
+        let leader = image.partition(topic, partition).map_or(-1, |p| p.leader);
+        match image.brokers.get(&leader) {
+            Some(b) if !b.fenced => Ok(leader),
+            _ => Err(ApiError::new(
+                ResponseError::CoordinatorNotAvailable,
+                format!("{topic}-{partition} has no leader yet"),
+            )),
+        }
+    })
 }
 
 /// The term in which this broker leads `topic`-`partition`, if it does.

@@ -30,7 +30,6 @@ use crate::group::coordinator::{
 };
 use crate::group::host::{CoordinatorHost, OFFSETS_TOPIC};
 use crate::group::records::{decode_batches, encode_batch, GroupRecord};
-use crate::metadata::CreateTopic;
 use kafka_protocol::ResponseError;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -163,82 +162,28 @@ impl GroupService {
     /// The broker that coordinates `group_id` (FindCoordinator), creating
     /// `__consumer_offsets` first if no broker has.
     pub async fn find_coordinator(&self, group_id: &str) -> Result<i32, ApiError> {
-        let unavailable = |why: String| ApiError::new(ResponseError::CoordinatorNotAvailable, why);
         if self.offsets_partitions().is_none() {
-            self.create_offsets_topic().await?;
+            coordinator_log::create_internal_topic(
+                &self.node,
+                OFFSETS_TOPIC,
+                self.config.offsets_topic_partitions,
+                self.config.offsets_topic_replication_factor,
+            )
+            .await?;
         }
-        let partitions = self
-            .offsets_partitions()
-            .ok_or_else(|| unavailable(format!("{OFFSETS_TOPIC} is being created")))?;
+        let partitions = self.offsets_partitions().ok_or_else(|| {
+            ApiError::new(
+                ResponseError::CoordinatorNotAvailable,
+                format!("{OFFSETS_TOPIC} is being created"),
+            )
+        })?;
         let partition = crate::group::host::partition_for(group_id, partitions);
-        self.node.with_image(|image| {
-            let leader = image
-                .partition(OFFSETS_TOPIC, partition)
-                .map_or(-1, |p| p.leader);
-            match image.brokers.get(&leader) {
-                Some(b) if !b.fenced => Ok(leader),
-                _ => Err(unavailable(format!(
-                    "{OFFSETS_TOPIC}-{partition} has no leader yet"
-                ))),
-            }
-        })
+        coordinator_log::live_leader(&self.node, OFFSETS_TOPIC, partition)
     }
 
-    fn offsets_partitions(&self) -> Option<i32> {
-        self.node.with_image(|image| {
-            image
-                .topics
-                .get(OFFSETS_TOPIC)
-                .map(|t| t.partitions.len() as i32)
-                .filter(|n| *n > 0)
-        })
-    }
-
-    /// Creates `__consumer_offsets`, compacted, with `offsets.topic.num.partitions`
-    /// partitions and `offsets.topic.replication.factor` replicas (at most the cluster's
-    /// size). Like
-    /// Kafka, it waits (COORDINATOR_NOT_AVAILABLE) until that many brokers are up, so
-    /// that a broker starting late does not leave the topic with fewer replicas for good.
-    async fn create_offsets_topic(&self) -> Result<(), ApiError> {
-        let cluster_size = self.node.config.peers.len().max(1);
-        let replication_factor =
-            (self.config.offsets_topic_replication_factor as usize).min(cluster_size) as i16;
-        let live = self
-            .node
-            .with_image(|image| image.brokers.values().filter(|b| !b.fenced).count());
-        if live < replication_factor as usize {
-            return Err(ApiError::new(
-                ResponseError::CoordinatorNotAvailable,
-                format!(
-                    "{OFFSETS_TOPIC} needs {replication_factor} live brokers; {live} are registered"
-                ),
-            ));
-        }
-        let request = CreateTopic {
-            name: OFFSETS_TOPIC.to_string(),
-            partitions: Some(self.config.offsets_topic_partitions),
-            replication_factor: Some(replication_factor),
-            assignments: None,
-            // Only the latest record of each group and of each committed offset matters
-            // (and tombstones until they are cleaned away): the cleaner keeps the topic
-            // as large as the groups, not their history.
-            configs: BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]),
-        };
-        match self.node.create_topic(request).await {
-            Ok(_) => {
-                tracing::info!(
-                    partitions = self.config.offsets_topic_partitions,
-                    replication_factor,
-                    "created {OFFSETS_TOPIC}"
-                );
-                Ok(())
-            }
-            Err(e) if e.code == ResponseError::TopicAlreadyExists => Ok(()),
-            Err(e) => Err(ApiError::new(
-                ResponseError::CoordinatorNotAvailable,
-                format!("creating {OFFSETS_TOPIC}: {}", e.message),
-            )),
-        }
+    /// Partitions of `__consumer_offsets`, once it exists.
+    pub fn offsets_partitions(&self) -> Option<i32> {
+        coordinator_log::partition_count(&self.node, OFFSETS_TOPIC)
     }
 
     /// JoinGroup.
@@ -816,9 +761,9 @@ fn route(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::batch::BatchHeader;
     use crate::broker::Broker;
     use crate::config::BrokerConfig;
+    use crate::log::batch::BatchHeader;
     use crate::storage::MemoryStorage;
     use bytes::Bytes;
 

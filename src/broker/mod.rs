@@ -13,6 +13,7 @@ pub mod coordinator_log;
 pub mod groups;
 pub mod metadata_store;
 pub mod producer_ids;
+pub mod txns;
 
 use crate::clock;
 use crate::cluster::{ClusterConfig, ClusterNode, RecoveryPoints};
@@ -44,7 +45,9 @@ pub struct Broker {
     /// The group coordinators this broker hosts.
     pub groups: Arc<groups::GroupService>,
     /// Producer ids for InitProducerId.
-    pub producer_ids: producer_ids::ProducerIds,
+    pub producer_ids: Arc<producer_ids::ProducerIds>,
+    /// The transaction coordinators this broker hosts.
+    pub txns: Arc<txns::TxnService>,
     storage: Arc<dyn Storage>,
     /// Set when a clean shutdown starts: produce answers NOT_LEADER_OR_FOLLOWER so that
     /// clients keep their records and retry once the broker is back.
@@ -102,11 +105,19 @@ impl Broker {
             config.raft_tick_ms,
             cluster_config.seed,
         ));
+        let producer_ids = Arc::new(producer_ids::ProducerIds::default());
+        let txns = Arc::new(txns::TxnService::new(
+            node.clone(),
+            config.txns.clone(),
+            producer_ids.clone(),
+            config.raft_tick_ms,
+        ));
         let broker = Arc::new(Broker {
             config,
             node,
             groups,
-            producer_ids: Default::default(),
+            producer_ids,
+            txns,
             storage,
             shutting_down: AtomicBool::new(false),
         });
@@ -134,6 +145,7 @@ impl Broker {
     /// and recovery checkpoints.
     pub fn start_background_tasks(self: &Arc<Self>) {
         tokio::spawn(self.groups.clone().run());
+        tokio::spawn(self.txns.clone().run());
         let broker = self.clone();
         tokio::spawn(async move {
             loop {
@@ -162,9 +174,10 @@ impl Broker {
                     return;
                 }
                 broker.node.apply_retention(clock::now_ms());
-                broker
-                    .node
-                    .expire_producers(clock::now_ms(), broker.config.txns.producer_id_expiration_ms);
+                broker.node.expire_producers(
+                    clock::now_ms(),
+                    broker.config.txns.producer_id_expiration_ms,
+                );
             }
         });
         let broker = self.clone();
@@ -280,6 +293,7 @@ impl Broker {
     pub async fn shutdown(&self) -> io::Result<()> {
         self.shutting_down.store(true, Ordering::SeqCst);
         self.groups.stop();
+        self.txns.stop();
         self.node.stop().await;
         for (_, storage) in self.node.replica_storages() {
             storage.lock().close()?;

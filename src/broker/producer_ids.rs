@@ -4,32 +4,58 @@
 
 use crate::cluster::ClusterNode;
 use crate::error::ApiError;
+use std::sync::Mutex;
 
 /// Ids per block, as Kafka's controller hands them out.
 pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
 
-/// The rest of this broker's current block: `[next, end)`.
 #[derive(Default)]
 pub struct ProducerIds {
-    block: tokio::sync::Mutex<Option<(i64, i64)>>,
+    /// The rest of this broker's current block: `[next, end)`.
+    block: Mutex<Option<(i64, i64)>>,
+    /// Held while a new block is taken, so that only one is taken at a time.
+    refill: tokio::sync::Mutex<()>,
 }
 
 impl ProducerIds {
     /// The next unused producer id (taking a new block when this one is used up).
     pub async fn next(&self, node: &ClusterNode) -> Result<i64, ApiError> {
-        let mut block = self.block.lock().await;
-        let (next, end) = match *block {
-            Some((next, end)) if next < end => (next, end),
-            _ => {
-                let first = node.allocate_producer_ids(PRODUCER_ID_BLOCK_SIZE).await?;
-                (first, first + PRODUCER_ID_BLOCK_SIZE)
+        loop {
+            if let Some(id) = self.try_next() {
+                return Ok(id);
             }
-        };
-        assert!(
-            next < end && next >= 0,
-            "producer ids come from a granted block"
-        );
+            self.reserve(node).await?;
+        }
+    }
+
+    /// The next unused producer id of the current block, if it has one left.
+    pub fn try_next(&self) -> Option<i64> {
+        let mut block = self.block.lock().unwrap_or_else(|p| p.into_inner());
+        let (next, end) = (*block)?;
+        if next >= end {
+            return None;
+        }
+        assert!(next >= 0, "producer ids come from a granted block");
         *block = Some((next + 1, end));
-        Ok(next)
+        Some(next)
+    }
+
+    /// Makes sure the current block has an id left (taking a new block if not).
+    pub async fn reserve(&self, node: &ClusterNode) -> Result<(), ApiError> {
+        let _one_at_a_time = self.refill.lock().await;
+        if self.available() {
+            return Ok(());
+        }
+        let first = node.allocate_producer_ids(PRODUCER_ID_BLOCK_SIZE).await?;
+        *self.block.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((first, first + PRODUCER_ID_BLOCK_SIZE));
+        Ok(())
+    }
+
+    fn available(&self) -> bool {
+        self.block
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|(next, end)| next < end)
     }
 }

@@ -580,6 +580,50 @@ impl Client {
         Ok((response.producer_id.0, response.producer_epoch))
     }
 
+    /// WriteTxnMarkers (one marker): the error of each (topic, partition), in order.
+    pub async fn write_txn_markers(
+        &mut self,
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+        coordinator_epoch: i32,
+        partitions: &[(String, i32)],
+    ) -> Result<Vec<((String, i32), Option<ResponseError>)>> {
+        use write_txn_markers_request::{WritableTxnMarker, WritableTxnMarkerTopic};
+        let mut topics: Vec<WritableTxnMarkerTopic> = Vec::new();
+        for (topic, partition) in partitions {
+            match topics.iter_mut().find(|t| t.name.0.as_str() == topic) {
+                Some(t) => t.partition_indexes.push(*partition),
+                None => topics.push(
+                    WritableTxnMarkerTopic::default()
+                        .with_name(TopicName(str_bytes(topic)))
+                        .with_partition_indexes(vec![*partition]),
+                ),
+            }
+        }
+        let marker = WritableTxnMarker::default()
+            .with_producer_id(ProducerId(producer_id))
+            .with_producer_epoch(producer_epoch)
+            .with_transaction_result(commit)
+            .with_coordinator_epoch(coordinator_epoch)
+            .with_topics(topics);
+        let request = WriteTxnMarkersRequest::default().with_markers(vec![marker]);
+        let response = self.send(&request, 1).await?;
+        let mut out = Vec::new();
+        for marker in &response.markers {
+            for topic in &marker.topics {
+                for p in &topic.partitions {
+                    let error = (p.error_code != 0).then(|| {
+                        ResponseError::try_from_code(p.error_code)
+                            .unwrap_or(ResponseError::UnknownServerError)
+                    });
+                    out.push(((topic.name.0.to_string(), p.partition_index), error));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Produces key/value records as one batch.
     pub async fn produce(
         &mut self,

@@ -358,6 +358,36 @@ fn request_for(key: ApiKey, version: i16) -> RequestKind {
                 .with_producer_id(ProducerId(-1))
                 .with_producer_epoch(-1),
         ),
+        ApiKey::AddPartitionsToTxn => {
+            use add_partitions_to_txn_request::*;
+            let topics = vec![AddPartitionsToTxnTopic::default()
+                .with_name(topic("existing"))
+                .with_partitions(vec![0])];
+            let r = AddPartitionsToTxnRequest::default();
+            RequestKind::AddPartitionsToTxn(if version >= 4 {
+                r.with_transactions(vec![AddPartitionsToTxnTransaction::default()
+                    .with_transactional_id(s("t1").into())
+                    .with_producer_id(ProducerId(1))
+                    .with_verify_only(true)
+                    .with_topics(topics)])
+            } else {
+                r.with_v3_and_below_transactional_id(s("t1").into())
+                    .with_v3_and_below_producer_id(ProducerId(1))
+                    .with_v3_and_below_topics(topics)
+            })
+        }
+        ApiKey::AddOffsetsToTxn => RequestKind::AddOffsetsToTxn(
+            AddOffsetsToTxnRequest::default()
+                .with_transactional_id(s("t1").into())
+                .with_producer_id(ProducerId(1))
+                .with_group_id(s("g1").into()),
+        ),
+        ApiKey::EndTxn => RequestKind::EndTxn(
+            EndTxnRequest::default()
+                .with_transactional_id(s("t1").into())
+                .with_producer_id(ProducerId(1))
+                .with_committed(true),
+        ),
         other => panic!("no test request for {other:?}"),
     }
 }

@@ -51,6 +51,21 @@ pub const SUPPORTED: &[Supported] = &[
         max: 5,
     },
     Supported {
+        key: ApiKey::AddPartitionsToTxn,
+        min: 0,
+        max: 5,
+    },
+    Supported {
+        key: ApiKey::AddOffsetsToTxn,
+        min: 0,
+        max: 4,
+    },
+    Supported {
+        key: ApiKey::EndTxn,
+        min: 0,
+        max: 5,
+    },
+    Supported {
         key: ApiKey::ApiVersions,
         min: 0,
         max: 3,
@@ -200,6 +215,9 @@ mod tests {
                 ApiKey::DeleteGroups => range::<DeleteGroupsRequest>(),
                 ApiKey::OffsetDelete => range::<OffsetDeleteRequest>(),
                 ApiKey::InitProducerId => range::<InitProducerIdRequest>(),
+                ApiKey::AddPartitionsToTxn => range::<AddPartitionsToTxnRequest>(),
+                ApiKey::AddOffsetsToTxn => range::<AddOffsetsToTxnRequest>(),
+                ApiKey::EndTxn => range::<EndTxnRequest>(),
                 other => panic!("no decoder check for {other:?}"),
             };
             let handled_min = if s.key == ApiKey::Produce {

@@ -1,6 +1,7 @@
 //! FindCoordinator: the broker that coordinates a consumer group is the leader of the
-//! group's `__consumer_offsets` partition (created on the first request). Transaction
-//! coordinators do not exist yet: that key type gets COORDINATOR_NOT_AVAILABLE.
+//! group's `__consumer_offsets` partition, and the one that coordinates a transactional
+//! id the leader of its `__transaction_state` partition (each topic created on the first
+//! request for it). Other key types (share groups) get INVALID_REQUEST.
 
 use super::{code, str_bytes};
 use crate::broker::Broker;
@@ -14,22 +15,23 @@ use kafka_protocol::ResponseError;
 use std::sync::Arc;
 
 const KEY_TYPE_GROUP: i8 = 0;
+const KEY_TYPE_TRANSACTION: i8 = 1;
 
 /// The coordinator of one key: (node id, host, port).
 async fn find(broker: &Broker, key: &str, key_type: i8) -> Result<(i32, String, i32), ApiError> {
-    if key_type != KEY_TYPE_GROUP {
-        return Err(ApiError::new(
-            ResponseError::CoordinatorNotAvailable,
-            "Strand has no transaction coordinator yet",
-        ));
-    }
     if key.is_empty() {
-        return Err(ApiError::new(
-            ResponseError::InvalidRequest,
-            "empty group id",
-        ));
+        return Err(ApiError::new(ResponseError::InvalidRequest, "empty key"));
     }
-    let node_id = broker.groups.find_coordinator(key).await?;
+    let node_id = match key_type {
+        KEY_TYPE_GROUP => broker.groups.find_coordinator(key).await?,
+        KEY_TYPE_TRANSACTION => broker.txns.find_coordinator(key).await?,
+        other => {
+            return Err(ApiError::new(
+                ResponseError::InvalidRequest,
+                format!("unsupported coordinator key type {other}"),
+            ))
+        }
+    };
     broker
         .node
         .with_image(|image| {

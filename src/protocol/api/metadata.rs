@@ -113,7 +113,7 @@ fn describe_topic(image: &MetadataImage, topic: &TopicInfo, version: i16) -> Met
         .collect();
     let described = MetadataResponseTopic::default()
         .with_name(Some(TopicName(str_bytes(&topic.name))))
-        .with_is_internal(topic.name == crate::group::host::OFFSETS_TOPIC)
+        .with_is_internal(super::is_internal(&topic.name))
         .with_partitions(partitions);
     if version >= 10 {
         described.with_topic_id(topic.topic_id)

@@ -1,6 +1,8 @@
 //! One module per Kafka API: decode is done by `dispatch`, each handler applies the
 //! request to the broker and builds the response.
 
+pub mod add_offsets_to_txn;
+pub mod add_partitions_to_txn;
 pub mod alter_configs;
 pub mod api_versions;
 pub mod create_partitions;
@@ -10,6 +12,7 @@ pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
+pub mod end_txn;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
@@ -49,13 +52,18 @@ pub(crate) fn config_map<'a>(
 /// loses every group, and more partitions move groups to partitions that do not hold
 /// their state.
 pub(crate) fn refuse_internal(name: &str, change: &str) -> Result<(), crate::error::ApiError> {
-    if name == crate::group::host::OFFSETS_TOPIC {
+    if is_internal(name) {
         return Err(crate::error::ApiError::new(
             kafka_protocol::ResponseError::InvalidRequest,
             format!("{name} is an internal topic: {change} it is not allowed"),
         ));
     }
     Ok(())
+}
+
+/// Whether `name` is a coordinator's internal topic (only the coordinator writes it).
+pub(crate) fn is_internal(name: &str) -> bool {
+    name == crate::group::host::OFFSETS_TOPIC || name == crate::txn::host::TRANSACTION_STATE_TOPIC
 }
 
 /// The wire error code of an optional error (0 for none).

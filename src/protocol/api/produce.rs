@@ -9,7 +9,6 @@
 use super::{code, str_bytes};
 use crate::broker::Broker;
 use crate::cluster::{ProduceTicket, Wait};
-use crate::group::host::OFFSETS_TOPIC;
 use crate::log::batch::validate_produce_records;
 use crate::protocol::dispatch::Reply;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
@@ -65,10 +64,10 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest)
                     ResponseError::UnknownTopicOrPartition,
                     "unknown topic or partition".into(),
                 ),
-                // Only the group coordinators write their internal topic.
-                (None, Some(_)) if name == OFFSETS_TOPIC => PartitionOutcome::Refused(
+                // Only the coordinators write their internal topics.
+                (None, Some(_)) if super::is_internal(&name) => PartitionOutcome::Refused(
                     ResponseError::InvalidTopicException,
-                    format!("cannot append to the internal topic {OFFSETS_TOPIC}"),
+                    format!("cannot append to the internal topic {name}"),
                 ),
                 (None, Some(_)) => propose(broker, &name, data.index, data.records, wait).await,
             };

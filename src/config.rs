@@ -80,7 +80,8 @@ impl Default for TxnServiceConfig {
             transaction_state_partitions: crate::txn::host::DEFAULT_PARTITIONS,
             transaction_state_replication_factor: 3,
             coordinator: Default::default(),
-            producer_id_expiration_ms: crate::log::producer_state::DEFAULT_PRODUCER_ID_EXPIRATION_MS,
+            producer_id_expiration_ms:
+                crate::log::producer_state::DEFAULT_PRODUCER_ID_EXPIRATION_MS,
         }
     }
 }
@@ -424,7 +425,9 @@ fn txn_config(file: &ConfigFile) -> Result<TxnServiceConfig, String> {
     }
     if let Some(v) = file.transactional_id_expiration_ms {
         if v < 1 {
-            return Err(format!("transactional-id-expiration-ms: must be >= 1, got {v}"));
+            return Err(format!(
+                "transactional-id-expiration-ms: must be >= 1, got {v}"
+            ));
         }
         txns.coordinator.transactional_id_expiration_ms = v;
     }

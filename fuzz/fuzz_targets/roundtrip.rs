@@ -142,6 +142,7 @@ fuzz_target!(|data: &[u8]| {
             DeleteGroups => DeleteGroupsRequest, DeleteGroupsResponse,
             OffsetDelete => OffsetDeleteRequest, OffsetDeleteResponse,
             InitProducerId => InitProducerIdRequest, InitProducerIdResponse,
+            WriteTxnMarkers => WriteTxnMarkersRequest, WriteTxnMarkersResponse,
         ),
         _ => header_roundtrip(s.key, version, kind == 2, bytes),
     }

@@ -103,6 +103,7 @@ pub async fn dispatch_from(
         RequestKind::Metadata(r) => api::metadata::handle(broker, version, r).await,
         RequestKind::FindCoordinator(r) => api::find_coordinator::handle(broker, version, r).await,
         RequestKind::InitProducerId(r) => api::init_producer_id::handle(broker, version, r).await,
+        RequestKind::WriteTxnMarkers(r) => api::write_txn_markers::handle(broker, version, r).await,
         RequestKind::JoinGroup(r) => {
             let client_id = header.client_id.map(|c| c.to_string()).unwrap_or_default();
             // Kafka shows a member's host as "/address".

@@ -358,6 +358,19 @@ fn request_for(key: ApiKey, version: i16) -> RequestKind {
                 .with_producer_id(ProducerId(-1))
                 .with_producer_epoch(-1),
         ),
+        ApiKey::WriteTxnMarkers => {
+            use write_txn_markers_request::*;
+            RequestKind::WriteTxnMarkers(WriteTxnMarkersRequest::default().with_markers(vec![
+                WritableTxnMarker::default()
+                    .with_producer_id(ProducerId(1))
+                    .with_producer_epoch(0)
+                    .with_transaction_result(false)
+                    .with_coordinator_epoch(0)
+                    .with_topics(vec![WritableTxnMarkerTopic::default()
+                        .with_name(topic("existing"))
+                        .with_partition_indexes(vec![0])]),
+            ]))
+        }
         other => panic!("no test request for {other:?}"),
     }
 }

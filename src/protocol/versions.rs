@@ -50,6 +50,12 @@ pub const SUPPORTED: &[Supported] = &[
         min: 0,
         max: 5,
     },
+    // v0 was removed in Kafka 4 (KIP-896); brokers send v1.
+    Supported {
+        key: ApiKey::WriteTxnMarkers,
+        min: 1,
+        max: 1,
+    },
     Supported {
         key: ApiKey::ApiVersions,
         min: 0,
@@ -200,6 +206,7 @@ mod tests {
                 ApiKey::DeleteGroups => range::<DeleteGroupsRequest>(),
                 ApiKey::OffsetDelete => range::<OffsetDeleteRequest>(),
                 ApiKey::InitProducerId => range::<InitProducerIdRequest>(),
+                ApiKey::WriteTxnMarkers => range::<WriteTxnMarkersRequest>(),
                 other => panic!("no decoder check for {other:?}"),
             };
             let handled_min = if s.key == ApiKey::Produce {

@@ -1525,7 +1525,9 @@ impl ClusterNode {
                 image_changed = true;
                 continue;
             }
-            if let Some(replica) = self.replicas.read().unwrap().get(&c.group) {
+            // Cloned out first: the replica's storage is never locked under the map's lock.
+            let replica = self.replicas.read().unwrap().get(&c.group).cloned();
+            if let Some(replica) = replica {
                 let previous = replica
                     .high_watermark
                     .fetch_max(c.next_offset, Ordering::AcqRel);

@@ -71,7 +71,7 @@ pub fn encode_all(entries: &[AbortedTxn]) -> Vec<u8> {
 /// entry, an entry outside the segment or entries out of marker order: the caller
 /// rebuilds it from the log.
 pub fn decode_all(bytes: &[u8], base_offset: i64, next_offset: i64) -> Option<Vec<AbortedTxn>> {
-    if bytes.len() % ENTRY_BYTES != 0 {
+    if !bytes.len().is_multiple_of(ENTRY_BYTES) {
         return None;
     }
     let mut out: Vec<AbortedTxn> = Vec::with_capacity(bytes.len() / ENTRY_BYTES);

@@ -221,3 +221,94 @@ fn a_reset_follower_lists_a_transaction_that_began_before_its_start() {
     drop(follower);
     assert_eq!(all_aborted(&open(&follower_storage, 0)), aborted);
 }
+
+mod model {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What the log should list: every aborted transaction (producer, first offset,
+    /// marker offset), built from the appends alone; and the oldest open transaction's
+    /// first offset.
+    fn run(ops: &[(i64, u8)], log: &mut PartitionLog) -> (Vec<(i64, i64, i64)>, Option<i64>) {
+        let mut open: BTreeMap<i64, i64> = BTreeMap::new();
+        let mut sequences: BTreeMap<i64, i32> = BTreeMap::new();
+        let mut aborted = Vec::new();
+        for &(producer, op) in ops {
+            match op {
+                0 | 1 => {
+                    let commit = op == 1;
+                    let offset = append(log, marker(producer, commit));
+                    let first = open.remove(&producer).unwrap_or(offset);
+                    if !commit {
+                        aborted.push((producer, first, offset));
+                    }
+                }
+                2 => {
+                    append(log, plain());
+                }
+                _ => {
+                    let sequence = sequences.entry(producer).or_insert(0);
+                    let offset = append(log, txn_batch(producer, *sequence));
+                    *sequence += 2;
+                    open.entry(producer).or_insert(offset);
+                }
+            }
+        }
+        (aborted, open.values().min().copied())
+    }
+
+    fn list_txn_indexes(storage: &Arc<dyn Storage>) -> Vec<PathBuf> {
+        storage
+            .list_dir(Path::new(DIR))
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.ends_with(TXN_INDEX_SUFFIX))
+            .map(|n| Path::new(DIR).join(n))
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Any read's aborted list is exactly the aborted transactions overlapping it,
+        /// before and after recovery rebuilds every `.txnindex`, and the LSO (the whole
+        /// log committed) is the oldest open transaction's first offset.
+        #[test]
+        fn aborted_lists_match_the_model(
+            ops in proptest::collection::vec((1i64..4, 0u8..7), 1..60),
+            ranges in proptest::collection::vec((0i64..200, 0i64..40), 8),
+        ) {
+            let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+            let mut log = open(&storage, 0);
+            let (expected, oldest_open) = run(&ops, &mut log);
+            let end = log.log_end_offset();
+            let check = |log: &PartitionLog| -> Result<(), TestCaseError> {
+                for &(start, len) in &ranges {
+                    let start = start.min(end);
+                    let stop = (start + len).min(end);
+                    let listed: Vec<(i64, i64, i64)> = log
+                        .aborted_txns(start, stop)
+                        .iter()
+                        .map(|t| (t.producer_id, t.first_offset, t.last_offset))
+                        .collect();
+                    let want: Vec<(i64, i64, i64)> = expected
+                        .iter()
+                        .copied()
+                        .filter(|(_, first, last)| start < stop && *last >= start && *first < stop)
+                        .collect();
+                    prop_assert_eq!(listed, want, "range [{}, {})", start, stop);
+                }
+                Ok(())
+            };
+            check(&log)?;
+            let lso = log.last_stable_offset(end);
+            prop_assert_eq!(lso, oldest_open.unwrap_or(end));
+            drop(log);
+            for path in list_txn_indexes(&storage) {
+                storage.remove_file(&path).unwrap();
+            }
+            let log = open(&storage, 0);
+            check(&log)?;
+            prop_assert_eq!(log.last_stable_offset(end), lso);
+        }
+    }
+}

@@ -127,6 +127,8 @@ pub enum ProduceError {
     Sequence(crate::log::producer_state::SequenceError),
     #[error("invalid record: {0}")]
     InvalidRecord(String),
+    #[error("{0}")]
+    Marker(crate::log::producer_state::MarkerError),
 }
 
 impl ProduceError {
@@ -139,6 +141,7 @@ impl ProduceError {
             ProduceError::Storage(_) => ResponseError::KafkaStorageError,
             ProduceError::Sequence(e) => e.kafka_error(),
             ProduceError::InvalidRecord(_) => ResponseError::InvalidRecord,
+            ProduceError::Marker(e) => e.kafka_error(),
         }
     }
 }
@@ -160,6 +163,14 @@ pub struct Replica {
 impl Replica {
     pub fn high_watermark(&self) -> i64 {
         self.high_watermark.load(Ordering::Acquire)
+    }
+
+    /// The last stable offset: `read_committed` consumers read below it (the oldest
+    /// transaction not yet ended by a committed marker, else the high watermark). A
+    /// function of the log and the high watermark, so every replica computes the same.
+    pub fn last_stable_offset(&self) -> i64 {
+        let high_watermark = self.high_watermark();
+        self.storage.lock().log().last_stable_offset(high_watermark)
     }
 
     /// The leader this replica knows (0: none) and its term.
@@ -1532,10 +1543,16 @@ impl ClusterNode {
                 image_changed = true;
                 continue;
             }
-            if let Some(replica) = self.replicas.read().unwrap().get(&c.group) {
-                replica
+            // Cloned out first: the replica's storage is never locked under the map's lock.
+            let replica = self.replicas.read().unwrap().get(&c.group).cloned();
+            if let Some(replica) = replica {
+                let previous = replica
                     .high_watermark
                     .fetch_max(c.next_offset, Ordering::AcqRel);
+                let mut storage = replica.storage.lock();
+                if storage.log().producer_state().unreplicated_txn_count() > 0 {
+                    storage.prune_replicated_txns(previous.max(c.next_offset));
+                }
                 data_changed = true;
             }
             for p in pending

@@ -8,6 +8,8 @@ pub mod index;
 pub mod partition_log;
 pub mod producer_state;
 pub mod segment;
+pub mod txn_index;
+pub mod txn_marker;
 
 pub use config::LogConfig;
 pub use partition_log::{AppendInfo, FlushTicket, PartitionLog, ReadError, RecoveryReport};

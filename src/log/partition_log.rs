@@ -11,7 +11,11 @@
 
 use super::batch::{self, BatchHeader};
 use super::config::LogConfig;
-use super::segment::{self, ScanReport, Segment, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
+use super::segment::{
+    self, ScanReport, Segment, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX,
+};
+use super::txn_index::AbortedTxn;
+use super::txn_marker;
 use crate::storage::{Storage, SyncHandle};
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -21,6 +25,8 @@ use std::sync::Arc;
 
 mod clean;
 mod producer_snapshots;
+#[cfg(test)]
+mod txn_tests;
 pub use clean::{CleanFailure, CleanReport, CLEANED_SUFFIX};
 pub use producer_snapshots::SNAPSHOT_SUFFIX;
 
@@ -113,7 +119,7 @@ impl PartitionLog {
         }
         // Indexes without a log are leftovers from an interrupted delete.
         for name in &names {
-            for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+            for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX] {
                 if let Some(stem) = name.strip_suffix(suffix) {
                     if stem
                         .parse::<i64>()
@@ -129,6 +135,8 @@ impl PartitionLog {
         let mut segments = BTreeMap::new();
         let mut expected_next = None;
         let mut cut_rest = false;
+        // The first segment whose `.txnindex` must be rebuilt from the log.
+        let mut txn_rebuild_from: Option<i64> = None;
         for (i, &base) in bases.iter().enumerate() {
             let next_base = bases.get(i + 1).copied().unwrap_or(i64::MAX);
             let stale = expected_next.is_some_and(|n| base < n);
@@ -155,6 +163,9 @@ impl PartitionLog {
             )?;
             if !trust {
                 report.segments_scanned += 1;
+            }
+            if !trust || !segment.txn_index_sound() {
+                txn_rebuild_from.get_or_insert(base);
             }
             if scan.truncated_bytes > 0 {
                 report.truncated_bytes += scan.truncated_bytes;
@@ -211,7 +222,8 @@ impl PartitionLog {
             corrupt_reads: Default::default(),
             producer_state: ProducerStateMap::empty_at(0),
         };
-        log.rebuild_producer_state()?;
+        let txn_rebuild_from = txn_rebuild_from.filter(|b| log.segments.contains_key(b));
+        log.rebuild_producer_state(txn_rebuild_from)?;
         log.check_invariants();
         Ok((log, report))
     }
@@ -307,7 +319,18 @@ impl PartitionLog {
             }
             next = patched_header.next_offset();
             self.log_end_offset = next;
-            self.producer_state.apply(&patched_header);
+            let marker = (patched_header.is_control() && patched_header.producer_id >= 0)
+                .then(|| txn_marker::parse_marker(&patched, &patched_header))
+                .flatten();
+            let completed = self.producer_state.apply_batch(&patched_header, marker);
+            if let Some(txn) = completed.filter(|t| !t.commit) {
+                let aborted =
+                    self.aborted_entry(txn.producer_id, txn.first_offset, txn.last_offset);
+                if let Err(e) = self.active_mut().append_aborted_txn(aborted) {
+                    let _ = self.truncate_to(start);
+                    return Err(e);
+                }
+            }
         }
         debug_assert!(
             self.segments.values().next_back().map(|s| s.next_offset())
@@ -624,7 +647,7 @@ impl PartitionLog {
             self.producer_state = producer_state;
         } else {
             // Cut inside a batch (never by a replica, whose cuts are entry boundaries).
-            self.rebuild_producer_state()?;
+            self.rebuild_producer_state(None)?;
         }
         // Planted bug: the producer state still holds the cut batches.
         #[cfg(feature = "planted-bugs")]
@@ -633,6 +656,62 @@ impl PartitionLog {
         }
         self.check_invariants();
         Ok(())
+    }
+
+    /// The `.txnindex` entry of an ABORT marker just applied: its last stable offset is
+    /// the oldest transaction still open, or the offset after the marker (Kafka's).
+    fn aborted_entry(&self, producer_id: i64, first_offset: i64, last_offset: i64) -> AbortedTxn {
+        AbortedTxn {
+            producer_id,
+            first_offset,
+            last_offset,
+            last_stable_offset: self
+                .producer_state
+                .first_open_txn_offset()
+                .unwrap_or(last_offset + 1),
+        }
+    }
+
+    /// The last stable offset given the high watermark: a `read_committed` consumer
+    /// reads below it. The oldest transaction that is open (or whose marker is not
+    /// committed), else the high watermark; never below the log start.
+    pub fn last_stable_offset(&self, high_watermark: i64) -> i64 {
+        let unstable = self.producer_state.first_unstable_offset(high_watermark);
+        unstable
+            .map_or(high_watermark, |u| u.min(high_watermark))
+            .max(self.log_start_offset())
+    }
+
+    /// Forgets ended transactions whose markers are committed (below `high_watermark`).
+    pub fn prune_replicated_txns(&mut self, high_watermark: i64) {
+        self.producer_state.prune_replicated(high_watermark);
+    }
+
+    /// The aborted transactions that a read of `[start_offset, end_offset)` must list:
+    /// every `.txnindex` entry overlapping it, from the segment holding `start_offset`
+    /// on, until an entry whose last stable offset reaches `end_offset` (every
+    /// transaction starting before it ended at or before that marker: Kafka's rule).
+    pub fn aborted_txns(&self, start_offset: i64, end_offset: i64) -> Vec<AbortedTxn> {
+        let mut out = Vec::new();
+        if start_offset >= end_offset {
+            return out;
+        }
+        let from = self
+            .segments
+            .range(..=start_offset)
+            .next_back()
+            .map_or(start_offset, |(base, _)| *base);
+        for segment in self.segments.range(from..).map(|(_, s)| s) {
+            for txn in segment.aborted_txns() {
+                if txn.overlaps(start_offset, end_offset) {
+                    out.push(*txn);
+                }
+                if txn.last_stable_offset >= end_offset {
+                    return out;
+                }
+            }
+        }
+        out
     }
 
     /// What the log knows of its producers (every batch applied).
@@ -650,38 +729,31 @@ impl PartitionLog {
         producer_snapshots::read(self.storage.as_ref(), &self.dir, offset)
     }
 
-    /// The producer state as of `offset` (a batch boundary at or below the log end): the
-    /// latest snapshot at or below it, then the batches from there up to it. Reads only.
-    fn producer_state_at(&self, offset: i64) -> io::Result<ProducerStateMap> {
-        let start = self.log_start_offset();
-        let mut state = producer_snapshots::latest(self.storage.as_ref(), &self.dir, offset)?
-            .unwrap_or_else(|| ProducerStateMap::empty_at(start));
-        state.advance_to(start);
-        for segment in self.segments.values() {
-            if segment.next_offset() <= state.end_offset() {
-                continue;
-            }
-            if segment.base_offset >= offset {
-                break;
-            }
-            for (_, header) in segment.headers()? {
-                if header.next_offset() > offset {
-                    break;
-                }
-                state.apply(&header);
-            }
-        }
-        Ok(state)
-    }
-
     /// Rebuilds the producer state: the latest snapshot at or below the log end (the
     /// empty state at the log start without one), then every batch after it. Snapshots
-    /// past the log end (a cut tail's) are removed.
-    fn rebuild_producer_state(&mut self) -> io::Result<()> {
-        producer_snapshots::remove_above(self.storage.as_ref(), &self.dir, self.log_end_offset)?;
-        let mut state = self.producer_state_at(self.log_end_offset)?;
-        // A damaged header (repaired later from a replica) may claim any offsets: the
-        // batches from it on are not applied, and the state ends where the log does.
+    /// past the log end (a cut tail's) are removed. With `txn_rebuild_from` (a segment
+    /// base), replays from a snapshot at or below it and rewrites the `.txnindex` of that
+    /// segment and every later one.
+    fn rebuild_producer_state(&mut self, txn_rebuild_from: Option<i64>) -> io::Result<()> {
+        let storage = self.storage.clone();
+        producer_snapshots::remove_above(storage.as_ref(), &self.dir, self.log_end_offset)?;
+        let start = self.log_start_offset();
+        let at_most = txn_rebuild_from.map_or(self.log_end_offset, |b| b.min(self.log_end_offset));
+        let mut state = producer_snapshots::latest(storage.as_ref(), &self.dir, at_most)?
+            .unwrap_or_else(|| ProducerStateMap::empty_at(start));
+        state.advance_to(start);
+        let bases: Vec<i64> = self.segments.keys().copied().collect();
+        for base in bases {
+            if self.segments[&base].next_offset() <= state.end_offset() {
+                continue;
+            }
+            let aborted = self.replay_segment(base, &mut state, self.log_end_offset)?;
+            if txn_rebuild_from.is_some_and(|from| base >= from) {
+                let segment = self.segments.get_mut(&base).expect("listed above");
+                segment.set_aborted_txns(aborted)?;
+            }
+        }
+        // A log whose last batches were cut ends where its segments do.
         state.advance_to(self.log_end_offset);
         assert_eq!(
             state.end_offset(),
@@ -690,6 +762,56 @@ impl PartitionLog {
         );
         self.producer_state = state;
         Ok(())
+    }
+
+    /// The producer state as of `offset` (a batch boundary at or below the log end): the
+    /// latest snapshot at or below it, then the batches from there up to it. Reads only.
+    fn producer_state_at(&self, offset: i64) -> io::Result<ProducerStateMap> {
+        let start = self.log_start_offset();
+        let mut state = producer_snapshots::latest(self.storage.as_ref(), &self.dir, offset)?
+            .unwrap_or_else(|| ProducerStateMap::empty_at(start));
+        state.advance_to(start);
+        let bases: Vec<i64> = self.segments.range(..offset).map(|(b, _)| *b).collect();
+        for base in bases {
+            if self.segments[&base].next_offset() > state.end_offset() {
+                self.replay_segment(base, &mut state, offset)?;
+            }
+        }
+        Ok(state)
+    }
+
+    /// Applies the batches of the segment at `base` that end at or below `upper` to
+    /// `state` (those it already covers are skipped); returns the transactions they
+    /// aborted, as `.txnindex` entries.
+    fn replay_segment(
+        &self,
+        base: i64,
+        state: &mut ProducerStateMap,
+        upper: i64,
+    ) -> io::Result<Vec<AbortedTxn>> {
+        let segment = &self.segments[&base];
+        let mut aborted = Vec::new();
+        for (position, header) in segment.headers()? {
+            // A damaged header (repaired later from a replica) may claim any offsets.
+            if header.next_offset() > upper {
+                break;
+            }
+            let marker = (header.is_control() && header.producer_id >= 0)
+                .then(|| segment.read_batch_at(position, &header).ok())
+                .flatten()
+                .and_then(|bytes| txn_marker::parse_marker(&bytes, &header));
+            if let Some(txn) = state.apply_batch(&header, marker).filter(|t| !t.commit) {
+                aborted.push(AbortedTxn {
+                    producer_id: txn.producer_id,
+                    first_offset: txn.first_offset,
+                    last_offset: txn.last_offset,
+                    last_stable_offset: state
+                        .first_open_txn_offset()
+                        .unwrap_or(txn.last_offset + 1),
+                });
+            }
+        }
+        Ok(aborted)
     }
 
     /// Hands out what must be fsynced to make everything appended so far durable.

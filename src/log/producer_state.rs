@@ -19,9 +19,10 @@
 //! Plain Rust: no I/O, no clock (time comes as `now_ms`), deterministic iteration.
 
 use super::batch::BatchHeader;
+use super::txn_marker::TxnMarker;
 use kafka_protocol::ResponseError;
 use prost::Message;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// How many of a producer's batches are remembered for duplicate detection: a Kafka
 /// idempotent producer keeps at most five requests in flight per partition.
@@ -83,6 +84,24 @@ impl SequenceError {
             SequenceError::StaleEpoch { .. } => ResponseError::InvalidProducerEpoch,
             SequenceError::OutOfOrder { .. } => ResponseError::OutOfOrderSequenceNumber,
             SequenceError::NoSequence => ResponseError::InvalidRecord,
+        }
+    }
+}
+
+/// Why the leader refuses a transaction marker (WriteTxnMarkers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MarkerError {
+    #[error("marker producer epoch {got} is older than the current epoch {current}")]
+    StaleEpoch { current: i16, got: i16 },
+    #[error("coordinator epoch {got} is older than the last marker's {last}")]
+    CoordinatorFenced { last: i32, got: i32 },
+}
+
+impl MarkerError {
+    pub fn kafka_error(&self) -> ResponseError {
+        match self {
+            MarkerError::StaleEpoch { .. } => ResponseError::InvalidProducerEpoch,
+            MarkerError::CoordinatorFenced { .. } => ResponseError::TransactionCoordinatorFenced,
         }
     }
 }
@@ -166,6 +185,34 @@ impl ProducerEntry {
         }
     }
 
+    /// The leader's check of a transaction marker for this producer (`entry`: what the
+    /// state knows of it): a zombie producer's epoch, or a marker from a coordinator older
+    /// than the one that wrote the producer's last marker, is fenced. A producer the
+    /// partition does not know takes any marker (its transaction may hold no data here).
+    pub fn check_marker(
+        entry: Option<&ProducerEntry>,
+        header: &BatchHeader,
+        marker: TxnMarker,
+    ) -> Result<(), MarkerError> {
+        debug_assert!(header.producer_id >= 0 && header.is_control());
+        let Some(entry) = entry else {
+            return Ok(());
+        };
+        if header.producer_epoch < entry.producer_epoch {
+            return Err(MarkerError::StaleEpoch {
+                current: entry.producer_epoch,
+                got: header.producer_epoch,
+            });
+        }
+        if marker.coordinator_epoch < entry.coordinator_epoch {
+            return Err(MarkerError::CoordinatorFenced {
+                last: entry.coordinator_epoch,
+                got: marker.coordinator_epoch,
+            });
+        }
+        Ok(())
+    }
+
     /// Applies a data batch of this producer (offsets assigned).
     pub fn apply_data(&mut self, header: &BatchHeader) {
         if header.producer_epoch != self.producer_epoch {
@@ -202,19 +249,41 @@ impl ProducerEntry {
     }
 }
 
+/// A transaction that a marker ended in this partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompletedTxn {
+    pub producer_id: i64,
+    /// The transaction's first offset (the marker's own offset when it held no data here).
+    pub first_offset: i64,
+    /// The marker's offset.
+    pub last_offset: i64,
+    pub commit: bool,
+}
+
 /// The producer state of a partition as of `end_offset` (every batch below it applied).
+///
+/// It also keeps what the last stable offset needs, cheaply: the first offsets of the
+/// open transactions (ordered), and the transactions ended by markers that may not be
+/// committed yet (by marker offset). A transaction stays unstable until its marker is
+/// below the high watermark: a new leader without the marker would see it open again,
+/// and the LSO must never go back.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ProducerStateMap {
     producers: BTreeMap<i64, ProducerEntry>,
     end_offset: i64,
+    /// (first offset, producer id) of every open transaction.
+    open_txns: BTreeSet<(i64, i64)>,
+    /// Marker offset → first offset of transactions ended by a marker at or past the
+    /// high watermark last passed to [`ProducerStateMap::prune_replicated`].
+    unreplicated_txns: BTreeMap<i64, i64>,
 }
 
 impl ProducerStateMap {
     /// The state of a log that starts (empty) at `offset`.
     pub fn empty_at(offset: i64) -> ProducerStateMap {
         ProducerStateMap {
-            producers: BTreeMap::new(),
             end_offset: offset,
+            ..Default::default()
         }
     }
 
@@ -240,25 +309,97 @@ impl ProducerStateMap {
         self.producers.is_empty()
     }
 
-    /// Applies the next batch of the log (its offsets assigned). Batches already covered
-    /// (below `end_offset`) are skipped, so replaying from a snapshot is safe.
-    pub fn apply(&mut self, header: &BatchHeader) {
+    /// Applies the next batch of the log (its offsets assigned); a control batch of a
+    /// producer is taken for an ABORT marker of an unknown coordinator epoch (see
+    /// [`ProducerStateMap::apply_batch`]).
+    pub fn apply(&mut self, header: &BatchHeader) -> Option<CompletedTxn> {
+        self.apply_batch(header, None)
+    }
+
+    /// Applies the next batch of the log (its offsets assigned), with what its control
+    /// record says when it is a transaction marker ([`super::txn_marker::parse_marker`]).
+    /// Batches already covered (below `end_offset`) are skipped, so replaying from a
+    /// snapshot is safe. Returns the transaction a marker ended.
+    pub fn apply_batch(
+        &mut self,
+        header: &BatchHeader,
+        marker: Option<TxnMarker>,
+    ) -> Option<CompletedTxn> {
         if header.base_offset < self.end_offset {
-            return;
+            return None;
         }
         self.end_offset = header.next_offset();
         if header.producer_id < 0 {
-            return;
+            return None;
         }
+        let producer_id = header.producer_id;
         let entry = self
             .producers
-            .entry(header.producer_id)
+            .entry(producer_id)
             .or_insert_with(|| ProducerEntry::empty(header.producer_epoch));
-        if header.is_control() {
-            entry.apply_marker(header, -1);
-        } else {
+        let open_before = entry.current_txn_first_offset;
+        if !header.is_control() {
             entry.apply_data(header);
+            if let (None, Some(first)) = (open_before, entry.current_txn_first_offset) {
+                assert!(self.open_txns.insert((first, producer_id)));
+            }
+            return None;
         }
+        // A control batch of a producer is a marker; one that cannot be read (never
+        // written by a leader) ends the transaction as an abort: nothing is exposed.
+        let marker = marker.unwrap_or(TxnMarker {
+            commit: false,
+            coordinator_epoch: -1,
+        });
+        entry.apply_marker(header, marker.coordinator_epoch);
+        assert!(entry.current_txn_first_offset.is_none());
+        let first_offset = match open_before {
+            Some(first) => {
+                assert!(self.open_txns.remove(&(first, producer_id)));
+                first
+            }
+            None => header.base_offset,
+        };
+        assert!(first_offset <= header.base_offset);
+        self.unreplicated_txns
+            .insert(header.base_offset, first_offset);
+        Some(CompletedTxn {
+            producer_id,
+            first_offset,
+            last_offset: header.base_offset,
+            commit: marker.commit,
+        })
+    }
+
+    /// The first offset of the oldest open transaction, if any.
+    pub fn first_open_txn_offset(&self) -> Option<i64> {
+        self.open_txns.first().map(|(first, _)| *first)
+    }
+
+    /// The first offset a `read_committed` consumer may not read yet, given the high
+    /// watermark: the oldest open transaction, or one whose marker is not committed.
+    pub fn first_unstable_offset(&self, high_watermark: i64) -> Option<i64> {
+        let unreplicated = self
+            .unreplicated_txns
+            .range(high_watermark..)
+            .map(|(_, first)| *first)
+            .min();
+        match (self.first_open_txn_offset(), unreplicated) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Forgets the ended transactions whose markers are below `high_watermark`
+    /// (committed: every later leader has them). Never changes
+    /// [`ProducerStateMap::first_unstable_offset`] for a high watermark at or above it.
+    pub fn prune_replicated(&mut self, high_watermark: i64) {
+        self.unreplicated_txns = self.unreplicated_txns.split_off(&high_watermark);
+    }
+
+    /// How many ended transactions wait for their markers to commit.
+    pub fn unreplicated_txn_count(&self) -> usize {
+        self.unreplicated_txns.len()
     }
 
     /// Moves the end past offsets that carry no batch (a log reset to a later start).
@@ -289,6 +430,14 @@ impl ProducerStateMap {
     pub fn encode(&self) -> Vec<u8> {
         let snapshot = ProducerSnapshot {
             end_offset: self.end_offset,
+            unreplicated_txns: self
+                .unreplicated_txns
+                .iter()
+                .map(|(last, first)| SnapshotTxn {
+                    first_offset: *first,
+                    last_offset: *last,
+                })
+                .collect(),
             producers: self
                 .producers
                 .iter()
@@ -353,9 +502,22 @@ impl ProducerStateMap {
             };
             producers.insert(p.producer_id, entry);
         }
+        let open_txns = producers
+            .iter()
+            .filter_map(|(id, e)| Some((e.current_txn_first_offset?, *id)))
+            .collect();
+        let mut unreplicated_txns = BTreeMap::new();
+        for t in snapshot.unreplicated_txns {
+            if t.first_offset > t.last_offset || t.last_offset >= snapshot.end_offset {
+                return None;
+            }
+            unreplicated_txns.insert(t.last_offset, t.first_offset);
+        }
         Some(ProducerStateMap {
             producers,
             end_offset: snapshot.end_offset,
+            open_txns,
+            unreplicated_txns,
         })
     }
 }
@@ -367,6 +529,16 @@ struct ProducerSnapshot {
     end_offset: i64,
     #[prost(message, repeated, tag = "2")]
     producers: Vec<SnapshotProducer>,
+    #[prost(message, repeated, tag = "3")]
+    unreplicated_txns: Vec<SnapshotTxn>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct SnapshotTxn {
+    #[prost(int64, tag = "1")]
+    first_offset: i64,
+    #[prost(int64, tag = "2")]
+    last_offset: i64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -1,4 +1,5 @@
-//! One log segment: a `.log` file of RecordBatches with its `.index` and `.timeindex`.
+//! One log segment: a `.log` file of RecordBatches with its `.index`, `.timeindex` and
+//! `.txnindex` (aborted transactions, `txn_index.rs`).
 //!
 //! A segment is named by its base offset (20 digits, as Kafka does). It knows where its
 //! batches start, the next offset after its last batch and the largest timestamp in it;
@@ -6,6 +7,7 @@
 
 use super::batch::{self, BatchError, BatchHeader, BATCH_HEADER_SIZE};
 use super::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
+use super::txn_index::{self, AbortedTxn};
 use crate::storage::{read_exact_at, read_to_vec, Storage, StorageFile, SyncHandle};
 use bytes::{Bytes, BytesMut};
 use std::io;
@@ -15,6 +17,7 @@ use std::sync::Arc;
 pub const LOG_SUFFIX: &str = ".log";
 pub const INDEX_SUFFIX: &str = ".index";
 pub const TIME_INDEX_SUFFIX: &str = ".timeindex";
+pub const TXN_INDEX_SUFFIX: &str = ".txnindex";
 
 /// File name stem of a segment: the base offset, zero-padded to 20 digits.
 pub fn file_stem(base_offset: i64) -> String {
@@ -43,6 +46,12 @@ pub struct Segment {
     log: Box<dyn StorageFile>,
     index_file: Box<dyn StorageFile>,
     time_index_file: Box<dyn StorageFile>,
+    txn_index_file: Box<dyn StorageFile>,
+    /// The `.txnindex` entries: one per ABORT marker in this segment, in offset order
+    /// (as many as the segment's control batches at most).
+    aborted_txns: Vec<AbortedTxn>,
+    /// Whether `.txnindex` read back whole and within the segment when it was opened.
+    txn_index_sound: bool,
     index: OffsetIndex,
     time_index: TimeIndex,
     next_offset: i64,
@@ -52,6 +61,10 @@ pub struct Segment {
     first_batch_ms: Option<i64>,
     bytes_since_index_entry: u64,
     index_interval_bytes: u64,
+}
+
+fn txn_index_path(dir: &Path, base_offset: i64) -> PathBuf {
+    dir.join(format!("{}{TXN_INDEX_SUFFIX}", file_stem(base_offset)))
 }
 
 fn paths(dir: &Path, base_offset: i64) -> (PathBuf, PathBuf, PathBuf) {
@@ -70,6 +83,7 @@ impl Segment {
         log: Box<dyn StorageFile>,
         index_file: Box<dyn StorageFile>,
         time_index_file: Box<dyn StorageFile>,
+        txn_index_file: Box<dyn StorageFile>,
         index_interval_bytes: u64,
     ) -> Segment {
         Segment {
@@ -77,6 +91,9 @@ impl Segment {
             log,
             index_file,
             time_index_file,
+            txn_index_file,
+            aborted_txns: Vec::new(),
+            txn_index_sound: true,
             index: OffsetIndex::default(),
             time_index: TimeIndex::default(),
             next_offset: base_offset,
@@ -99,15 +116,18 @@ impl Segment {
         let mut log = storage.open(&log_path, true)?;
         let mut index_file = storage.open(&index_path, true)?;
         let mut time_index_file = storage.open(&time_path, true)?;
+        let mut txn_index_file = storage.open(&txn_index_path(dir, base_offset), true)?;
         // A leftover file from a crash before the segment was ever used.
         log.truncate(0)?;
         index_file.truncate(0)?;
         time_index_file.truncate(0)?;
+        txn_index_file.truncate(0)?;
         Ok(Segment::empty(
             base_offset,
             log,
             index_file,
             time_index_file,
+            txn_index_file,
             index_interval_bytes,
         ))
     }
@@ -135,13 +155,21 @@ impl Segment {
         } else {
             None
         };
+        let txn_path = txn_index_path(dir, base_offset);
+        let txn_bytes = if storage.exists(&txn_path) {
+            read_to_vec(storage, &txn_path).ok()
+        } else {
+            None
+        };
         let index_file = storage.open(&index_path, true)?;
         let time_index_file = storage.open(&time_path, true)?;
+        let txn_index_file = storage.open(&txn_path, true)?;
         let mut segment = Segment::empty(
             base_offset,
             log,
             index_file,
             time_index_file,
+            txn_index_file,
             index_interval_bytes,
         );
         let loaded = match (trust_indexes, index_bytes, time_bytes) {
@@ -182,6 +210,10 @@ impl Segment {
             None => segment.rebuild()?,
         };
         segment.first_batch_ms = segment.first_batch_timestamp()?;
+        let txns =
+            txn_bytes.and_then(|b| txn_index::decode_all(&b, base_offset, segment.next_offset));
+        segment.txn_index_sound = txns.is_some();
+        segment.aborted_txns = txns.unwrap_or_default();
         Ok((segment, report))
     }
 
@@ -474,7 +506,57 @@ impl Segment {
         if self.is_empty() {
             self.first_batch_ms = None;
         }
+        let next_offset = self.next_offset;
+        let mut kept = std::mem::take(&mut self.aborted_txns);
+        kept.retain(|t| t.last_offset < next_offset);
+        self.set_aborted_txns(kept)
+    }
+
+    /// The aborted transactions whose ABORT markers are in this segment, in offset order.
+    pub fn aborted_txns(&self) -> &[AbortedTxn] {
+        &self.aborted_txns
+    }
+
+    /// Whether the `.txnindex` read back sound when the segment was opened (if not, the
+    /// log rebuilds it with [`Segment::set_aborted_txns`]).
+    pub fn txn_index_sound(&self) -> bool {
+        self.txn_index_sound
+    }
+
+    /// Appends the entry of an ABORT marker just appended to this segment.
+    pub fn append_aborted_txn(&mut self, txn: AbortedTxn) -> io::Result<()> {
+        assert!(txn.last_offset >= self.base_offset && txn.last_offset < self.next_offset);
+        assert!(self
+            .aborted_txns
+            .last()
+            .is_none_or(|p| p.last_offset < txn.last_offset));
+        self.txn_index_file.append(&txn.encode())?;
+        self.aborted_txns.push(txn);
         Ok(())
+    }
+
+    /// Replaces the `.txnindex` with `txns` (rebuilt from the log).
+    pub fn set_aborted_txns(&mut self, txns: Vec<AbortedTxn>) -> io::Result<()> {
+        assert!(txns
+            .iter()
+            .all(|t| t.last_offset >= self.base_offset && t.last_offset < self.next_offset));
+        self.txn_index_file.truncate(0)?;
+        self.txn_index_file.append(&txn_index::encode_all(&txns))?;
+        self.aborted_txns = txns;
+        self.txn_index_sound = true;
+        Ok(())
+    }
+
+    /// The whole batch at `position` (its header read there), CRC-checked.
+    pub fn read_batch_at(&self, position: u64, header: &BatchHeader) -> io::Result<Bytes> {
+        let read = self.read(position, header.size_bytes(), i64::MAX, true)?;
+        if read.bytes.len() != header.size_bytes() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("corrupt batch at position {position}"),
+            ));
+        }
+        Ok(read.bytes)
     }
 
     /// Every batch header in the segment, in order, with its position.
@@ -493,19 +575,21 @@ impl Segment {
         self.log.sync_handle()
     }
 
-    /// Makes the log and both indexes durable.
+    /// Makes the log and every index durable.
     pub fn sync_all(&mut self) -> io::Result<()> {
         self.log.sync()?;
         self.index_file.sync()?;
-        self.time_index_file.sync()
+        self.time_index_file.sync()?;
+        self.txn_index_file.sync()
     }
 
     /// Deletes the segment's files (log first, so a crash leaves at most orphan indexes).
     pub fn delete(self, storage: &dyn Storage, dir: &Path) -> io::Result<()> {
         let (log_path, index_path, time_path) = paths(dir, self.base_offset);
+        let txn_path = txn_index_path(dir, self.base_offset);
         drop(self);
         storage.remove_file(&log_path)?;
-        for path in [index_path, time_path] {
+        for path in [index_path, time_path, txn_path] {
             if storage.exists(&path) {
                 storage.remove_file(&path)?;
             }

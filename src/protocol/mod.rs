@@ -9,3 +9,5 @@ pub mod versions;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod txn_tests;

@@ -15,11 +15,11 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::Compression;
 use std::sync::Arc;
 
-fn s(v: &str) -> StrBytes {
+pub(super) fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
 }
 
-async fn test_broker() -> Arc<Broker> {
+pub(super) async fn test_broker() -> Arc<Broker> {
     let config = BrokerConfig {
         data_dir: "/data".into(),
         seed: Some(7),
@@ -37,7 +37,12 @@ async fn test_broker() -> Arc<Broker> {
     broker
 }
 
-fn frame(api_key: ApiKey, version: i16, correlation_id: i32, request: &RequestKind) -> Bytes {
+pub(super) fn frame(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    request: &RequestKind,
+) -> Bytes {
     let header = RequestHeader::default()
         .with_request_api_key(api_key as i16)
         .with_request_api_version(version)
@@ -388,6 +393,19 @@ fn request_for(key: ApiKey, version: i16) -> RequestKind {
                 .with_producer_id(ProducerId(1))
                 .with_committed(true),
         ),
+        ApiKey::WriteTxnMarkers => {
+            use write_txn_markers_request::*;
+            RequestKind::WriteTxnMarkers(WriteTxnMarkersRequest::default().with_markers(vec![
+                WritableTxnMarker::default()
+                    .with_producer_id(ProducerId(1))
+                    .with_producer_epoch(0)
+                    .with_transaction_result(false)
+                    .with_coordinator_epoch(0)
+                    .with_topics(vec![WritableTxnMarkerTopic::default()
+                        .with_name(topic("existing"))
+                        .with_partition_indexes(vec![0])]),
+            ]))
+        }
         other => panic!("no test request for {other:?}"),
     }
 }
@@ -407,7 +425,7 @@ fn offset_for_leader_epoch_request(leader_epoch: i32, current_leader_epoch: i32)
     )
 }
 
-async fn resolve(reply: Reply) -> Option<ResponseKind> {
+pub(super) async fn resolve(reply: Reply) -> Option<ResponseKind> {
     match reply {
         Reply::Now(r) => Some(r),
         Reply::Later(f) => Some(f.await),

@@ -50,6 +50,12 @@ pub const SUPPORTED: &[Supported] = &[
         min: 0,
         max: 5,
     },
+    // v0 was removed in Kafka 4 (KIP-896); brokers send v1.
+    Supported {
+        key: ApiKey::WriteTxnMarkers,
+        min: 1,
+        max: 1,
+    },
     Supported {
         key: ApiKey::AddPartitionsToTxn,
         min: 0,
@@ -218,6 +224,7 @@ mod tests {
                 ApiKey::AddPartitionsToTxn => range::<AddPartitionsToTxnRequest>(),
                 ApiKey::AddOffsetsToTxn => range::<AddOffsetsToTxnRequest>(),
                 ApiKey::EndTxn => range::<EndTxnRequest>(),
+                ApiKey::WriteTxnMarkers => range::<WriteTxnMarkersRequest>(),
                 other => panic!("no decoder check for {other:?}"),
             };
             let handled_min = if s.key == ApiKey::Produce {

@@ -12,12 +12,15 @@
 //!   whose record value is the encoded change.
 //! - A clean command (`replication::compaction`) is a normal entry whose data is already
 //!   a control batch of type CLEAN, built by the leader (producers may not write control
-//!   batches): stored as it is, read back as a normal entry carrying that batch.
+//!   batches): stored as it is, read back as a normal entry carrying that batch. So is a
+//!   transaction marker (COMMIT/ABORT, `log::txn_marker`), built by the leader for
+//!   WriteTxnMarkers.
 //!
 //! Every replica persists the same entries after the same prefix, so every replica
 //! assigns the same offsets: a Kafka offset is a deterministic function of the Raft log.
 
 use crate::log::batch::{self, BatchHeader};
+use crate::log::txn_marker;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::records::{
@@ -161,7 +164,7 @@ pub fn decode_entry(stored: &Bytes, index: u64) -> Result<Entry, EntryError> {
         .ok_or_else(|| invalid(index, "empty control batch"))?;
     match control_type(&set.records, index)? {
         CONTROL_TYPE_LEADER_CHANGE => entry.set_entry_type(EntryType::EntryNormal),
-        CONTROL_TYPE_CLEAN => {
+        CONTROL_TYPE_CLEAN | txn_marker::CONTROL_TYPE_ABORT | txn_marker::CONTROL_TYPE_COMMIT => {
             entry.set_entry_type(EntryType::EntryNormal);
             entry.data = stored.slice(..header.size_bytes());
         }

@@ -642,6 +642,11 @@ impl ReplicaLog {
         &self.log
     }
 
+    /// Forgets ended transactions whose markers are committed (below `high_watermark`).
+    pub fn prune_replicated_txns(&mut self, high_watermark: i64) {
+        self.log.prune_replicated_txns(high_watermark);
+    }
+
     /// Records that the entry at `index` failed its CRC check (the driver repairs it).
     pub fn mark_corrupt(&self, index: u64) {
         use std::sync::atomic::Ordering;

@@ -3,10 +3,16 @@
 //! and the entries proposed since the last round (not written yet), so two retries in
 //! one round are seen too. A retry is answered with its original's offsets once the
 //! original meets the producer's acks; nothing is proposed for it.
+//!
+//! Transaction markers (WriteTxnMarkers) are checked here too, against the same state:
+//! a marker of a producer epoch older than the producer's is refused
+//! (INVALID_PRODUCER_EPOCH), and so is one from a coordinator epoch older than the one
+//! that wrote the producer's last marker (TRANSACTION_COORDINATOR_FENCED).
 
 use super::ProduceError;
 use crate::log::batch::BatchHeader;
 use crate::log::producer_state::{ProducerEntry, Verdict};
+use crate::log::txn_marker::{self, TxnMarker};
 use crate::replication::driver::Driver;
 use bytes::Bytes;
 
@@ -47,6 +53,18 @@ pub(super) fn check_producer_batches(
         .iter()
         .filter_map(|b| BatchHeader::parse(b).ok())
         .collect();
+    if let Some(position) = headers
+        .iter()
+        .position(|h| h.producer_id >= 0 && h.is_control())
+    {
+        return check_marker(
+            driver,
+            group,
+            batches,
+            &headers[position],
+            &batches[position],
+        );
+    }
     let Some(header) = headers
         .iter()
         .find(|h| h.producer_id >= 0 && !h.is_control())
@@ -111,4 +129,45 @@ pub(super) fn check_producer_batches(
             entry: log.index_of_offset(original.base_offset),
         }),
     }
+}
+
+/// Checks a proposed transaction marker (one batch) against the producer's state, with
+/// the entries proposed for it but not written yet applied on top.
+fn check_marker(
+    driver: &Driver,
+    group: &str,
+    batches: &[Bytes],
+    header: &BatchHeader,
+    batch: &Bytes,
+) -> Result<ProducerCheck, ProduceError> {
+    let marker = txn_marker::parse_marker(batch, header)
+        .filter(|_| batches.len() == 1)
+        .ok_or_else(|| ProduceError::InvalidRecord("not a transaction marker".into()))?;
+    let storage = driver
+        .storage(group)
+        .ok_or(ProduceError::UnknownPartition)?;
+    let log = storage.lock();
+    let mut entry = log
+        .log()
+        .producer_state()
+        .entry(header.producer_id)
+        .cloned();
+    for e in driver.unwritten_entries(group, log.last_index()) {
+        let Ok(h) = BatchHeader::parse(&e.data) else {
+            continue;
+        };
+        if h.producer_id != header.producer_id {
+            continue;
+        }
+        let unwritten = entry.get_or_insert_with(|| ProducerEntry::empty(h.producer_epoch));
+        if h.is_control() {
+            let coordinator_epoch = txn_marker::parse_marker(&e.data, &h)
+                .map_or(-1, |m: TxnMarker| m.coordinator_epoch);
+            unwritten.apply_marker(&h, coordinator_epoch);
+        } else {
+            unwritten.apply_data(&h);
+        }
+    }
+    ProducerEntry::check_marker(entry.as_ref(), header, marker).map_err(ProduceError::Marker)?;
+    Ok(ProducerCheck::Propose)
 }

@@ -313,3 +313,136 @@ mod with_the_log {
         assert_eq!(open(&storage, 0).producer_state(), &expected);
     }
 }
+
+/// A transactional data batch header.
+fn txn_batch(producer_id: i64, base_sequence: i32, records: i32, base_offset: i64) -> BatchHeader {
+    let mut h = batch(producer_id, 0, base_sequence, records, base_offset);
+    h.attributes = 0x10;
+    h
+}
+
+fn end(commit: bool, coordinator_epoch: i32) -> Option<TxnMarker> {
+    Some(TxnMarker {
+        commit,
+        coordinator_epoch,
+    })
+}
+
+#[test]
+fn the_first_unstable_offset_follows_interleaved_transactions() {
+    let mut state = ProducerStateMap::empty_at(0);
+    state.apply(&batch(9, 0, 0, 5, 0)); // not transactional: stable
+    assert_eq!(state.first_unstable_offset(5), None);
+    state.apply(&txn_batch(1, 0, 2, 5)); // txn 1 opens at 5
+    state.apply(&txn_batch(2, 0, 2, 7)); // txn 2 opens at 7
+    state.apply(&txn_batch(1, 2, 2, 9)); // txn 1 goes on
+    assert_eq!(state.first_open_txn_offset(), Some(5));
+    assert_eq!(state.first_unstable_offset(11), Some(5));
+    // Txn 1 ends at 11 (commit): stable only once its marker is committed.
+    let done = state.apply_batch(&marker(1, 0, 11), end(true, 3)).unwrap();
+    assert_eq!(
+        (done.first_offset, done.last_offset, done.commit),
+        (5, 11, true)
+    );
+    assert_eq!(state.first_open_txn_offset(), Some(7));
+    assert_eq!(
+        state.first_unstable_offset(11),
+        Some(5),
+        "marker not committed"
+    );
+    assert_eq!(state.first_unstable_offset(12), Some(7));
+    // Txn 3 opens after, txn 2 aborts: txn 3 holds the LSO.
+    state.apply(&txn_batch(3, 0, 1, 12));
+    let done = state.apply_batch(&marker(2, 0, 13), end(false, 3)).unwrap();
+    assert_eq!(
+        (done.producer_id, done.first_offset, done.commit),
+        (2, 7, false)
+    );
+    assert_eq!(state.first_unstable_offset(14), Some(12));
+    state.prune_replicated(14);
+    assert_eq!(state.unreplicated_txn_count(), 0);
+    assert_eq!(state.first_unstable_offset(14), Some(12));
+    state.apply_batch(&marker(3, 0, 14), end(true, 3));
+    assert_eq!(state.first_unstable_offset(14), Some(12));
+    assert_eq!(state.first_unstable_offset(15), None);
+    assert_eq!(state.entry(1).unwrap().coordinator_epoch, 3);
+    // A marker for a producer with nothing open here ends an empty transaction.
+    let done = state.apply_batch(&marker(4, 0, 15), end(false, 3)).unwrap();
+    assert_eq!((done.first_offset, done.last_offset), (15, 15));
+}
+
+#[test]
+fn pruning_never_changes_the_answer_at_or_above_its_high_watermark() {
+    let mut state = ProducerStateMap::empty_at(0);
+    let mut offset = 0;
+    for k in 0..20i64 {
+        let producer = k % 3;
+        let h = if k % 4 == 3 {
+            marker(producer, 0, offset)
+        } else {
+            txn_batch(producer, 0, 1, offset)
+        };
+        state.apply_batch(&h, end(k % 8 == 3, 0));
+        offset = h.next_offset();
+    }
+    for high_watermark in 0..=offset {
+        let mut pruned = state.clone();
+        pruned.prune_replicated(high_watermark);
+        for hw in high_watermark..=offset {
+            assert_eq!(
+                pruned.first_unstable_offset(hw),
+                state.first_unstable_offset(hw)
+            );
+        }
+    }
+}
+
+#[test]
+fn open_and_ended_transactions_survive_a_snapshot() {
+    let mut state = ProducerStateMap::empty_at(0);
+    state.apply(&txn_batch(1, 0, 2, 0));
+    state.apply(&txn_batch(2, 0, 2, 2));
+    state.apply_batch(&marker(1, 0, 4), end(false, 2));
+    let decoded = ProducerStateMap::decode(&state.encode()).unwrap();
+    assert_eq!(decoded, state);
+    assert_eq!(
+        decoded.first_unstable_offset(4),
+        Some(0),
+        "marker at 4 not committed"
+    );
+    assert_eq!(decoded.first_unstable_offset(5), Some(2));
+}
+
+#[test]
+fn markers_of_stale_producer_or_coordinator_epochs_are_fenced() {
+    let mut state = ProducerStateMap::empty_at(0);
+    let mut h = txn_batch(1, 0, 1, 0);
+    h.producer_epoch = 2;
+    state.apply(&h);
+    state.apply_batch(&marker(1, 2, 1), end(true, 5));
+    let entry = state.entry(1);
+    let commit = |coordinator_epoch| TxnMarker {
+        commit: true,
+        coordinator_epoch,
+    };
+    assert_eq!(
+        ProducerEntry::check_marker(entry, &marker(1, 1, -1), commit(5)),
+        Err(MarkerError::StaleEpoch { current: 2, got: 1 })
+    );
+    assert_eq!(
+        ProducerEntry::check_marker(entry, &marker(1, 2, -1), commit(4)),
+        Err(MarkerError::CoordinatorFenced { last: 5, got: 4 })
+    );
+    assert_eq!(
+        MarkerError::CoordinatorFenced { last: 5, got: 4 }.kafka_error(),
+        ResponseError::TransactionCoordinatorFenced
+    );
+    assert_eq!(
+        ProducerEntry::check_marker(entry, &marker(1, 3, -1), commit(5)),
+        Ok(())
+    );
+    assert_eq!(
+        ProducerEntry::check_marker(None, &marker(7, 0, -1), commit(0)),
+        Ok(())
+    );
+}

@@ -3,12 +3,19 @@
 //! batch is always returned whole, as KIP-74 asks). If fewer than `min_bytes` are ready,
 //! the request waits up to `max_wait_ms` for more. Fetch sessions are not kept: the
 //! response's session id 0 tells clients to send full fetches.
+//!
+//! `isolation_level=1` (read_committed) reads only up to the last stable offset and
+//! lists the aborted transactions (producer id, first offset) overlapping what it
+//! returns, from the `.txnindex` of the segments read: the client drops their records.
+//! Both levels report the last stable offset.
 
 use super::code;
 use crate::broker::Broker;
-use crate::log::ReadError;
+use crate::log::{PartitionLog, ReadError};
 use crate::protocol::dispatch::Reply;
+use kafka_protocol::messages::fetch_response::AbortedTransaction;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::ProducerId;
 use kafka_protocol::messages::{FetchRequest, FetchResponse, ResponseKind};
 use kafka_protocol::ResponseError;
 use std::sync::Arc;
@@ -86,18 +93,28 @@ fn read_once(broker: &Broker, version: i16, request: &FetchRequest) -> (FetchRes
             if crate::planted::on("hw-before-commit") {
                 high_watermark = log.log_end_offset();
             }
+            let last_stable_offset = log.last_stable_offset(high_watermark);
             data = data
                 .with_high_watermark(high_watermark)
-                .with_last_stable_offset(high_watermark);
+                .with_last_stable_offset(last_stable_offset);
             if version >= 5 {
                 data = data.with_log_start_offset(log.log_start_offset());
             }
             let max_bytes = budget.min(wanted.partition_max_bytes.max(0) as usize);
             let min_one = total_bytes == 0;
-            match log.read(wanted.fetch_offset, max_bytes, high_watermark, min_one) {
+            let upper_offset = if read_committed {
+                last_stable_offset
+            } else {
+                high_watermark
+            };
+            match log.read(wanted.fetch_offset, max_bytes, upper_offset, min_one) {
                 Ok(bytes) => {
                     budget = budget.saturating_sub(bytes.len());
                     total_bytes += bytes.len();
+                    if read_committed {
+                        let aborted = aborted_in(log, wanted.fetch_offset, &bytes);
+                        data = data.with_aborted_transactions(Some(aborted));
+                    }
                     data = data.with_records(Some(bytes));
                 }
                 Err(ReadError::OffsetOutOfRange { .. }) => {
@@ -130,4 +147,34 @@ fn read_once(broker: &Broker, version: i16, request: &FetchRequest) -> (FetchRes
     }
     let ready = any_error || total_bytes >= request.min_bytes.max(0) as usize || budget == 0;
     (FetchResponse::default().with_responses(topics), ready)
+}
+
+/// The aborted transactions overlapping the batches read from `fetch_offset` (the
+/// range ends where the last batch returned does).
+fn aborted_in(log: &PartitionLog, fetch_offset: i64, bytes: &[u8]) -> Vec<AbortedTransaction> {
+    let Some(end_offset) = end_offset_of(bytes) else {
+        return Vec::new();
+    };
+    log.aborted_txns(fetch_offset, end_offset)
+        .into_iter()
+        .map(|t| {
+            AbortedTransaction::default()
+                .with_producer_id(ProducerId(t.producer_id))
+                .with_first_offset(t.first_offset)
+        })
+        .collect()
+}
+
+/// The offset after the last whole batch in `bytes` (batches as the log returns them).
+fn end_offset_of(bytes: &[u8]) -> Option<i64> {
+    let mut position = 0usize;
+    let mut end = None;
+    while let Ok(header) = crate::log::batch::BatchHeader::parse(&bytes[position..]) {
+        end = Some(header.next_offset());
+        position += header.size_bytes();
+        if position >= bytes.len() {
+            break;
+        }
+    }
+    end
 }

@@ -1,5 +1,7 @@
 //! ListOffsets: earliest (-2), latest (-1), the offset of the largest timestamp (-3),
 //! or the first offset whose timestamp is at or after a given time (via `.timeindex`).
+//! With `isolation_level=1` (read_committed, v2+), latest is the last stable offset and
+//! lookups see only records below it.
 
 use super::code;
 use crate::broker::Broker;
@@ -17,6 +19,7 @@ pub const EARLIEST_TIMESTAMP: i64 = -2;
 pub const MAX_TIMESTAMP: i64 = -3;
 
 pub fn handle(broker: &Arc<Broker>, version: i16, request: ListOffsetsRequest) -> Reply {
+    let read_committed = request.isolation_level == 1;
     let topics = request
         .topics
         .iter()
@@ -30,13 +33,13 @@ pub fn handle(broker: &Arc<Broker>, version: i16, request: ListOffsetsRequest) -
                         .with_partition_index(p.partition_index)
                         .with_timestamp(-1)
                         .with_offset(-1);
-                    match lookup(
-                        broker,
-                        &name,
-                        p.partition_index,
-                        p.current_leader_epoch,
-                        p.timestamp,
-                    ) {
+                    let wanted = Wanted {
+                        index: p.partition_index,
+                        current_leader_epoch: p.current_leader_epoch,
+                        timestamp: p.timestamp,
+                        read_committed,
+                    };
+                    match lookup(broker, &name, wanted) {
                         Ok((found, leader_epoch)) => {
                             if version >= 4 {
                                 base = base.with_leader_epoch(leader_epoch);
@@ -62,26 +65,38 @@ pub fn handle(broker: &Arc<Broker>, version: i16, request: ListOffsetsRequest) -
     ))
 }
 
+/// What one partition of the request asks.
+#[derive(Clone, Copy)]
+struct Wanted {
+    index: i32,
+    current_leader_epoch: i32,
+    timestamp: i64,
+    read_committed: bool,
+}
+
 /// The offset (and its timestamp) a partition's leader answers, among committed records
-/// only (below the high watermark), with the leader's epoch.
+/// only (below the high watermark; below the last stable offset for read_committed),
+/// with the leader's epoch.
 #[allow(clippy::type_complexity)]
 fn lookup(
     broker: &Broker,
     topic: &str,
-    index: i32,
-    current_leader_epoch: i32,
-    timestamp: i64,
+    wanted: Wanted,
 ) -> Result<(Option<(i64, i64)>, i32), ResponseError> {
     let replica = broker
         .node
-        .leader_replica(topic, index, current_leader_epoch)?;
+        .leader_replica(topic, wanted.index, wanted.current_leader_epoch)?;
     let high_watermark = replica.high_watermark();
     let storage = replica.storage.lock();
     let log = storage.log();
-    let committed =
-        |found: Option<(i64, i64)>| found.filter(|(offset, _)| *offset < high_watermark);
-    let found = match timestamp {
-        LATEST_TIMESTAMP => Ok(Some((high_watermark, -1))),
+    let upper_offset = if wanted.read_committed {
+        log.last_stable_offset(high_watermark)
+    } else {
+        high_watermark
+    };
+    let committed = |found: Option<(i64, i64)>| found.filter(|(offset, _)| *offset < upper_offset);
+    let found = match wanted.timestamp {
+        LATEST_TIMESTAMP => Ok(Some((upper_offset, -1))),
         EARLIEST_TIMESTAMP => Ok(Some((log.log_start_offset(), -1))),
         MAX_TIMESTAMP => log.max_timestamp_offset().map(committed),
         t if t >= 0 => log.offset_for_timestamp(t).map(committed),

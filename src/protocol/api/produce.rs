@@ -5,11 +5,18 @@
 //! idempotent producers are checked against the partition's producer state when the
 //! leader proposes them (`cluster::engine::idempotence`): a retry is answered with its
 //! original's offsets.
+//!
+//! Transactional batches (from a producer with a `transactional.id`) are accepted like
+//! any idempotent producer's; each partition's first transactional batch opens the
+//! producer's transaction there (the log's producer state), and a COMMIT or ABORT marker
+//! (WriteTxnMarkers) ends it. [`verify_transactional`] is where the KIP-890 check with
+//! the transaction coordinator (was this partition added to the ongoing transaction?)
+//! plugs in.
 
 use super::{code, str_bytes};
 use crate::broker::Broker;
 use crate::cluster::{ProduceTicket, Wait};
-use crate::log::batch::validate_produce_records;
+use crate::log::batch::{validate_produce_records, BatchHeader};
 use crate::protocol::dispatch::Reply;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind, TopicName};
@@ -25,12 +32,8 @@ enum PartitionOutcome {
 
 pub async fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest) -> Reply {
     let acks = request.acks;
-    let refuse_all = if request.transactional_id.is_some() {
-        Some((
-            ResponseError::TransactionalIdAuthorizationFailed,
-            "transactions are not supported yet",
-        ))
-    } else if broker.is_shutting_down() {
+    let transactional_id = request.transactional_id.as_ref().map(|t| t.0.to_string());
+    let refuse_all = if broker.is_shutting_down() {
         Some((
             ResponseError::NotLeaderOrFollower,
             "the broker is shutting down",
@@ -69,7 +72,14 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest)
                     ResponseError::InvalidTopicException,
                     format!("cannot append to the internal topic {name}"),
                 ),
-                (None, Some(_)) => propose(broker, &name, data.index, data.records, wait).await,
+                (None, Some(_)) => {
+                    let target = Target {
+                        transactional_id: transactional_id.as_deref(),
+                        topic: &name,
+                        partition: data.index,
+                    };
+                    propose(broker, target, data.records, wait).await
+                }
             };
             outcomes.push((data.index, outcome));
         }
@@ -118,15 +128,57 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest)
     }))
 }
 
+/// Where a partition's records go, and for which transactional id (if any).
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    transactional_id: Option<&'a str>,
+    topic: &'a str,
+    partition: i32,
+}
+
+/// The check of a transactional batch before it is proposed. Today it only asks that a
+/// transactional batch come from a producer with a producer id and with its request's
+/// `transactional_id`; this is where KIP-890 part 1 plugs in: ask the transaction
+/// coordinator of `transactional_id` whether `topic`-`partition` was added to the
+/// producer's ongoing transaction (AddPartitionsToTxn v4 verification), and refuse with
+/// INVALID_TXN_STATE when it was not.
+fn verify_transactional(
+    transactional_id: Option<&str>,
+    _topic: &str,
+    _partition: i32,
+    header: &BatchHeader,
+) -> Result<(), (ResponseError, String)> {
+    if !header.is_transactional() {
+        return Ok(());
+    }
+    if header.producer_id < 0 || header.producer_epoch < 0 {
+        return Err((
+            ResponseError::InvalidRecord,
+            "a transactional batch carries a producer id and epoch".into(),
+        ));
+    }
+    if transactional_id.is_none() {
+        return Err((
+            ResponseError::InvalidRequest,
+            "a transactional batch needs the request's transactional_id".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Validates one partition's records and queues them on its leader.
 async fn propose(
     broker: &Broker,
-    topic: &str,
-    partition: i32,
+    target: Target<'_>,
     records: Option<bytes::Bytes>,
     wait: Wait,
 ) -> PartitionOutcome {
     use PartitionOutcome::Refused;
+    let Target {
+        transactional_id,
+        topic,
+        partition,
+    } = target;
     let max_message_bytes = match broker.node.leader_replica(topic, partition, -1) {
         // The log's config is the topic's effective config (kept up to date).
         Ok(replica) => replica.storage.lock().log().config().max_message_bytes as usize,
@@ -142,11 +194,10 @@ async fn propose(
             return Refused(e.kafka_error(), e.to_string());
         }
     };
-    if batches.iter().any(|(h, _)| h.is_transactional()) {
-        return Refused(
-            ResponseError::TransactionalIdAuthorizationFailed,
-            "transactions are not supported yet".into(),
-        );
+    for (header, _) in &batches {
+        if let Err((e, m)) = verify_transactional(transactional_id, topic, partition, header) {
+            return Refused(e, m);
+        }
     }
     let batches = batches.into_iter().map(|(_, bytes)| bytes).collect();
     match broker.node.submit(topic, partition, batches, wait).await {

@@ -1,0 +1,123 @@
+"""Transactions (KIP-98, KIP-890) against real strand processes, driven by
+confluent-kafka's transactional producer: commits and aborts seen through read_committed
+and read_uncommitted consumers, and zombie fencing by a second producer of the same
+transactional id."""
+
+import time
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+
+def transactional_producer(bootstrap, transactional_id, **conf):
+    return Producer({
+        "bootstrap.servers": bootstrap, "transactional.id": transactional_id,
+        "transaction.timeout.ms": 60000, "linger.ms": 5, **conf,
+    })
+
+
+def read_all(bootstrap, topic, isolation, expected_at_least=0, timeout_s=30.0, partition=0):
+    """Values of `topic`-`partition` from offset 0 as a consumer with `isolation` sees them."""
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap, "group.id": f"reader-{isolation}-{time.monotonic()}",
+        "isolation.level": isolation, "enable.auto.commit": False,
+    })
+    consumer.assign([TopicPartition(topic, partition, 0)])
+    values = []
+    deadline = time.monotonic() + timeout_s
+    quiet_since = None
+    while time.monotonic() < deadline:
+        m = consumer.poll(0.2)
+        if m is None:
+            if len(values) >= expected_at_least:
+                quiet_since = quiet_since or time.monotonic()
+                if time.monotonic() - quiet_since > 2.0:
+                    break
+            continue
+        quiet_since = None
+        if m.error():
+            if m.error().code() != KafkaError._PARTITION_EOF:
+                raise KafkaException(m.error())
+            continue
+        values.append(m.value().decode())
+    consumer.close()
+    return values
+
+
+def test_committed_transactions_are_read_and_aborted_ones_only_uncommitted(broker):
+    producer = transactional_producer(broker.bootstrap, "txn-commit-abort")
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for i in range(100):
+        producer.produce("txn-basic", value=b"committed-%03d" % i, partition=0)
+    producer.commit_transaction(30)
+    producer.begin_transaction()
+    for i in range(50):
+        producer.produce("txn-basic", value=b"aborted-%03d" % i, partition=0)
+    producer.flush(30)  # the aborted records are in the log before the abort
+    producer.abort_transaction(30)
+    producer.begin_transaction()
+    for i in range(20):
+        producer.produce("txn-basic", value=b"later-%03d" % i, partition=0)
+    producer.commit_transaction(30)
+
+    committed = read_all(broker.bootstrap, "txn-basic", "read_committed", 120)
+    assert committed == [f"committed-{i:03d}" for i in range(100)] + \
+        [f"later-{i:03d}" for i in range(20)]
+    uncommitted = read_all(broker.bootstrap, "txn-basic", "read_uncommitted", 170)
+    assert uncommitted == [f"committed-{i:03d}" for i in range(100)] + \
+        [f"aborted-{i:03d}" for i in range(50)] + [f"later-{i:03d}" for i in range(20)]
+
+
+def test_an_open_transaction_holds_read_committed_back(broker):
+    producer = transactional_producer(broker.bootstrap, "txn-open")
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for i in range(10):
+        producer.produce("txn-open", value=b"first-%d" % i, partition=0)
+    producer.commit_transaction(30)
+    producer.begin_transaction()
+    for i in range(10):
+        producer.produce("txn-open", value=b"open-%d" % i, partition=0)
+    producer.flush(30)
+    # The second transaction is open: read_committed stops before it (the last stable
+    # offset), read_uncommitted reads it.
+    assert read_all(broker.bootstrap, "txn-open", "read_committed", 10, timeout_s=8) == \
+        [f"first-{i}" for i in range(10)]
+    assert len(read_all(broker.bootstrap, "txn-open", "read_uncommitted", 20)) == 20
+    producer.commit_transaction(30)
+    assert read_all(broker.bootstrap, "txn-open", "read_committed", 20) == \
+        [f"first-{i}" for i in range(10)] + [f"open-{i}" for i in range(10)]
+
+
+def test_a_second_producer_of_the_same_transactional_id_fences_the_first(broker):
+    zombie = transactional_producer(broker.bootstrap, "txn-fenced")
+    zombie.init_transactions(30)
+    zombie.begin_transaction()
+    for i in range(10):
+        zombie.produce("txn-fence", value=b"zombie-%d" % i, partition=0)
+    zombie.flush(30)
+
+    # The new producer's InitProducerId aborts the zombie's open transaction and bumps
+    # the epoch.
+    successor = transactional_producer(broker.bootstrap, "txn-fenced")
+    successor.init_transactions(60)
+    successor.begin_transaction()
+    for i in range(10):
+        successor.produce("txn-fence", value=b"successor-%d" % i, partition=0)
+    successor.commit_transaction(30)
+
+    # The zombie's later writes and its commit fail as fenced; nothing of it is visible.
+    with pytest.raises(KafkaException) as failed:
+        zombie.produce("txn-fence", value=b"zombie-late", partition=0)
+        zombie.commit_transaction(30)
+    error = failed.value.args[0]
+    assert error.fatal() or error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
+                                             KafkaError.INVALID_PRODUCER_EPOCH), error
+    assert error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
+                            KafkaError.INVALID_PRODUCER_EPOCH), error
+
+    committed = read_all(broker.bootstrap, "txn-fence", "read_committed", 10)
+    assert committed == [f"successor-{i}" for i in range(10)]
+    uncommitted = read_all(broker.bootstrap, "txn-fence", "read_uncommitted", 20)
+    assert "zombie-late" not in uncommitted

@@ -5,7 +5,7 @@
 //! (i + k * producers) mod partitions, sent to that partition's leader (from Metadata),
 //! so every partition takes load whatever the two counts.
 
-use crate::client::{encode_batch, Client};
+use crate::client::{encode_batch, with_producer_fields, Client, ProducerFields};
 use anyhow::Context;
 use bytes::Bytes;
 use kafka_protocol::records::Compression;
@@ -40,6 +40,100 @@ pub struct BenchArgs {
     /// acks: -1 (all), 1 or 0.
     #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
     pub acks: i16,
+    /// Produce as idempotent producers (InitProducerId, sequence numbers per partition).
+    #[arg(long)]
+    pub idempotent: bool,
+    /// Produce in transactions of this many requests each (0: none), as transactional
+    /// producers (one transactional id per producer; AddPartitionsToTxn, then the
+    /// batches, then EndTxn commit). Implies --idempotent.
+    #[arg(long, default_value_t = 0)]
+    pub transaction_batches: u64,
+}
+
+/// Sends of one transaction request (AddPartitionsToTxn, EndTxn) that the coordinator
+/// answers with a retriable error (CONCURRENT_TRANSACTIONS while the previous
+/// transaction's markers are written) before the bench gives up.
+const MAX_TXN_RETRIES: u32 = 500;
+
+/// A transactional producer's coordinator connection and identity.
+struct Transactional {
+    transactional_id: String,
+    coordinator: Client,
+    producer: (i64, i16),
+}
+
+impl Transactional {
+    async fn start(bootstrap: SocketAddr, index: usize) -> anyhow::Result<Transactional> {
+        let transactional_id = format!("strand-bench-{index}");
+        let mut admin = Client::connect(bootstrap).await?;
+        let mut attempt = 0;
+        loop {
+            let started = async {
+                let found = admin
+                    .find_transaction_coordinator(&transactional_id)
+                    .await?;
+                let addr = format!("{}:{}", found.host, found.port)
+                    .to_socket_addrs()?
+                    .next()
+                    .context("coordinator address")?;
+                let mut coordinator = Client::connect(addr).await?;
+                let producer = coordinator
+                    .init_producer_id(Some(&transactional_id), 60_000)
+                    .await?;
+                anyhow::Ok((coordinator, producer))
+            }
+            .await;
+            match started {
+                Ok((coordinator, producer)) => {
+                    return Ok(Transactional {
+                        transactional_id,
+                        coordinator,
+                        producer,
+                    })
+                }
+                Err(_) if attempt < MAX_TXN_RETRIES => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(e).context("InitProducerId"),
+            }
+        }
+    }
+
+    async fn add_partitions(&mut self, topic: &str, partitions: &[i32]) -> anyhow::Result<()> {
+        let list: Vec<(String, i32)> = partitions.iter().map(|p| (topic.to_string(), *p)).collect();
+        for attempt in 0.. {
+            match self
+                .coordinator
+                .add_partitions_to_txn(&self.transactional_id, self.producer, &list)
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(_) if attempt < MAX_TXN_RETRIES => {
+                    tokio::time::sleep(Duration::from_millis(5)).await
+                }
+                Err(e) => return Err(e).context("AddPartitionsToTxn"),
+            }
+        }
+        unreachable!()
+    }
+
+    async fn commit(&mut self) -> anyhow::Result<()> {
+        for attempt in 0.. {
+            match self
+                .coordinator
+                .end_txn(&self.transactional_id, self.producer, true)
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(_) if attempt < MAX_TXN_RETRIES => {
+                    tokio::time::sleep(Duration::from_millis(5)).await
+                }
+                Err(e) => return Err(e).context("EndTxn"),
+            }
+        }
+        unreachable!()
+    }
 }
 
 /// Sends of one request after a failure (a leader change) before the bench gives up.
@@ -100,18 +194,63 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     for i in 0..args.producers {
         let (topic, batch, acks, bootstrap) =
             (args.topic.clone(), batch.clone(), args.acks, args.broker);
+        let records_per_batch = args.records_per_batch as i32;
         let (mut leaders, producers, partitions) = (
             leaders.clone(),
             args.producers as u64,
             args.partitions as u64,
         );
+        let idempotent = args.idempotent || args.transaction_batches > 0;
+        let transaction_batches = args.transaction_batches;
         tasks.push(tokio::spawn(async move {
             let mut clients: BTreeMap<SocketAddr, Client> = BTreeMap::new();
             let mut latencies = Vec::with_capacity(per_producer as usize);
             let mut retries = 0u64;
+            // (producer id, epoch) and the next sequence number per partition.
+            let mut transactional = if transaction_batches > 0 {
+                Some(Transactional::start(bootstrap, i).await?)
+            } else {
+                None
+            };
+            let producer = match (&transactional, idempotent) {
+                (Some(t), _) => Some(t.producer),
+                (None, true) => {
+                    let mut client = Client::connect(bootstrap).await?;
+                    Some(client.init_producer_id(None, 60_000).await?)
+                }
+                (None, false) => None,
+            };
+            let mut sequences: BTreeMap<i32, i32> = BTreeMap::new();
+            let transactional_id = transactional.as_ref().map(|t| t.transactional_id.clone());
+            let txn_id = transactional_id.as_deref();
+            let partition_of = |k: u64| ((i as u64 + k * producers) % partitions) as i32;
             for k in 0..per_producer {
-                let partition = ((i as u64 + k * producers) % partitions) as i32;
+                let partition = partition_of(k);
                 let t = Instant::now();
+                if let Some(t) = transactional
+                    .as_mut()
+                    .filter(|_| k % transaction_batches == 0)
+                {
+                    let end = (k + transaction_batches).min(per_producer);
+                    let mut in_txn: Vec<i32> = (k..end).map(partition_of).collect();
+                    in_txn.sort_unstable();
+                    in_txn.dedup();
+                    t.add_partitions(&topic, &in_txn).await?;
+                }
+                let batch = match producer {
+                    Some((producer_id, producer_epoch)) => {
+                        let sequence = sequences.entry(partition).or_insert(0);
+                        let fields = ProducerFields {
+                            producer_id,
+                            producer_epoch,
+                            base_sequence: *sequence,
+                            transactional: transaction_batches > 0,
+                        };
+                        *sequence = sequence.wrapping_add(records_per_batch) & i32::MAX;
+                        with_producer_fields(&batch, fields)
+                    }
+                    None => batch.clone(),
+                };
                 // Like a Kafka client: a leader change answers NOT_LEADER_OR_FOLLOWER (or
                 // drops the connection); refresh the leaders and send again, bounded.
                 let mut attempt = 0;
@@ -123,7 +262,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                         }
                         let client = clients.get_mut(&leader).expect("connected above");
                         client
-                            .produce_batch(&topic, partition, batch.clone(), acks)
+                            .produce_batch_in(&topic, partition, batch.clone(), acks, txn_id)
                             .await
                     }
                     .await;
@@ -146,6 +285,11 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                         }
                     }
                 }
+                if let Some(txn) = transactional.as_mut() {
+                    if (k + 1) % transaction_batches == 0 || k + 1 == per_producer {
+                        txn.commit().await?;
+                    }
+                }
                 latencies.push(t.elapsed());
             }
             anyhow::Ok((latencies, retries))
@@ -165,8 +309,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let pct =
         |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1000.0;
     println!(
-        "records={} record_size_bytes={} records_per_batch={} producers={} partitions={} acks={} elapsed_s={:.2} records_per_s={:.0} MB_per_s={:.1} latency_ms_p50={:.2} latency_ms_p99={:.2} latency_ms_max={:.2} retries={retries}",
-        records as u64, args.record_size_bytes, args.records_per_batch, args.producers, args.partitions, args.acks, elapsed, records / elapsed, bytes / elapsed / 1e6, pct(0.5), pct(0.99), pct(1.0)
+        "records={} record_size_bytes={} records_per_batch={} producers={} partitions={} acks={} idempotent={} transaction_batches={} elapsed_s={:.2} records_per_s={:.0} MB_per_s={:.1} latency_ms_p50={:.2} latency_ms_p99={:.2} latency_ms_max={:.2} retries={retries}",
+        records as u64, args.record_size_bytes, args.records_per_batch, args.producers, args.partitions, args.acks, args.idempotent || args.transaction_batches > 0, args.transaction_batches, elapsed, records / elapsed, bytes / elapsed / 1e6, pct(0.5), pct(0.99), pct(1.0)
     );
     Ok(())
 }

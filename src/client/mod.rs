@@ -214,6 +214,28 @@ pub struct ProducerFields {
     pub transactional: bool,
 }
 
+/// A copy of an encoded batch written by `producer` instead (its producer id, epoch,
+/// base sequence and transactional bit set, the CRC computed again): cheaper than
+/// encoding the records again for every sequence number.
+pub fn with_producer_fields(batch: &Bytes, producer: ProducerFields) -> Bytes {
+    // RecordBatch v2: crc at 17..21 covers 21.. (attributes at 21..23, producer id at
+    // 43..51, epoch at 51..53, base sequence at 53..57).
+    let mut bytes = batch.to_vec();
+    let mut attributes = i16::from_be_bytes([bytes[21], bytes[22]]);
+    if producer.transactional {
+        attributes |= 0x10;
+    } else {
+        attributes &= !0x10;
+    }
+    bytes[21..23].copy_from_slice(&attributes.to_be_bytes());
+    bytes[43..51].copy_from_slice(&producer.producer_id.to_be_bytes());
+    bytes[51..53].copy_from_slice(&producer.producer_epoch.to_be_bytes());
+    bytes[53..57].copy_from_slice(&producer.base_sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&bytes[21..]);
+    bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+    Bytes::from(bytes)
+}
+
 /// Encodes `(key, value, timestamp_ms)` records as one RecordBatch v2, as a
 /// non-idempotent producer would.
 pub fn encode_records(
@@ -399,9 +421,23 @@ impl Client {
     /// FindCoordinator (v3) for a consumer group.
     pub async fn find_coordinator(&mut self, group_id: &str) -> Result<BrokerAddress> {
         const KEY_TYPE_GROUP: i8 = 0;
+        self.find_coordinator_of(group_id, KEY_TYPE_GROUP).await
+    }
+
+    /// The coordinator of a transactional id.
+    pub async fn find_transaction_coordinator(
+        &mut self,
+        transactional_id: &str,
+    ) -> Result<BrokerAddress> {
+        const KEY_TYPE_TRANSACTION: i8 = 1;
+        self.find_coordinator_of(transactional_id, KEY_TYPE_TRANSACTION)
+            .await
+    }
+
+    async fn find_coordinator_of(&mut self, key: &str, key_type: i8) -> Result<BrokerAddress> {
         let request = FindCoordinatorRequest::default()
-            .with_key(str_bytes(group_id))
-            .with_key_type(KEY_TYPE_GROUP);
+            .with_key(str_bytes(key))
+            .with_key_type(key_type);
         let response = self.send(&request, 3).await?;
         check(response.error_code)?;
         Ok(BrokerAddress {
@@ -409,6 +445,56 @@ impl Client {
             host: response.host.to_string(),
             port: response.port,
         })
+    }
+
+    /// AddPartitionsToTxn (v3, a client's): the first error, if any.
+    pub async fn add_partitions_to_txn(
+        &mut self,
+        transactional_id: &str,
+        producer: (i64, i16),
+        partitions: &[(String, i32)],
+    ) -> Result<()> {
+        use add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+        let mut topics: Vec<AddPartitionsToTxnTopic> = Vec::new();
+        for (topic, partition) in partitions {
+            match topics.iter_mut().find(|t| t.name.0.as_str() == topic) {
+                Some(t) => t.partitions.push(*partition),
+                None => topics.push(
+                    AddPartitionsToTxnTopic::default()
+                        .with_name(TopicName(str_bytes(topic)))
+                        .with_partitions(vec![*partition]),
+                ),
+            }
+        }
+        let request = AddPartitionsToTxnRequest::default()
+            .with_v3_and_below_transactional_id(TransactionalId(str_bytes(transactional_id)))
+            .with_v3_and_below_producer_id(ProducerId(producer.0))
+            .with_v3_and_below_producer_epoch(producer.1)
+            .with_v3_and_below_topics(topics);
+        let response = self.send(&request, 3).await?;
+        check(response.error_code)?;
+        for topic in &response.results_by_topic_v3_and_below {
+            for p in &topic.results_by_partition {
+                check(p.partition_error_code)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// EndTxn (v4: the epoch stays).
+    pub async fn end_txn(
+        &mut self,
+        transactional_id: &str,
+        producer: (i64, i16),
+        commit: bool,
+    ) -> Result<()> {
+        let request = EndTxnRequest::default()
+            .with_transactional_id(TransactionalId(str_bytes(transactional_id)))
+            .with_producer_id(ProducerId(producer.0))
+            .with_producer_epoch(producer.1)
+            .with_committed(commit);
+        let response = self.send(&request, 4).await?;
+        check(response.error_code)
     }
 
     /// ListGroups (v4, with each group's state): the groups this broker coordinates.
@@ -540,6 +626,20 @@ impl Client {
         batch: Bytes,
         acks: i16,
     ) -> Result<Option<i64>> {
+        self.produce_batch_in(topic, partition, batch, acks, None)
+            .await
+    }
+
+    /// [`Client::produce_batch`] by a transactional producer (`transactional_id`), whose
+    /// batch is transactional.
+    pub async fn produce_batch_in(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        batch: Bytes,
+        acks: i16,
+        transactional_id: Option<&str>,
+    ) -> Result<Option<i64>> {
         let data = PartitionProduceData::default()
             .with_index(partition)
             .with_records(Some(batch));
@@ -547,6 +647,7 @@ impl Client {
             .with_name(TopicName(str_bytes(topic)))
             .with_partition_data(vec![data]);
         let request = ProduceRequest::default()
+            .with_transactional_id(transactional_id.map(|t| TransactionalId(str_bytes(t))))
             .with_acks(acks)
             .with_timeout_ms(30_000)
             .with_topic_data(vec![topic_data]);

@@ -377,6 +377,52 @@ fn decompress_bounded(data: &mut Bytes, compression: Compression) -> anyhow::Res
 }
 
 /// Reads one zigzag varint of at most `max_bytes` bytes (RecordBatch v2 record fields).
+/// A one-record control batch (base offset 0, patched at append): key = version 0 and
+/// `control_type` (two int16s), value as given. `producer`: the (id, epoch) of a
+/// transaction's marker (the batch is then transactional); None for the batches the
+/// replication layer writes. Uncompressed, base sequence -1.
+pub fn encode_control_batch(
+    control_type: i16,
+    value: &[u8],
+    producer: Option<(i64, i16)>,
+    timestamp_ms: i64,
+) -> Bytes {
+    use kafka_protocol::indexmap::IndexMap;
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    let mut key = bytes::BytesMut::with_capacity(4);
+    key.extend_from_slice(&0i16.to_be_bytes());
+    key.extend_from_slice(&control_type.to_be_bytes());
+    let (producer_id, producer_epoch) = producer.unwrap_or((-1, -1));
+    let record = Record {
+        transactional: producer.is_some(),
+        control: true,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id,
+        producer_epoch,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: -1,
+        timestamp: timestamp_ms,
+        key: Some(key.freeze()),
+        value: Some(Bytes::copy_from_slice(value)),
+        headers: IndexMap::new(),
+    };
+    let mut buf = bytes::BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        [&record],
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .expect("a one-record control batch always encodes");
+    buf.freeze()
+}
+
 pub(crate) fn read_varint(buf: &mut &[u8], max_bytes: usize) -> Option<i64> {
     let mut value = 0u64;
     for i in 0..max_bytes {

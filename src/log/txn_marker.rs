@@ -8,12 +8,8 @@
 //! `EndTransactionMarker` does: key = version (int16, 0) + control type (int16: 0
 //! ABORT, 1 COMMIT); value = version (int16, 0) + coordinator epoch (int32).
 
-use super::batch::{BatchHeader, BATCH_HEADER_SIZE};
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::indexmap::IndexMap;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use super::batch::{encode_control_batch, BatchHeader, BATCH_HEADER_SIZE};
+use bytes::Bytes;
 
 /// Control record type of an ABORT marker.
 pub const CONTROL_TYPE_ABORT: i16 = 0;
@@ -42,52 +38,23 @@ pub fn build_marker_batch(
     } else {
         CONTROL_TYPE_ABORT
     };
-    let mut key = BytesMut::with_capacity(4);
-    key.extend_from_slice(&0i16.to_be_bytes());
-    key.extend_from_slice(&control_type.to_be_bytes());
-    let mut value = BytesMut::with_capacity(6);
-    value.extend_from_slice(&0i16.to_be_bytes());
-    value.extend_from_slice(&marker.coordinator_epoch.to_be_bytes());
-    let record = Record {
-        transactional: true,
-        control: true,
-        delete_horizon: false,
-        partition_leader_epoch: -1,
-        producer_id,
-        producer_epoch,
-        timestamp_type: TimestampType::Creation,
-        offset: 0,
-        sequence: -1,
-        timestamp: timestamp_ms,
-        key: Some(key.freeze()),
-        value: Some(value.freeze()),
-        headers: IndexMap::new(),
-    };
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        [&record],
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
+    let mut value = [0u8; 6];
+    value[2..].copy_from_slice(&marker.coordinator_epoch.to_be_bytes());
+    encode_control_batch(
+        control_type,
+        &value,
+        Some((producer_id, producer_epoch)),
+        timestamp_ms,
     )
-    .expect("a one-record control batch always encodes");
-    buf.freeze()
 }
 
 /// Reads a zigzag varint (at most `max_bytes` long) at `*at`.
 fn read_varint(buf: &[u8], at: &mut usize, max_bytes: usize) -> Option<i64> {
-    let mut raw: u64 = 0;
-    for i in 0..max_bytes {
-        let byte = *buf.get(*at)?;
-        *at += 1;
-        raw |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Some(((raw >> 1) as i64) ^ -((raw & 1) as i64));
-        }
-    }
-    None
+    let mut rest = buf.get(*at..)?;
+    let before = rest.len();
+    let value = super::batch::read_varint(&mut rest, max_bytes)?;
+    *at += before - rest.len();
+    Some(value)
 }
 
 /// Takes a length-prefixed (varint) byte field at `*at`; `None` for null or malformed.

@@ -21,11 +21,8 @@
 
 use crate::log::batch::{self, BatchHeader};
 use crate::log::txn_marker;
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::indexmap::IndexMap;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use bytes::Bytes;
+use kafka_protocol::records::{Record, RecordBatchDecoder};
 use raft::eraftpb::{Entry, EntryType};
 
 /// Control record type of the no-op a leader appends when its term starts.
@@ -50,36 +47,8 @@ fn invalid(index: u64, reason: impl Into<String>) -> EntryError {
 }
 
 pub(crate) fn control_batch(control_type: i16, value: &[u8]) -> Bytes {
-    let mut key = BytesMut::with_capacity(4);
-    key.extend_from_slice(&0i16.to_be_bytes());
-    key.extend_from_slice(&control_type.to_be_bytes());
-    let record = Record {
-        transactional: false,
-        control: true,
-        delete_horizon: false,
-        partition_leader_epoch: -1,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
-        offset: 0,
-        sequence: -1,
-        // Deterministic on every replica (the entry carries no time).
-        timestamp: 0,
-        key: Some(key.freeze()),
-        value: Some(Bytes::copy_from_slice(value)),
-        headers: IndexMap::new(),
-    };
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        [&record],
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .expect("a one-record control batch always encodes");
-    buf.freeze()
+    // Deterministic on every replica (the entry carries no time).
+    batch::encode_control_batch(control_type, value, None, 0)
 }
 
 /// The batch to store for `entry`: its header (with base offset and epoch as stored) and bytes.

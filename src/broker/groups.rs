@@ -46,11 +46,14 @@ use crate::group::records::{
     decode_batches, encode_batch, encode_txn_batch, GroupRecord, LogEntry,
 };
 use kafka_protocol::ResponseError;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::oneshot;
+
+/// OffsetFetch's answer: per partition asked, its committed offset.
+pub type FetchedOffsets = Vec<((String, i32), Option<CommittedOffset>)>;
 
 /// Requests waiting for a rebalance to answer them, over every group here.
 const MAX_WAITING: usize = 100_000;
@@ -408,15 +411,18 @@ impl GroupService {
         }
     }
 
-    /// The partitions of `group_id` with transactional offsets not yet committed or
-    /// aborted (OffsetFetch with `require_stable`).
-    pub fn pending_txn_partitions(
+    /// OffsetFetch with `require_stable`: the committed offsets, and (read at the same
+    /// moment) the partitions of `group_id` with transactional offsets not yet
+    /// committed or aborted.
+    pub fn fetch_offsets_and_pending(
         &self,
         group_id: &str,
-    ) -> Result<std::collections::BTreeSet<(String, i32)>, ResponseError> {
+        partitions: Option<&[(String, i32)]>,
+    ) -> Result<(FetchedOffsets, BTreeSet<(String, i32)>), ResponseError> {
         let mut state = self.lock();
         let (_, coordinator) = serving(&mut state.host, group_id)?;
-        Ok(coordinator.pending_txn_partitions(group_id))
+        let fetched = coordinator.fetch_offsets(group_id, partitions);
+        Ok((fetched, coordinator.pending_txn_partitions(group_id)))
     }
 
     /// A COMMIT (`commit`) or ABORT marker of `producer_id` committed at
@@ -696,13 +702,13 @@ impl GroupService {
         };
         let now_ms = clock::now_ms();
         host.loaded(partition, epoch, &records, now_ms);
+        let Some(coordinator) = host.serving(partition, epoch) else {
+            return; // a stale load: the markers kept are the current load's
+        };
         let kept = state
             .markers_while_loading
             .remove(&partition)
             .unwrap_or_default();
-        let Some(coordinator) = host.serving(partition, epoch) else {
-            return;
-        };
         // Markers that committed after the read: after the replay, in log order.
         for (marker_offset, producer_id, commit) in kept {
             if marker_offset >= next_offset {

@@ -56,11 +56,13 @@ fn fetch(
             .flat_map(|(name, partitions)| partitions.into_iter().map(move |p| (name.clone(), p)))
             .collect()
     });
-    let fetched = broker.groups.fetch_offsets(group_id, asked.as_deref())?;
-    let unstable = if require_stable {
-        broker.groups.pending_txn_partitions(group_id)?
+    let (fetched, unstable) = if require_stable {
+        broker
+            .groups
+            .fetch_offsets_and_pending(group_id, asked.as_deref())?
     } else {
-        Default::default()
+        let fetched = broker.groups.fetch_offsets(group_id, asked.as_deref())?;
+        (fetched, Default::default())
     };
     Ok(fetched
         .into_iter()

@@ -490,7 +490,7 @@ impl GroupService {
         &self,
         group_id: &str,
         partitions: Option<&[(String, i32)]>,
-    ) -> Result<Vec<((String, i32), Option<CommittedOffset>)>, ResponseError> {
+    ) -> Result<FetchedOffsets, ResponseError> {
         let mut state = self.lock();
         let (_, coordinator) = serving(&mut state.host, group_id)?;
         Ok(coordinator.fetch_offsets(group_id, partitions))

@@ -3,7 +3,7 @@
 //! TxnOffsetCommit, EndTxn; the markers travel over the broker's own Kafka listener
 //! (the transaction coordinator sends WriteTxnMarkers to the partition leader), and
 //! OffsetFetch shows the offset only once the transaction committed, also after a
-//! restart.
+//! restart; a fenced producer epoch is refused by the partition leader.
 
 use super::dispatch::dispatch;
 use super::tests::{frame, resolve, s};
@@ -138,6 +138,19 @@ async fn commit_in_txn(broker: &Arc<Broker>, (producer_id, epoch): (i64, i16), o
     })
     .await;
     assert_eq!(error, 0, "AddOffsetsToTxn");
+    assert_eq!(
+        txn_offset_commit(broker, (producer_id, epoch), offset).await,
+        0,
+        "TxnOffsetCommit"
+    );
+}
+
+/// TxnOffsetCommit of `offset` for partition 0 of the input: its error code.
+async fn txn_offset_commit(
+    broker: &Arc<Broker>,
+    (producer_id, epoch): (i64, i16),
+    offset: i64,
+) -> i16 {
     use txn_offset_commit_request::*;
     let commit = TxnOffsetCommitRequest::default()
         .with_transactional_id(s(TXN_ID).into())
@@ -165,7 +178,7 @@ async fn commit_in_txn(broker: &Arc<Broker>, (producer_id, epoch): (i64, i16), o
         (r.topics[0].partitions[0].error_code, ())
     })
     .await;
-    assert_eq!(error, 0, "TxnOffsetCommit");
+    error
 }
 
 async fn end_txn(broker: &Arc<Broker>, (producer_id, epoch): (i64, i16), commit: bool) {
@@ -274,5 +287,19 @@ async fn transactional_offsets_show_if_and_only_if_the_transaction_commits() {
     assert_eq!(fetch_offset(&broker, false).await, (0, 42));
     end_txn(&broker, producer, true).await;
     assert_eq!(stable_offset(&broker).await, 60);
+
+    // A new InitProducerId bumps the epoch: once the partition has seen the new epoch,
+    // the old one's TxnOffsetCommit is fenced by the leader (coordinator origin keeps
+    // the epoch check), and the coordinator carries on.
+    let successor = init_producer_id(&broker).await;
+    assert_eq!(successor.0, producer.0);
+    assert!(successor.1 > producer.1);
+    commit_in_txn(&broker, successor, 70).await;
+    assert_eq!(
+        txn_offset_commit(&broker, producer, 99).await,
+        ResponseError::InvalidProducerEpoch.code()
+    );
+    end_txn(&broker, successor, true).await;
+    assert_eq!(stable_offset(&broker).await, 70);
     server.abort();
 }

@@ -6,7 +6,8 @@
 //!
 //! Asserts: decoding never panics; a decoded record encodes to a key and value that
 //! decode to the same record; a coordinator replays it (state assertions included)
-//! without panicking, and then describes and lists its groups and fetches their offsets.
+//! without panicking, and then describes and lists its groups and fetches their offsets;
+//! replayed as a transaction's record it is pending until its producer's marker.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -37,4 +38,10 @@ fuzz_target!(|data: &[u8]| {
     let _ = coordinator.list();
     let _ = coordinator.fetch_offsets(&group, None);
     let _ = coordinator.tick(1_000_000);
+    // The same record written in a transaction: pending, then committed or aborted.
+    coordinator.replay_pending_txn_offset(7, &record, 3_000);
+    let _ = coordinator.pending_txn_partitions(&group);
+    coordinator.complete_txn(7, key.len() % 2 == 0);
+    assert!(coordinator.pending_txn_partitions(&group).is_empty());
+    let _ = coordinator.fetch_offsets(&group, None);
 });

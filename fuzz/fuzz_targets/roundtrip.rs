@@ -145,6 +145,7 @@ fuzz_target!(|data: &[u8]| {
             AddPartitionsToTxn => AddPartitionsToTxnRequest, AddPartitionsToTxnResponse,
             AddOffsetsToTxn => AddOffsetsToTxnRequest, AddOffsetsToTxnResponse,
             EndTxn => EndTxnRequest, EndTxnResponse,
+            TxnOffsetCommit => TxnOffsetCommitRequest, TxnOffsetCommitResponse,
             WriteTxnMarkers => WriteTxnMarkersRequest, WriteTxnMarkersResponse,
         ),
         _ => header_roundtrip(s.key, version, kind == 2, bytes),

@@ -11,9 +11,12 @@
 //!   only in the term the coordinator was loaded for ([`ClusterNode::submit_in_term`]),
 //!   and runs what follows a job once it and every job before it committed. A write that
 //!   fails or times out fails every later job of that leadership and reports it
-//!   (`on_failure`): the owner drops the partition's state and loads it again.
+//!   (`on_failure`): the owner drops the partition's state and loads it again. The one
+//!   exception is a batch the leader refuses for its producer (a zombie's
+//!   TxnOffsetCommit, fenced by its epoch): nothing of it was written, so only that job
+//!   fails, with the producer's error.
 
-use crate::cluster::{ClusterNode, Wait};
+use crate::cluster::{AppendOrigin, ClusterNode, ProduceError, Wait};
 use crate::error::ApiError;
 use crate::log::batch::BatchHeader;
 use crate::metadata::CreateTopic;
@@ -152,6 +155,7 @@ impl Writer {
                         vec![batch],
                         Wait::Commit,
                         Some(self.epoch as u64),
+                        AppendOrigin::Coordinator,
                     )
                     .await;
                 match submitted {
@@ -172,6 +176,12 @@ impl Writer {
                     (None, Some(ticket)) => match tokio::time::timeout(WRITE_TIMEOUT, ticket).await
                     {
                         Ok(Ok(Ok(_))) => Ok(()),
+                        Ok(Ok(Err(ProduceError::Sequence(refused)))) => {
+                            // Refused for its producer before it was proposed: nothing
+                            // was written, the jobs after it stand.
+                            job.fail(refused.kafka_error());
+                            continue;
+                        }
                         Ok(_) => Err(ResponseError::NotCoordinator),
                         Err(_) => Err(ResponseError::CoordinatorNotAvailable),
                     },

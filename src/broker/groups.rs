@@ -16,6 +16,18 @@
 //!   could lose. Offset commits reach the coordinator's state only once durable. A write
 //!   that fails or times out fails every later job of that leadership, and the
 //!   partition is loaded again from its log.
+//! - **Transactions.** A TxnOffsetCommit's records are appended as one transactional
+//!   batch of the producer (so the partition's producer state holds the transaction
+//!   open) and, once durable, applied as pending. When a COMMIT or ABORT marker commits
+//!   on a partition coordinated here ([`GroupService::marker_committed`], called by
+//!   WriteTxnMarkers before it answers), the coordinator completes that producer's
+//!   pending offsets in log order: the completion is queued on the partition's writer
+//!   behind every job queued before it (the transaction's offset records were queued
+//!   before the client could end the transaction). A marker that commits while the
+//!   partition loads is kept and applied after the replay when the load's read ended
+//!   before it (its offset), and ignored when the read included it; one already inside
+//!   what a serving coordinator loaded is ignored too. A marker written by another
+//!   leader reaches the coordinator through the replay.
 //! - **Time.** The same loop ticks every coordinator (session and rebalance timeouts,
 //!   offset retention); their effects take the same path.
 
@@ -27,21 +39,30 @@ use crate::error::ApiError;
 use crate::group::coordinator::{
     CommittedOffset, Effect, GroupCoordinator, GroupDescription, GroupState, JoinRequest,
     JoinResponse, OffsetCommitRequest, RequestId, SyncRequest, SyncResponse,
+    TxnOffsetCommitRequest,
 };
 use crate::group::host::{CoordinatorHost, OFFSETS_TOPIC};
-use crate::group::records::{decode_batches, encode_batch, GroupRecord};
+use crate::group::records::{
+    decode_batches, encode_batch, encode_txn_batch, GroupRecord, LogEntry,
+};
 use kafka_protocol::ResponseError;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::oneshot;
+
+/// OffsetFetch's answer: per partition asked, its committed offset.
+pub type FetchedOffsets = Vec<((String, i32), Option<CommittedOffset>)>;
 
 /// Requests waiting for a rebalance to answer them, over every group here.
 const MAX_WAITING: usize = 100_000;
 /// A SyncGroup waits at most this long (the coordinator answers it within the rebalance
 /// timeout; this only bounds a request whose group vanished).
 const MAX_SYNC_WAIT: Duration = Duration::from_secs(600);
+/// Markers kept for a partition while it loads; past it the load starts over (and
+/// reads them from the log).
+const MARKERS_WHILE_LOADING_MAX: usize = 10_000;
 
 /// Hosts this broker's group coordinators. Made by the broker; [`GroupService::run`]
 /// is its background loop.
@@ -62,6 +83,12 @@ struct State {
     next_request: RequestId,
     waiting: BTreeMap<RequestId, Waiter>,
     writers: BTreeMap<i32, PartitionWriter>,
+    /// Transaction markers that committed while their partition was loading: (marker
+    /// offset, producer id, commit), in commit order.
+    markers_while_loading: BTreeMap<i32, Vec<(i64, i64, bool)>>,
+    /// Per partition served: the offset its load read up to (markers below it were
+    /// replayed).
+    loaded_next_offset: BTreeMap<i32, i64>,
 }
 
 /// A JoinGroup or SyncGroup whose answer comes with a later effect.
@@ -145,6 +172,8 @@ impl GroupService {
                 next_request: 0,
                 waiting: BTreeMap::new(),
                 writers: BTreeMap::new(),
+                markers_while_loading: BTreeMap::new(),
+                loaded_next_offset: BTreeMap::new(),
             })),
             stopped: AtomicBool::new(false),
         }
@@ -353,12 +382,115 @@ impl GroupService {
         }
     }
 
+    /// TxnOffsetCommit: one answer per offset, in order, once the transactional batch is
+    /// durable (the offsets are then pending in the coordinator).
+    pub async fn txn_commit_offsets(
+        &self,
+        commit: TxnOffsetCommitRequest,
+    ) -> Vec<Option<ResponseError>> {
+        let n = commit.offsets.len();
+        let (done, durable) = oneshot::channel();
+        let errors = {
+            let mut state = self.lock();
+            let state = &mut *state;
+            let (partition, coordinator) = match serving(&mut state.host, &commit.group_id) {
+                Ok(found) => found,
+                Err(e) => return vec![Some(e); n],
+            };
+            let (errors, records) = coordinator.txn_commit_offsets(&commit, clock::now_ms());
+            let producer = (commit.producer_id, commit.producer_epoch);
+            queue_txn_commit(&self.state, state, partition, records, producer, done);
+            errors
+        };
+        match durable.await.unwrap_or(Err(ResponseError::NotCoordinator)) {
+            Ok(()) => errors,
+            Err(e) => errors
+                .into_iter()
+                .map(|refused| refused.or(Some(e)))
+                .collect(),
+        }
+    }
+
+    /// OffsetFetch with `require_stable`: the committed offsets, and (read at the same
+    /// moment) the partitions of `group_id` with transactional offsets not yet
+    /// committed or aborted.
+    pub fn fetch_offsets_and_pending(
+        &self,
+        group_id: &str,
+        partitions: Option<&[(String, i32)]>,
+    ) -> Result<(FetchedOffsets, BTreeSet<(String, i32)>), ResponseError> {
+        let mut state = self.lock();
+        let (_, coordinator) = serving(&mut state.host, group_id)?;
+        let fetched = coordinator.fetch_offsets(group_id, partitions);
+        Ok((fetched, coordinator.pending_txn_partitions(group_id)))
+    }
+
+    /// A COMMIT (`commit`) or ABORT marker of `producer_id` committed at
+    /// `marker_offset` of `__consumer_offsets`-`partition` (WriteTxnMarkers calls this
+    /// before it answers, so before the producer can start its next transaction here).
+    pub fn marker_committed(
+        &self,
+        partition: i32,
+        marker_offset: i64,
+        producer_id: i64,
+        commit: bool,
+    ) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let Some(host) = state.host.as_mut() else {
+            return;
+        };
+        let Some(epoch) = host.epoch(partition) else {
+            // Not coordinated here: whoever loads it replays the marker from the log.
+            return;
+        };
+        if host.serving(partition, epoch).is_none() {
+            let kept = state.markers_while_loading.entry(partition).or_default();
+            if kept.len() >= MARKERS_WHILE_LOADING_MAX {
+                tracing::warn!(partition, "too many markers during a load: loading again");
+                resign(state, partition);
+                return;
+            }
+            kept.push((marker_offset, producer_id, commit));
+            return;
+        }
+        if state
+            .loaded_next_offset
+            .get(&partition)
+            .is_some_and(|end| marker_offset < *end)
+        {
+            return; // replayed by the load
+        }
+        let shared = self.state.clone();
+        let complete: Then = Box::new(move |outcome| {
+            if outcome.is_err() {
+                return; // the partition is loaded again, marker included
+            }
+            let mut state = lock(&shared);
+            if let Some(coordinator) = state
+                .host
+                .as_mut()
+                .and_then(|h| h.serving(partition, epoch))
+            {
+                coordinator.complete_txn(producer_id, commit);
+            }
+        });
+        queue_jobs(
+            state,
+            partition,
+            vec![WriteJob {
+                batch: None,
+                then: vec![complete],
+            }],
+        );
+    }
+
     /// OffsetFetch: the committed offsets (only durable ones are ever in the state).
     pub fn fetch_offsets(
         &self,
         group_id: &str,
         partitions: Option<&[(String, i32)]>,
-    ) -> Result<Vec<((String, i32), Option<CommittedOffset>)>, ResponseError> {
+    ) -> Result<FetchedOffsets, ResponseError> {
         let mut state = self.lock();
         let (_, coordinator) = serving(&mut state.host, group_id)?;
         Ok(coordinator.fetch_offsets(group_id, partitions))
@@ -544,10 +676,10 @@ impl GroupService {
                 == Some(epoch)
         };
         let mut warned = false;
-        let records = loop {
+        let (records, next_offset) = loop {
             // Planted bug: serve at once, with none of the partition's records.
             if crate::planted::on("group-serve-before-load") {
-                break Vec::new();
+                break (Vec::new(), 0);
             }
             if !still_wanted(&self) {
                 return;
@@ -568,10 +700,22 @@ impl GroupService {
         let Some(host) = state.host.as_mut() else {
             return;
         };
-        host.loaded(partition, epoch, &records, clock::now_ms());
-        if host.serving(partition, epoch).is_none() {
-            return;
+        let now_ms = clock::now_ms();
+        host.loaded(partition, epoch, &records, now_ms);
+        let Some(coordinator) = host.serving(partition, epoch) else {
+            return; // a stale load: the markers kept are the current load's
+        };
+        let kept = state
+            .markers_while_loading
+            .remove(&partition)
+            .unwrap_or_default();
+        // Markers that committed after the read: after the replay, in log order.
+        for (marker_offset, producer_id, commit) in kept {
+            if marker_offset >= next_offset {
+                coordinator.complete_txn(producer_id, commit);
+            }
         }
+        state.loaded_next_offset.insert(partition, next_offset);
         tracing::info!(
             partition,
             epoch,
@@ -599,13 +743,14 @@ impl GroupService {
         state.writers.insert(partition, writer);
     }
 
-    /// Every committed record of the partition, once this broker, leading it in
-    /// `epoch`, has committed an entry of that term (None before).
+    /// Every committed record and transaction marker of the partition, with the offset
+    /// after them, once this broker, leading it in `epoch`, has committed an entry of
+    /// that term (None before).
     fn read_committed(
         &self,
         partition: i32,
         epoch: i32,
-    ) -> Result<Option<Vec<GroupRecord>>, String> {
+    ) -> Result<Option<(Vec<LogEntry>, i64)>, String> {
         let Some(chunks) =
             coordinator_log::read_committed(&self.node, OFFSETS_TOPIC, partition, epoch)?
         else {
@@ -613,10 +758,12 @@ impl GroupService {
         };
         let mut records = Vec::new();
         let mut skipped = 0;
+        let mut next_offset = 0;
         for bytes in &chunks {
-            let (decoded, undecodable) = decode_batches(bytes)?;
-            records.extend(decoded);
-            skipped += undecodable;
+            let decoded = decode_batches(bytes)?;
+            records.extend(decoded.entries);
+            skipped += decoded.skipped;
+            next_offset = decoded.next_offset.unwrap_or(next_offset).max(next_offset);
         }
         if skipped > 0 {
             tracing::warn!(
@@ -625,7 +772,7 @@ impl GroupService {
                 "records of {OFFSETS_TOPIC} that are not group records were skipped"
             );
         }
-        Ok(Some(records))
+        Ok(Some((records, next_offset)))
     }
 }
 
@@ -649,6 +796,8 @@ fn resign(state: &mut State, partition: i32) {
     if let Some(host) = state.host.as_mut() {
         host.resigned(partition);
     }
+    state.markers_while_loading.remove(&partition);
+    state.loaded_next_offset.remove(&partition);
     if let Some(writer) = state.writers.remove(&partition) {
         writer.retire();
     }
@@ -742,6 +891,62 @@ fn route(
             WriteJob { batch, then: after }
         })
         .collect();
+    queue_jobs(state, partition, jobs);
+}
+
+/// A TxnOffsetCommit's records as one transactional batch of `producer` (id, epoch);
+/// once durable they are pending in the coordinator, then `done` is answered.
+fn queue_txn_commit(
+    shared: &Arc<Mutex<State>>,
+    state: &mut State,
+    partition: i32,
+    records: Vec<GroupRecord>,
+    producer: (i64, i16),
+    done: oneshot::Sender<Result<(), ResponseError>>,
+) {
+    let notify: Then = Box::new(move |outcome| Notify::Done(done).send(outcome));
+    if records.is_empty() {
+        queue_jobs(
+            state,
+            partition,
+            vec![WriteJob {
+                batch: None,
+                then: vec![notify],
+            }],
+        );
+        return;
+    }
+    let (producer_id, producer_epoch) = producer;
+    let epoch = state.writers.get(&partition).map(|w| w.epoch);
+    let batch = encode_txn_batch(&records, producer_id, producer_epoch, clock::now_ms());
+    let shared = shared.clone();
+    let apply: Then = Box::new(move |outcome| {
+        if outcome.is_err() {
+            return;
+        }
+        let mut state = lock(&shared);
+        let coordinator = epoch.and_then(|epoch| {
+            state
+                .host
+                .as_mut()
+                .and_then(|h| h.serving(partition, epoch))
+        });
+        if let Some(coordinator) = coordinator {
+            let now_ms = clock::now_ms();
+            for record in &records {
+                coordinator.replay_pending_txn_offset(producer_id, record, now_ms);
+            }
+        }
+    });
+    let job = WriteJob {
+        batch: Some(batch),
+        then: vec![apply, notify],
+    };
+    queue_jobs(state, partition, vec![job]);
+}
+
+/// Queues jobs on `partition`'s writer, or fails them when it has none.
+fn queue_jobs(state: &mut State, partition: i32, jobs: Vec<WriteJob>) {
     let Some(writer) = state.writers.get(&partition) else {
         // Not serving (only a loaded partition produces effects): nothing was promised.
         for job in jobs {

@@ -214,6 +214,16 @@ pub fn check_leader_epoch(
     }
 }
 
+/// Who appends a batch (Kafka's `AppendOrigin`): a client's idempotent batches must
+/// carry sequence numbers; a coordinator appending to its internal topic (a
+/// TxnOffsetCommit's transactional batch) writes none, and only its producer epoch is
+/// checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOrigin {
+    Client,
+    Coordinator,
+}
+
 enum Command {
     /// Batches of one produce request for one partition, proposed back to back.
     Propose {
@@ -222,6 +232,7 @@ enum Command {
         wait: Wait,
         /// Proposed only if this broker leads the group in this term (None: any term).
         in_term: Option<u64>,
+        origin: AppendOrigin,
         reply: oneshot::Sender<Result<i64, ProduceError>>,
     },
     ProposeMetadata {
@@ -471,14 +482,14 @@ impl ClusterNode {
         batches: Vec<Bytes>,
         wait: Wait,
     ) -> Result<ProduceTicket, ProduceError> {
-        self.submit_in_term(topic, partition, batches, wait, None)
+        self.submit_in_term(topic, partition, batches, wait, None, AppendOrigin::Client)
             .await
     }
 
     /// [`ClusterNode::submit`], refused with `NotLeader` unless this broker leads the
     /// partition in `term` (when given): a writer whose state belongs to one leadership
     /// (a group coordinator) never appends in a later one, where another leader may have
-    /// written in between.
+    /// written in between. `origin`: a coordinator's own batches carry no sequence.
     pub async fn submit_in_term(
         &self,
         topic: &str,
@@ -486,6 +497,7 @@ impl ClusterNode {
         batches: Vec<Bytes>,
         wait: Wait,
         term: Option<u64>,
+        origin: AppendOrigin,
     ) -> Result<ProduceTicket, ProduceError> {
         assert!(!batches.is_empty(), "a proposal carries at least one batch");
         let (reply, answer) = oneshot::channel();
@@ -494,6 +506,7 @@ impl ClusterNode {
             batches,
             wait,
             in_term: term,
+            origin,
             reply,
         };
         self.commands
@@ -1395,6 +1408,7 @@ impl ClusterNode {
                 batches,
                 wait,
                 in_term,
+                origin,
                 reply,
             } => {
                 if let Some(term) = in_term {
@@ -1417,7 +1431,7 @@ impl ClusterNode {
                 } else {
                     wait
                 };
-                match idempotence::check_producer_batches(driver, &group, &batches) {
+                match idempotence::check_producer_batches(driver, &group, &batches, origin) {
                     Ok(idempotence::ProducerCheck::Propose) => {}
                     Ok(duplicate) => {
                         self.answer_duplicate(pending, group, duplicate, wait, reply);

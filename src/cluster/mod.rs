@@ -14,8 +14,8 @@ mod engine;
 mod metadata_reads;
 
 pub use engine::{
-    check_leader_epoch, ClusterConfig, ClusterNode, ProduceError, ProduceTicket, RecoveryPoints,
-    Replica, Wait, METADATA_GROUP,
+    check_leader_epoch, AppendOrigin, ClusterConfig, ClusterNode, ProduceError, ProduceTicket,
+    RecoveryPoints, Replica, Wait, METADATA_GROUP,
 };
 
 #[cfg(test)]

@@ -19,11 +19,16 @@
 //!   members starting together join one generation.
 //! - The protocol is the one every member supports, by the members' preference votes.
 
-use super::records::{GroupRecord, GroupValue, MemberValue};
+use super::records::{GroupRecord, GroupValue, LogEntry, MemberValue};
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use rand::{Rng, SeedableRng};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Partitions one group may hold pending transactional offsets for, over all its open
+/// transactions: a TxnOffsetCommit that would go past it is refused
+/// (COORDINATOR_NOT_AVAILABLE) until transactions end.
+pub const PENDING_TXN_OFFSETS_PER_GROUP_MAX: usize = 100_000;
 
 /// Names a request whose answer may come later (the caller's own numbering).
 pub type RequestId = u64;
@@ -162,6 +167,22 @@ pub struct OffsetCommitRequest {
     pub offsets: Vec<(String, i32, i64, i32, String)>,
 }
 
+/// TxnOffsetCommit (KIP-98): offsets committed in a producer's transaction. They stay
+/// pending (invisible to OffsetFetch) until the transaction's marker commits them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnOffsetCommitRequest {
+    pub group_id: String,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    /// v3+ (KIP-447): the consumer's member id and generation, checked when given; an
+    /// empty member id and generation -1 (v0-2 clients) skip the member checks.
+    pub member_id: String,
+    pub generation_id: i32,
+    pub group_instance_id: Option<String>,
+    /// (topic, partition, offset, leader epoch, metadata).
+    pub offsets: Vec<(String, i32, i64, i32, String)>,
+}
+
 #[derive(Debug, Clone)]
 struct Member {
     group_instance_id: Option<String>,
@@ -232,6 +253,9 @@ struct Group {
     /// The join phase of an empty group waits its whole initial delay.
     initial_delay: bool,
     offsets: BTreeMap<(String, i32), CommittedOffset>,
+    /// Offsets written in open transactions, by producer id: durable, not visible until
+    /// the producer's COMMIT marker (dropped at its ABORT).
+    pending_txn_offsets: BTreeMap<i64, BTreeMap<(String, i32), CommittedOffset>>,
     /// When the group last became empty (its offsets' retention counts from then).
     empty_since_ms: i64,
 }
@@ -251,6 +275,7 @@ impl Group {
             phase_deadline_ms: 0,
             initial_delay: false,
             offsets: BTreeMap::new(),
+            pending_txn_offsets: BTreeMap::new(),
             empty_since_ms: now_ms,
         }
     }
@@ -1083,7 +1108,10 @@ impl GroupCoordinator {
                     value: None,
                 }));
             }
-            if group.offsets.is_empty() && since.saturating_add(retention_ms) <= now_ms {
+            if group.offsets.is_empty()
+                && group.pending_txn_offsets.is_empty()
+                && since.saturating_add(retention_ms) <= now_ms
+            {
                 deleted.push(group_id.clone());
             }
         }
@@ -1254,6 +1282,172 @@ impl GroupCoordinator {
         (errors, records)
     }
 
+    /// TxnOffsetCommit: the error of each offset (None: accepted), in order, and the
+    /// records of the accepted ones, to be appended as one transactional batch of the
+    /// producer. As Kafka's: only a member id that is given must be a member (its
+    /// static instance not fenced), only a generation that is given (>= 0) must be the
+    /// group's; a rebalance does not refuse it. Nothing changes until the caller
+    /// persisted the records and applied them with [`Self::replay_pending_txn_offset`].
+    pub fn txn_commit_offsets(
+        &self,
+        commit: &TxnOffsetCommitRequest,
+        now_ms: i64,
+    ) -> (Vec<Option<ResponseError>>, Vec<GroupRecord>) {
+        let n = commit.offsets.len();
+        let refused = self.check_txn_commit(commit);
+        if let Some(error) = refused {
+            return (vec![Some(error); n], Vec::new());
+        }
+        let max_metadata = self.config.max_offset_metadata_bytes;
+        let mut records = Vec::new();
+        let errors = commit
+            .offsets
+            .iter()
+            .map(|(topic, partition, offset, leader_epoch, metadata)| {
+                if metadata.len() > max_metadata {
+                    return Some(ResponseError::OffsetMetadataTooLarge);
+                }
+                records.push(GroupRecord::Offset {
+                    group: commit.group_id.clone(),
+                    topic: topic.clone(),
+                    partition: *partition,
+                    value: Some(CommittedOffset {
+                        offset: *offset,
+                        leader_epoch: *leader_epoch,
+                        metadata: metadata.clone(),
+                        commit_ms: now_ms,
+                    }),
+                });
+                None
+            })
+            .collect();
+        (errors, records)
+    }
+
+    /// Why a TxnOffsetCommit is refused as a whole, if it is.
+    fn check_txn_commit(&self, commit: &TxnOffsetCommitRequest) -> Option<ResponseError> {
+        if commit.group_id.is_empty() {
+            return Some(ResponseError::InvalidGroupId);
+        }
+        if commit.producer_id < 0 {
+            return Some(ResponseError::InvalidProducerIdMapping);
+        }
+        if commit.producer_epoch < 0 {
+            return Some(ResponseError::InvalidProducerEpoch);
+        }
+        let empty;
+        let group = match self.groups.get(&commit.group_id) {
+            Some(group) => group,
+            None => {
+                empty = Group::new(&commit.group_id, 0);
+                &empty
+            }
+        };
+        if let Some(instance) = &commit.group_instance_id {
+            if group
+                .static_members
+                .get(instance)
+                .is_some_and(|current| *current != commit.member_id)
+            {
+                return Some(ResponseError::FencedInstanceId);
+            }
+        }
+        if !commit.member_id.is_empty() && !group.members.contains_key(&commit.member_id) {
+            return Some(ResponseError::UnknownMemberId);
+        }
+        if commit.generation_id >= 0 && commit.generation_id != group.generation_id {
+            return Some(ResponseError::IllegalGeneration);
+        }
+        let pending: usize = group.pending_txn_offsets.values().map(|p| p.len()).sum();
+        if pending.saturating_add(commit.offsets.len()) > PENDING_TXN_OFFSETS_PER_GROUP_MAX {
+            return Some(ResponseError::CoordinatorNotAvailable);
+        }
+        None
+    }
+
+    /// Applies an offset record of `producer_id`'s open transaction (durable now, or
+    /// read back at a load): pending, invisible to OffsetFetch until
+    /// [`Self::complete_txn`]. A later pending offset of the same producer and
+    /// partition replaces an earlier one.
+    pub fn replay_pending_txn_offset(
+        &mut self,
+        producer_id: i64,
+        record: &GroupRecord,
+        now_ms: i64,
+    ) {
+        assert!(producer_id >= 0, "a transaction has a producer id");
+        match record {
+            GroupRecord::Offset {
+                group,
+                topic,
+                partition,
+                value: Some(committed),
+            } => {
+                let group = self
+                    .groups
+                    .entry(group.clone())
+                    .or_insert_with_key(|id| Group::new(id, now_ms));
+                group
+                    .pending_txn_offsets
+                    .entry(producer_id)
+                    .or_default()
+                    .insert((topic.clone(), *partition), committed.clone());
+            }
+            // Never written in a transaction by this coordinator (another program's):
+            // applied as if outside one.
+            other => self.replay(other, now_ms),
+        }
+    }
+
+    /// A COMMIT (`commit`) or ABORT marker of `producer_id` in this partition: its
+    /// pending offsets become the committed ones (commit) or are dropped (abort), in
+    /// every group.
+    pub fn complete_txn(&mut self, producer_id: i64, commit: bool) {
+        for group in self.groups.values_mut() {
+            let Some(pending) = group.pending_txn_offsets.remove(&producer_id) else {
+                continue;
+            };
+            assert!(!pending.is_empty(), "no empty pending set is kept");
+            if commit {
+                group.offsets.extend(pending);
+            }
+            assert!(!group.pending_txn_offsets.contains_key(&producer_id));
+        }
+    }
+
+    /// Applies what a load read from the partition, in log order: records (pending
+    /// when written in a transaction) and transaction markers.
+    pub fn replay_entry(&mut self, entry: &LogEntry, now_ms: i64) {
+        match entry {
+            LogEntry::Record {
+                producer_id: None,
+                record,
+            } => self.replay(record, now_ms),
+            LogEntry::Record {
+                producer_id: Some(producer_id),
+                record,
+            } => self.replay_pending_txn_offset(*producer_id, record, now_ms),
+            LogEntry::Marker {
+                producer_id,
+                commit,
+            } => self.complete_txn(*producer_id, *commit),
+        }
+    }
+
+    /// The partitions of `group_id` with offsets pending in an open transaction
+    /// (OffsetFetch with `require_stable` answers UNSTABLE_OFFSET_COMMIT for them).
+    pub fn pending_txn_partitions(&self, group_id: &str) -> BTreeSet<(String, i32)> {
+        self.groups
+            .get(group_id)
+            .map(|g| {
+                g.pending_txn_offsets
+                    .values()
+                    .flat_map(|p| p.keys().cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Applies a record of `__consumer_offsets`: one this coordinator had persisted (a
     /// commit), or, loading a partition whose leadership it took over, every record of
     /// the partition in order. A group record brings the generation back as it was
@@ -1273,6 +1467,13 @@ impl GroupCoordinator {
                             .groups
                             .entry(group.clone())
                             .or_insert_with_key(|id| Group::new(id, now_ms));
+                        // As Kafka: of a transactional and a plain commit of one
+                        // partition, the one later in the log wins. This one is later
+                        // than every pending one, so none of them can show any more.
+                        for pending in group.pending_txn_offsets.values_mut() {
+                            pending.remove(&key);
+                        }
+                        group.pending_txn_offsets.retain(|_, p| !p.is_empty());
                         group.offsets.insert(key, committed.clone());
                     }
                     None => {
@@ -1294,8 +1495,10 @@ impl GroupCoordinator {
                     .entry(group_id.clone())
                     .or_insert_with_key(|id| Group::new(id, now_ms));
                 let offsets = std::mem::take(&mut group.offsets);
+                let pending_txn_offsets = std::mem::take(&mut group.pending_txn_offsets);
                 *group = Group::new(group_id, now_ms);
                 group.offsets = offsets;
+                group.pending_txn_offsets = pending_txn_offsets;
                 // Generations are never negative (-1 means "outside any generation").
                 group.generation_id = value.generation_id.max(0);
                 for m in &value.members {

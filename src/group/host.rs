@@ -10,7 +10,7 @@
 //! broker feeds it leadership changes and the records it read.
 
 use super::coordinator::{CoordinatorConfig, GroupCoordinator};
-use super::records::GroupRecord;
+use super::records::LogEntry;
 use kafka_protocol::ResponseError;
 use std::collections::BTreeMap;
 
@@ -82,20 +82,27 @@ impl CoordinatorHost {
         self.shards.remove(&partition);
     }
 
-    /// The partition's records, read back for the leadership of `epoch`: its groups
-    /// are served from now on. Records of another partition's groups are ignored (a
-    /// partition count that changed would put them elsewhere). Stale loads (an earlier
-    /// epoch, or a partition no longer led) change nothing.
-    pub fn loaded(&mut self, partition: i32, epoch: i32, records: &[GroupRecord], now_ms: i64) {
+    /// The partition's records and transaction markers, read back for the leadership
+    /// of `epoch`, in log order: its groups are served from now on. Records of another
+    /// partition's groups are ignored (a partition count that changed would put them
+    /// elsewhere). Stale loads (an earlier epoch, or a partition no longer led) change
+    /// nothing.
+    pub fn loaded(&mut self, partition: i32, epoch: i32, entries: &[LogEntry], now_ms: i64) {
         if !matches!(self.shards.get(&partition), Some(Shard::Loading { epoch: e }) if *e == epoch)
         {
             return;
         }
         let seed = self.seed ^ (u64::from(partition as u32) << 32) ^ u64::from(epoch as u32);
         let mut coordinator = GroupCoordinator::new(self.config.clone(), seed);
-        for record in records {
-            if partition_for(record.group(), self.partitions) == partition {
-                coordinator.replay(record, now_ms);
+        for entry in entries {
+            let ours = match entry {
+                LogEntry::Record { record, .. } => {
+                    partition_for(record.group(), self.partitions) == partition
+                }
+                LogEntry::Marker { .. } => true,
+            };
+            if ours {
+                coordinator.replay_entry(entry, now_ms);
             }
         }
         let coordinator = Box::new(coordinator);
@@ -151,6 +158,7 @@ impl CoordinatorHost {
 mod tests {
     use super::*;
     use crate::group::coordinator::{CommittedOffset, OffsetCommitRequest};
+    use crate::group::records::GroupRecord;
 
     #[test]
     fn groups_map_to_partitions_as_in_kafka() {
@@ -199,6 +207,10 @@ mod tests {
             }),
         };
         // A load for an earlier leadership changes nothing.
+        let committed = LogEntry::Record {
+            producer_id: None,
+            record: committed,
+        };
         host.loaded(partition, 2, std::slice::from_ref(&committed), 10);
         assert!(host.coordinator(group).is_err());
         host.loaded(partition, 3, &[committed], 10);

@@ -171,27 +171,51 @@ impl GroupRecord {
 /// One RecordBatch v2 holding `records` in order (what the coordinator appends to its
 /// `__consumer_offsets` partition), uncompressed, stamped `now_ms`.
 pub fn encode_batch(records: &[GroupRecord], now_ms: i64) -> Bytes {
+    encode_records(records, None, now_ms)
+}
+
+/// A transaction's offset commit (TxnOffsetCommit): `records` as one *transactional*
+/// batch of producer `producer_id` at `producer_epoch` (base sequence -1, as Kafka's
+/// coordinator appends it), so the partition's producer state sees the transaction
+/// open until its marker.
+pub fn encode_txn_batch(
+    records: &[GroupRecord],
+    producer_id: i64,
+    producer_epoch: i16,
+    now_ms: i64,
+) -> Bytes {
+    assert!(producer_id >= 0, "a transactional batch has a producer id");
+    assert!(
+        producer_epoch >= 0,
+        "a transactional batch has a producer epoch"
+    );
+    encode_records(records, Some((producer_id, producer_epoch)), now_ms)
+}
+
+fn encode_records(records: &[GroupRecord], producer: Option<(i64, i16)>, now_ms: i64) -> Bytes {
     use kafka_protocol::indexmap::IndexMap;
     use kafka_protocol::records::{
         Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
     };
     assert!(!records.is_empty(), "a batch carries at least one record");
+    let (producer_id, producer_epoch) = producer.unwrap_or((-1, -1));
     let records: Vec<Record> = records
         .iter()
         .enumerate()
         .map(|(i, record)| {
             let (key, value) = record.encode();
             Record {
-                transactional: false,
+                transactional: producer.is_some(),
                 control: false,
                 delete_horizon: false,
                 partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
+                producer_id,
+                producer_epoch,
                 timestamp_type: TimestampType::Creation,
                 offset: i as i64,
                 // The encoder keeps records in one batch while `offset - sequence` stays
-                // the same; the batch's base sequence is then -1 (no producer id).
+                // the same; the batch's base sequence is then -1 (no sequence: the
+                // coordinator, not a client, appends it).
                 sequence: i as i32 - 1,
                 timestamp: now_ms,
                 key: Some(key),
@@ -213,30 +237,72 @@ pub fn encode_batch(records: &[GroupRecord], now_ms: i64) -> Bytes {
     buf.freeze()
 }
 
-/// The group records in `bytes` (whole batches as a partition read returns them), in
-/// order; control batches are skipped. A record that does not decode is skipped and
-/// counted (the batch's CRC was checked by the read, so only a record written by another
-/// program gets here).
-pub fn decode_batches(bytes: &Bytes) -> Result<(Vec<GroupRecord>, usize), String> {
-    use kafka_protocol::records::RecordBatchDecoder;
-    let mut buf = bytes.clone();
-    let sets = RecordBatchDecoder::decode_all(&mut buf).map_err(|e| e.to_string())?;
-    let mut records = Vec::new();
-    let mut skipped = 0;
-    for set in sets {
-        for record in set.records {
-            if record.control {
-                continue;
+/// What a load replays from a `__consumer_offsets` partition, in log order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogEntry {
+    /// A group record; `producer_id` is set when it was written in a transaction
+    /// (TxnOffsetCommit): it stays pending until that producer's marker.
+    Record {
+        producer_id: Option<i64>,
+        record: GroupRecord,
+    },
+    /// A COMMIT (`commit`) or ABORT marker of a producer's transaction.
+    Marker { producer_id: i64, commit: bool },
+}
+
+/// The entries of whole batches (as a partition read returns them).
+#[derive(Debug, Default)]
+pub struct DecodedBatches {
+    /// Records and transaction markers, in log order.
+    pub entries: Vec<LogEntry>,
+    /// Records that were not group records (undecodable key or value).
+    pub skipped: usize,
+    /// The offset after the last batch (None: no batch).
+    pub next_offset: Option<i64>,
+}
+
+/// The group records and transaction markers in `bytes` (whole batches as a partition
+/// read returns them), in order; other control batches (leader changes) are skipped. A
+/// record that does not decode is skipped and counted (the batch's CRC was checked by
+/// the read, so only a record written by another program gets here). Damage in the
+/// framing is an error, never a panic.
+pub fn decode_batches(bytes: &Bytes) -> Result<DecodedBatches, String> {
+    use crate::log::batch::{decode_bounded, parse_whole};
+    use crate::log::txn_marker::parse_marker;
+    let mut decoded = DecodedBatches::default();
+    let mut position = 0;
+    while position < bytes.len() {
+        let header = parse_whole(&bytes[position..]).map_err(|e| e.to_string())?;
+        let size_bytes = header.size_bytes();
+        let batch = bytes.slice(position..position + size_bytes);
+        position += size_bytes;
+        decoded.next_offset = Some(header.next_offset());
+        if header.is_control() {
+            if let Some(marker) = parse_marker(&batch, &header) {
+                decoded.entries.push(LogEntry::Marker {
+                    producer_id: header.producer_id,
+                    commit: marker.commit,
+                });
             }
+            continue;
+        }
+        let producer_id =
+            (header.is_transactional() && header.producer_id >= 0).then_some(header.producer_id);
+        let mut buf = batch;
+        let set = decode_bounded(&mut buf, &header).map_err(|e| e.to_string())?;
+        for record in set.records {
             let Some(key) = record.key.as_deref() else {
-                skipped += 1;
+                decoded.skipped += 1;
                 continue;
             };
             match GroupRecord::decode(key, record.value.as_deref()) {
-                Ok(decoded) => records.push(decoded),
-                Err(_) => skipped += 1,
+                Ok(record) => decoded.entries.push(LogEntry::Record {
+                    producer_id,
+                    record,
+                }),
+                Err(_) => decoded.skipped += 1,
             }
         }
     }
-    Ok((records, skipped))
+    Ok(decoded)
 }

@@ -2,7 +2,7 @@
 //! leave, stop heartbeating and come back, with the clock moved by hand.
 
 use super::coordinator::*;
-use super::records::GroupRecord;
+use super::records::{GroupRecord, LogEntry};
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use std::collections::BTreeMap;
@@ -750,6 +750,282 @@ fn records_go_to_one_batch_and_come_back_in_order() {
     assert_eq!(header.size_bytes(), batch.len(), "exactly one batch");
     assert_eq!(header.records_count, 6);
     assert_eq!(header.producer_id, -1);
-    let (decoded, skipped) = decode_batches(&batch).unwrap();
-    assert_eq!((decoded, skipped), (records, 0));
+    let decoded = decode_batches(&batch).unwrap();
+    let expected: Vec<LogEntry> = records
+        .into_iter()
+        .map(|record| LogEntry::Record {
+            producer_id: None,
+            record,
+        })
+        .collect();
+    assert_eq!((decoded.entries, decoded.skipped), (expected, 0));
+    assert_eq!(decoded.next_offset, Some(6));
+}
+
+/// The coordinator with a byte-exact `__consumer_offsets` partition beside it: every
+/// batch it writes (plain, transactional, markers) is appended with its offsets, so a
+/// reload decodes what the broker would read.
+struct TxnHarness {
+    h: Harness,
+    partition_log: bytes::BytesMut,
+    next_offset: i64,
+}
+
+const PRODUCER_EPOCH: i16 = 0;
+
+fn txn_commit_request(producer_id: i64, offset: i64) -> TxnOffsetCommitRequest {
+    TxnOffsetCommitRequest {
+        group_id: GROUP.into(),
+        producer_id,
+        producer_epoch: PRODUCER_EPOCH,
+        member_id: String::new(),
+        generation_id: -1,
+        group_instance_id: None,
+        offsets: vec![("t".into(), 0, offset, 1, "txn".into())],
+    }
+}
+
+impl TxnHarness {
+    fn new() -> TxnHarness {
+        TxnHarness {
+            h: Harness::new(),
+            partition_log: bytes::BytesMut::new(),
+            next_offset: 0,
+        }
+    }
+
+    fn append(&mut self, batch: Bytes) {
+        let mut batch = batch.to_vec();
+        crate::log::batch::patch_header(&mut batch, self.next_offset, 1);
+        let header = crate::log::batch::parse_whole(&batch).unwrap();
+        self.next_offset = header.next_offset();
+        self.partition_log.extend_from_slice(&batch);
+    }
+
+    /// TxnOffsetCommit as the broker does it: one transactional batch, then pending.
+    fn txn_commit(&mut self, commit: TxnOffsetCommitRequest) -> Vec<Option<ResponseError>> {
+        let now_ms = self.h.now_ms;
+        let (errors, records) = self.h.coordinator.txn_commit_offsets(&commit, now_ms);
+        if !records.is_empty() {
+            let batch = crate::group::records::encode_txn_batch(
+                &records,
+                commit.producer_id,
+                commit.producer_epoch,
+                now_ms,
+            );
+            self.append(batch);
+            for record in &records {
+                self.h
+                    .coordinator
+                    .replay_pending_txn_offset(commit.producer_id, record, now_ms);
+            }
+        }
+        errors
+    }
+
+    fn plain_commit(&mut self, offset: i64) {
+        let commit = OffsetCommitRequest {
+            group_id: GROUP.into(),
+            member_id: String::new(),
+            generation_id: -1,
+            group_instance_id: None,
+            offsets: vec![("t".into(), 0, offset, 1, "plain".into())],
+        };
+        let (errors, records) = self.h.coordinator.commit_offsets(commit, self.h.now_ms);
+        assert_eq!(errors, vec![None]);
+        self.append(crate::group::records::encode_batch(&records, self.h.now_ms));
+        for record in &records {
+            self.h.coordinator.replay(record, self.h.now_ms);
+        }
+    }
+
+    /// The transaction coordinator's marker lands in the partition, then reaches the
+    /// group coordinator.
+    fn marker(&mut self, producer_id: i64, commit: bool) {
+        use crate::log::txn_marker::{build_marker_batch, TxnMarker};
+        let marker = TxnMarker {
+            commit,
+            coordinator_epoch: 0,
+        };
+        let batch = build_marker_batch(producer_id, PRODUCER_EPOCH, marker, self.h.now_ms);
+        self.append(batch);
+        self.h.coordinator.complete_txn(producer_id, commit);
+    }
+
+    fn committed(&self) -> Option<i64> {
+        let key = [("t".to_string(), 0)];
+        let fetched = self.h.coordinator.fetch_offsets(GROUP, Some(&key));
+        fetched[0].1.as_ref().map(|c| c.offset)
+    }
+
+    fn unstable(&self) -> bool {
+        self.h
+            .coordinator
+            .pending_txn_partitions(GROUP)
+            .contains(&("t".to_string(), 0))
+    }
+
+    /// A new coordinator replays the partition's bytes: it must agree on what is
+    /// visible and what is pending.
+    fn reload_and_compare(&mut self) {
+        use crate::group::records::decode_batches;
+        let decoded = decode_batches(&self.partition_log.clone().freeze()).unwrap();
+        assert_eq!(decoded.skipped, 0);
+        assert_eq!(decoded.next_offset, Some(self.next_offset));
+        let mut reloaded = GroupCoordinator::new(CoordinatorConfig::default(), 9);
+        for entry in &decoded.entries {
+            reloaded.replay_entry(entry, self.h.now_ms);
+        }
+        assert_eq!(
+            reloaded.fetch_offsets(GROUP, None),
+            self.h.coordinator.fetch_offsets(GROUP, None)
+        );
+        assert_eq!(
+            reloaded.pending_txn_partitions(GROUP),
+            self.h.coordinator.pending_txn_partitions(GROUP)
+        );
+        self.h.coordinator = reloaded;
+    }
+}
+
+#[test]
+fn transactional_offsets_are_pending_until_the_commit_marker() {
+    let mut t = TxnHarness::new();
+    t.plain_commit(3);
+    assert_eq!(t.txn_commit(txn_commit_request(7, 10)), vec![None]);
+    assert_eq!(t.committed(), Some(3), "pending offsets are not visible");
+    assert!(t.unstable(), "require_stable sees the open transaction");
+    t.reload_and_compare();
+    assert_eq!(t.committed(), Some(3));
+    assert!(t.unstable(), "still pending after a reload");
+    t.marker(7, true);
+    assert_eq!(t.committed(), Some(10));
+    assert!(!t.unstable());
+    t.reload_and_compare();
+    assert_eq!(t.committed(), Some(10));
+}
+
+#[test]
+fn an_aborted_transaction_drops_its_offsets() {
+    let mut t = TxnHarness::new();
+    t.plain_commit(3);
+    assert_eq!(t.txn_commit(txn_commit_request(7, 10)), vec![None]);
+    // Another producer's transaction on the same group is independent.
+    assert_eq!(t.txn_commit(txn_commit_request(8, 20)), vec![None]);
+    t.marker(7, false);
+    assert_eq!(t.committed(), Some(3), "the abort drops only producer 7's");
+    assert!(t.unstable(), "producer 8's transaction is still open");
+    t.reload_and_compare();
+    t.marker(8, false);
+    assert_eq!(t.committed(), Some(3));
+    assert!(!t.unstable());
+    t.reload_and_compare();
+    assert_eq!(t.committed(), Some(3));
+    // A marker with nothing pending (its transaction had no offsets here) is harmless.
+    t.marker(9, true);
+    assert_eq!(t.committed(), Some(3));
+    t.reload_and_compare();
+}
+
+/// As Kafka: of a transactional and a plain commit of one partition, the one written
+/// later wins when the transaction commits.
+#[test]
+fn the_later_of_a_plain_and_a_transactional_commit_wins() {
+    let mut t = TxnHarness::new();
+    assert_eq!(t.txn_commit(txn_commit_request(7, 10)), vec![None]);
+    t.plain_commit(5);
+    assert_eq!(t.committed(), Some(5));
+    t.marker(7, true);
+    assert_eq!(t.committed(), Some(5), "the plain commit came later");
+    t.reload_and_compare();
+    assert_eq!(t.committed(), Some(5));
+
+    t.plain_commit(6);
+    assert_eq!(t.txn_commit(txn_commit_request(7, 12)), vec![None]);
+    assert_eq!(t.committed(), Some(6));
+    t.reload_and_compare();
+    t.marker(7, true);
+    assert_eq!(
+        t.committed(),
+        Some(12),
+        "the transactional commit came later"
+    );
+    t.reload_and_compare();
+    assert_eq!(t.committed(), Some(12));
+}
+
+#[test]
+fn transactional_commits_are_checked_like_kafkas() {
+    let mut t = TxnHarness::new();
+    let mut bad = txn_commit_request(7, 1);
+    bad.group_id = String::new();
+    assert_eq!(t.txn_commit(bad), vec![Some(ResponseError::InvalidGroupId)]);
+    let mut bad = txn_commit_request(-1, 1);
+    bad.producer_id = -1;
+    assert_eq!(
+        t.txn_commit(bad),
+        vec![Some(ResponseError::InvalidProducerIdMapping)]
+    );
+    let mut unknown = txn_commit_request(7, 1);
+    unknown.member_id = "nobody".into();
+    unknown.generation_id = 1;
+    assert_eq!(
+        t.txn_commit(unknown),
+        vec![Some(ResponseError::UnknownMemberId)]
+    );
+    assert!(
+        t.h.coordinator.list().is_empty(),
+        "a refusal creates no group"
+    );
+
+    let members: Vec<(String, RequestId)> = (0..2).map(|_| t.h.new_member()).collect();
+    t.h.advance(3_000);
+    let generation = t.h.form_generation(&members);
+    let member = |id: &str, generation: i32| TxnOffsetCommitRequest {
+        member_id: id.into(),
+        generation_id: generation,
+        ..txn_commit_request(7, 2)
+    };
+    assert_eq!(
+        t.txn_commit(member(&members[0].0, generation - 1)),
+        vec![Some(ResponseError::IllegalGeneration)]
+    );
+    assert_eq!(
+        t.txn_commit(member("stranger", generation)),
+        vec![Some(ResponseError::UnknownMemberId)]
+    );
+    assert_eq!(t.txn_commit(member(&members[0].0, generation)), vec![None]);
+    // v0-2 (no member fields): accepted while the group has members.
+    assert_eq!(t.txn_commit(txn_commit_request(7, 3)), vec![None]);
+    let mut big = member(&members[1].0, generation);
+    big.offsets[0].4 = "x".repeat(5000);
+    assert_eq!(
+        t.txn_commit(big),
+        vec![Some(ResponseError::OffsetMetadataTooLarge)]
+    );
+    // A rebalance in progress does not refuse it (Kafka checks only the generation).
+    let _ = t.h.new_member();
+    assert_eq!(t.h.state(), GroupState::PreparingRebalance);
+    assert_eq!(t.txn_commit(member(&members[1].0, generation)), vec![None]);
+    t.marker(7, true);
+    assert_eq!(t.committed(), Some(2));
+    t.reload_and_compare();
+}
+
+#[test]
+fn decoding_a_damaged_partition_read_is_an_error_not_a_panic() {
+    use crate::group::records::decode_batches;
+    let mut t = TxnHarness::new();
+    assert_eq!(t.txn_commit(txn_commit_request(7, 10)), vec![None]);
+    t.marker(7, true);
+    let whole = t.partition_log.clone().freeze();
+    for cut in 0..whole.len() {
+        let _ = decode_batches(&whole.slice(..cut));
+    }
+    let mut flipped = whole.to_vec();
+    for i in 0..flipped.len() {
+        flipped[i] ^= 0x5a;
+        let _ = decode_batches(&Bytes::from(flipped.clone()));
+        flipped[i] ^= 0x5a;
+    }
 }

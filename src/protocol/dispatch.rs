@@ -110,6 +110,7 @@ pub async fn dispatch_from(
             api::add_offsets_to_txn::handle(broker, version, r).await
         }
         RequestKind::EndTxn(r) => api::end_txn::handle(broker, version, r).await,
+        RequestKind::TxnOffsetCommit(r) => api::txn_offset_commit::handle(broker, version, r),
         RequestKind::WriteTxnMarkers(r) => api::write_txn_markers::handle(broker, version, r).await,
         RequestKind::JoinGroup(r) => {
             let client_id = header.client_id.map(|c| c.to_string()).unwrap_or_default();

@@ -10,4 +10,6 @@ pub mod versions;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod txn_offset_tests;
+#[cfg(test)]
 mod txn_tests;

@@ -393,6 +393,20 @@ fn request_for(key: ApiKey, version: i16) -> RequestKind {
                 .with_producer_id(ProducerId(1))
                 .with_committed(true),
         ),
+        ApiKey::TxnOffsetCommit => {
+            use txn_offset_commit_request::*;
+            RequestKind::TxnOffsetCommit(
+                TxnOffsetCommitRequest::default()
+                    .with_transactional_id(s("t1").into())
+                    .with_group_id(s("g1").into())
+                    .with_producer_id(ProducerId(1))
+                    .with_topics(vec![TxnOffsetCommitRequestTopic::default()
+                        .with_name(s("t").into())
+                        .with_partitions(vec![
+                            TxnOffsetCommitRequestPartition::default().with_committed_offset(1)
+                        ])]),
+            )
+        }
         ApiKey::WriteTxnMarkers => {
             use write_txn_markers_request::*;
             RequestKind::WriteTxnMarkers(WriteTxnMarkersRequest::default().with_markers(vec![

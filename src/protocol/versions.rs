@@ -72,6 +72,11 @@ pub const SUPPORTED: &[Supported] = &[
         max: 5,
     },
     Supported {
+        key: ApiKey::TxnOffsetCommit,
+        min: 0,
+        max: 5,
+    },
+    Supported {
         key: ApiKey::ApiVersions,
         min: 0,
         max: 3,
@@ -224,6 +229,7 @@ mod tests {
                 ApiKey::AddPartitionsToTxn => range::<AddPartitionsToTxnRequest>(),
                 ApiKey::AddOffsetsToTxn => range::<AddOffsetsToTxnRequest>(),
                 ApiKey::EndTxn => range::<EndTxnRequest>(),
+                ApiKey::TxnOffsetCommit => range::<TxnOffsetCommitRequest>(),
                 ApiKey::WriteTxnMarkers => range::<WriteTxnMarkersRequest>(),
                 other => panic!("no decoder check for {other:?}"),
             };

@@ -121,3 +121,72 @@ def test_a_second_producer_of_the_same_transactional_id_fences_the_first(broker)
     assert committed == [f"successor-{i}" for i in range(10)]
     uncommitted = read_all(broker.bootstrap, "txn-fence", "read_uncommitted", 20)
     assert "zombie-late" not in uncommitted
+
+
+def test_consume_transform_produce_commits_offsets_in_the_transaction(broker):
+    """A consume-transform-produce loop: each transaction writes the transformed
+    records and commits the consumer's positions with `send_offsets_to_transaction`
+    (TxnOffsetCommit). One transaction is aborted midway and its input consumed again
+    from the committed offsets; the output holds each input record exactly once and the
+    group's committed offset ends at the end of the input."""
+    records, per_txn, abort_at_txn = 200, 20, 4
+    plain = Producer({"bootstrap.servers": broker.bootstrap})
+    for i in range(records):
+        plain.produce("ctp-input", value=b"in-%03d" % i, partition=0)
+    plain.flush(30)
+
+    consumer = Consumer({
+        "bootstrap.servers": broker.bootstrap, "group.id": "ctp-group",
+        "enable.auto.commit": False, "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+    })
+    consumer.subscribe(["ctp-input"])
+    producer = transactional_producer(broker.bootstrap, "ctp-app")
+    producer.init_transactions(30)
+
+    done, transactions, aborted = 0, 0, False
+    producer.begin_transaction()
+    in_txn = 0
+    deadline = time.monotonic() + 120
+    while done < records:
+        assert time.monotonic() < deadline, f"only {done} of {records} records processed"
+        m = consumer.poll(0.5)
+        if m is None:
+            continue
+        if m.error():
+            if m.error().code() != KafkaError._PARTITION_EOF:
+                raise KafkaException(m.error())
+            continue
+        producer.produce("ctp-output", value=b"out-" + m.value(), partition=0)
+        in_txn += 1
+        if in_txn < per_txn:
+            continue
+        producer.send_offsets_to_transaction(
+            consumer.position(consumer.assignment()), consumer.consumer_group_metadata(), 30)
+        if transactions == abort_at_txn and not aborted:
+            aborted = True
+            producer.flush(30)  # its output is in the log (aborted), not purged unsent
+            producer.abort_transaction(30)
+            # Back to what the group committed (the aborted offsets never show).
+            committed = consumer.committed(consumer.assignment(), 30)
+            assert [tp.offset for tp in committed] == [position_after_commit]
+            for tp in committed:
+                consumer.seek(tp)
+        else:
+            producer.commit_transaction(30)
+            transactions += 1
+            done += in_txn
+            position_after_commit = consumer.position(consumer.assignment())[0].offset
+        in_txn = 0
+        producer.begin_transaction()
+    producer.abort_transaction(30)  # the last, empty one
+
+    committed = consumer.committed([TopicPartition("ctp-input", 0)], 30)
+    _, input_end = consumer.get_watermark_offsets(TopicPartition("ctp-input", 0), 10)
+    consumer.close()
+    assert aborted
+    assert committed[0].offset == input_end
+    output = read_all(broker.bootstrap, "ctp-output", "read_committed", records)
+    assert output == [f"out-in-{i:03d}" for i in range(records)]
+    assert len(read_all(broker.bootstrap, "ctp-output", "read_uncommitted", records + per_txn)) \
+        == records + per_txn

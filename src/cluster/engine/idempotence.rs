@@ -8,10 +8,14 @@
 //! a marker of a producer epoch older than the producer's is refused
 //! (INVALID_PRODUCER_EPOCH), and so is one from a coordinator epoch older than the one
 //! that wrote the producer's last marker (TRANSACTION_COORDINATOR_FENCED).
+//!
+//! A coordinator's own transactional batch (a TxnOffsetCommit in `__consumer_offsets`,
+//! [`AppendOrigin::Coordinator`]) has no sequence: as Kafka does for that origin, only
+//! its producer epoch is checked (an older one is INVALID_PRODUCER_EPOCH).
 
-use super::ProduceError;
+use super::{AppendOrigin, ProduceError};
 use crate::log::batch::BatchHeader;
-use crate::log::producer_state::{ProducerEntry, Verdict};
+use crate::log::producer_state::{ProducerEntry, SequenceError, Verdict};
 use crate::log::txn_marker::{self, TxnMarker};
 use crate::replication::driver::Driver;
 use bytes::Bytes;
@@ -48,6 +52,7 @@ pub(super) fn check_producer_batches(
     driver: &Driver,
     group: &str,
     batches: &[Bytes],
+    origin: AppendOrigin,
 ) -> Result<ProducerCheck, ProduceError> {
     let headers: Vec<BatchHeader> = batches
         .iter()
@@ -112,6 +117,9 @@ pub(super) fn check_producer_batches(
             .apply_data(&h);
         unwritten_terms.push((e.index, e.term));
     }
+    if origin == AppendOrigin::Coordinator && header.base_sequence < 0 {
+        return check_coordinator_epoch(entry.as_ref(), header);
+    }
     match ProducerEntry::check(entry.as_ref(), header).map_err(ProduceError::Sequence)? {
         Verdict::Append => Ok(ProducerCheck::Propose),
         Verdict::Duplicate(original) if original.base_offset < 0 => {
@@ -128,6 +136,25 @@ pub(super) fn check_producer_batches(
             last_offset: original.last_offset,
             entry: log.index_of_offset(original.base_offset),
         }),
+    }
+}
+
+/// A coordinator's transactional batch without sequence: only a producer epoch older
+/// than the one the partition knows is refused (a zombie's TxnOffsetCommit).
+fn check_coordinator_epoch(
+    entry: Option<&ProducerEntry>,
+    header: &BatchHeader,
+) -> Result<ProducerCheck, ProduceError> {
+    assert!(header.producer_id >= 0 && !header.is_control());
+    assert!(header.base_sequence < 0);
+    match entry {
+        Some(entry) if header.producer_epoch < entry.producer_epoch => {
+            Err(ProduceError::Sequence(SequenceError::StaleEpoch {
+                current: entry.producer_epoch,
+                got: header.producer_epoch,
+            }))
+        }
+        _ => Ok(ProducerCheck::Propose),
     }
 }
 

@@ -1,5 +1,7 @@
 //! OffsetFetch: a group's committed offsets (v8+: several groups in one request). A
-//! partition without one gets offset -1.
+//! partition without one gets offset -1. With `require_stable` (v7+, KIP-447), a
+//! partition whose offset is pending in an open transaction gets
+//! UNSTABLE_OFFSET_COMMIT (the consumer retries) instead of the last committed one.
 
 use super::{code, str_bytes};
 use crate::broker::Broker;
@@ -14,14 +16,16 @@ use kafka_protocol::ResponseError;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-type Fetched = Result<Vec<((String, i32), Option<CommittedOffset>)>, ResponseError>;
+/// Per partition: its committed offset, or why it is not given.
+type Fetched = Result<Vec<((String, i32), PartitionOffset)>, ResponseError>;
+type PartitionOffset = Result<Option<CommittedOffset>, ResponseError>;
 
 /// The offsets by topic, in the order first met.
 fn by_topic(
-    fetched: Vec<((String, i32), Option<CommittedOffset>)>,
-) -> Vec<(String, Vec<(i32, Option<CommittedOffset>)>)> {
+    fetched: Vec<((String, i32), PartitionOffset)>,
+) -> Vec<(String, Vec<(i32, PartitionOffset)>)> {
     let mut order: Vec<String> = Vec::new();
-    let mut topics: BTreeMap<String, Vec<(i32, Option<CommittedOffset>)>> = BTreeMap::new();
+    let mut topics: BTreeMap<String, Vec<(i32, PartitionOffset)>> = BTreeMap::new();
     for ((topic, partition), committed) in fetched {
         if !topics.contains_key(&topic) {
             order.push(topic.clone());
@@ -40,20 +44,45 @@ fn by_topic(
         .collect()
 }
 
-fn fetch(broker: &Broker, group_id: &str, topics: Option<Vec<(String, Vec<i32>)>>) -> Fetched {
+fn fetch(
+    broker: &Broker,
+    group_id: &str,
+    topics: Option<Vec<(String, Vec<i32>)>>,
+    require_stable: bool,
+) -> Fetched {
     let asked: Option<Vec<(String, i32)>> = topics.map(|topics| {
         topics
             .into_iter()
             .flat_map(|(name, partitions)| partitions.into_iter().map(move |p| (name.clone(), p)))
             .collect()
     });
-    broker.groups.fetch_offsets(group_id, asked.as_deref())
+    let (fetched, unstable) = if require_stable {
+        broker
+            .groups
+            .fetch_offsets_and_pending(group_id, asked.as_deref())?
+    } else {
+        let fetched = broker.groups.fetch_offsets(group_id, asked.as_deref())?;
+        (fetched, Default::default())
+    };
+    Ok(fetched
+        .into_iter()
+        .map(|(key, committed)| {
+            let offset = if unstable.contains(&key) {
+                Err(ResponseError::UnstableOffsetCommit)
+            } else {
+                Ok(committed)
+            };
+            (key, offset)
+        })
+        .collect())
 }
 
-fn offset_fields(committed: &Option<CommittedOffset>) -> (i64, i32, String) {
-    match committed {
-        Some(c) => (c.offset, c.leader_epoch, c.metadata.clone()),
-        None => (-1, -1, String::new()),
+/// (offset, leader epoch, metadata, error) of one partition.
+fn offset_fields(offset: &PartitionOffset) -> (i64, i32, String, i16) {
+    match offset {
+        Ok(Some(c)) => (c.offset, c.leader_epoch, c.metadata.clone(), 0),
+        Ok(None) => (-1, -1, String::new(), 0),
+        Err(e) => (-1, -1, String::new(), code(Some(*e))),
     }
 }
 
@@ -71,7 +100,7 @@ pub fn handle(broker: &Arc<Broker>, version: i16, request: OffsetFetchRequest) -
                 });
                 let entry =
                     OffsetFetchResponseGroup::default().with_group_id(group.group_id.clone());
-                match fetch(broker, &group.group_id, topics) {
+                match fetch(broker, &group.group_id, topics, request.require_stable) {
                     Err(e) => entry.with_error_code(code(Some(e))),
                     Ok(fetched) => entry.with_topics(
                         by_topic(fetched)
@@ -83,10 +112,11 @@ pub fn handle(broker: &Arc<Broker>, version: i16, request: OffsetFetchRequest) -
                                         partitions
                                             .into_iter()
                                             .map(|(index, committed)| {
-                                                let (offset, epoch, metadata) =
+                                                let (offset, epoch, metadata, error) =
                                                     offset_fields(&committed);
                                                 OffsetFetchResponsePartitions::default()
                                                     .with_partition_index(index)
+                                                    .with_error_code(error)
                                                     .with_committed_offset(offset)
                                                     .with_committed_leader_epoch(epoch)
                                                     .with_metadata(Some(str_bytes(&metadata)))
@@ -109,7 +139,8 @@ pub fn handle(broker: &Arc<Broker>, version: i16, request: OffsetFetchRequest) -
             .map(|t| (t.name.to_string(), t.partition_indexes))
             .collect()
     });
-    let response = match fetch(broker, &request.group_id, topics.clone()) {
+    let require_stable = version >= 7 && request.require_stable;
+    let response = match fetch(broker, &request.group_id, topics.clone(), require_stable) {
         Err(e) if version >= 2 => OffsetFetchResponse::default().with_error_code(code(Some(e))),
         Err(e) => {
             // v1 has no top-level error: every partition asked carries it.
@@ -144,9 +175,11 @@ pub fn handle(broker: &Arc<Broker>, version: i16, request: OffsetFetchRequest) -
                             partitions
                                 .into_iter()
                                 .map(|(index, committed)| {
-                                    let (offset, epoch, metadata) = offset_fields(&committed);
+                                    let (offset, epoch, metadata, error) =
+                                        offset_fields(&committed);
                                     OffsetFetchResponsePartition::default()
                                         .with_partition_index(index)
+                                        .with_error_code(error)
                                         .with_committed_offset(offset)
                                         .with_committed_leader_epoch(epoch)
                                         .with_metadata(Some(str_bytes(&metadata)))

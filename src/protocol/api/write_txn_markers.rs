@@ -4,10 +4,14 @@
 //! the partition's Raft group with acks=all semantics; each partition is answered once
 //! its marker is committed, or with why it was not written. The leader fences stale
 //! producer and coordinator epochs before proposing (`cluster::engine::idempotence`).
+//! A marker that commits on a `__consumer_offsets` partition is handed to the group
+//! coordinators before the answer (`GroupService::marker_committed`): the pending
+//! transactional offsets of its producer become visible or are dropped.
 
 use super::code;
 use crate::broker::Broker;
 use crate::cluster::{ProduceTicket, Wait};
+use crate::group::host::OFFSETS_TOPIC;
 use crate::log::txn_marker::{build_marker_batch, TxnMarker};
 use crate::protocol::dispatch::Reply;
 use kafka_protocol::messages::write_txn_markers_request::WritableTxnMarker;
@@ -56,18 +60,25 @@ pub async fn handle(broker: &Arc<Broker>, _version: i16, request: WriteTxnMarker
             }
             topics.push((topic.name.clone(), outcomes));
         }
-        markers.push((marker.producer_id, topics));
+        markers.push((marker.producer_id, marker.transaction_result, topics));
     }
+    let broker = broker.clone();
     Reply::Later(Box::pin(async move {
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(MARKER_COMMIT_TIMEOUT_MS);
         let mut results = Vec::with_capacity(markers.len());
-        for (producer_id, topics) in markers {
+        for (producer_id, commit, topics) in markers {
             let mut topic_results = Vec::with_capacity(topics.len());
             for (name, outcomes) in topics {
                 let mut partitions = Vec::with_capacity(outcomes.len());
                 for (index, outcome) in outcomes {
-                    let error = settle(outcome, deadline).await;
+                    let settled = settle(outcome, deadline).await;
+                    if let (Ok(marker_offset), true) = (settled, name.0.as_str() == OFFSETS_TOPIC) {
+                        broker
+                            .groups
+                            .marker_committed(index, marker_offset, producer_id.0, commit);
+                    }
+                    let error = settled.err();
                     partitions.push(
                         WritableTxnMarkerPartitionResult::default()
                             .with_partition_index(index)
@@ -126,17 +137,17 @@ async fn propose(
     }
 }
 
-/// The error code of one partition once its marker committed, failed or timed out.
-async fn settle(outcome: Outcome, deadline: tokio::time::Instant) -> Option<ResponseError> {
+/// The offset of one partition's marker once it committed, or why it failed or timed out.
+async fn settle(outcome: Outcome, deadline: tokio::time::Instant) -> Result<i64, ResponseError> {
     let ticket = match outcome {
-        Outcome::Refused(e) => return Some(e),
+        Outcome::Refused(e) => return Err(e),
         Outcome::Waiting(ticket) => ticket,
     };
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
     match tokio::time::timeout(remaining, ticket).await {
-        Ok(Ok(Ok(_offset))) => None,
-        Ok(Ok(Err(e))) => Some(e.kafka_error()),
-        Ok(Err(_)) => Some(ResponseError::NotLeaderOrFollower),
-        Err(_) => Some(ResponseError::RequestTimedOut),
+        Ok(Ok(Ok(marker_offset))) => Ok(marker_offset),
+        Ok(Ok(Err(e))) => Err(e.kafka_error()),
+        Ok(Err(_)) => Err(ResponseError::NotLeaderOrFollower),
+        Err(_) => Err(ResponseError::RequestTimedOut),
     }
 }

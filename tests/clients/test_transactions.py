@@ -8,6 +8,8 @@ import time
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from test_cluster import create_topic, current_leader, partitions_of, wait_for
+
 
 def transactional_producer(bootstrap, transactional_id, **conf):
     return Producer({
@@ -18,6 +20,13 @@ def transactional_producer(bootstrap, transactional_id, **conf):
 
 def read_all(bootstrap, topic, isolation, expected_at_least=0, timeout_s=30.0, partition=0):
     """Values of `topic`-`partition` from offset 0 as a consumer with `isolation` sees them."""
+    return [value for _, value in read_records(bootstrap, topic, isolation, expected_at_least,
+                                               partition, timeout_s)]
+
+
+def read_records(bootstrap, topic, isolation, expected_at_least=0, partition=0, timeout_s=30.0):
+    """(key, value) pairs of `topic`-`partition` from offset 0 as a consumer with
+    `isolation` sees them."""
     consumer = Consumer({
         "bootstrap.servers": bootstrap, "group.id": f"reader-{isolation}-{time.monotonic()}",
         "isolation.level": isolation, "enable.auto.commit": False,
@@ -39,7 +48,7 @@ def read_all(bootstrap, topic, isolation, expected_at_least=0, timeout_s=30.0, p
             if m.error().code() != KafkaError._PARTITION_EOF:
                 raise KafkaException(m.error())
             continue
-        values.append(m.value().decode())
+        values.append((m.key().decode() if m.key() is not None else None, m.value().decode()))
     consumer.close()
     return values
 
@@ -190,3 +199,187 @@ def test_consume_transform_produce_commits_offsets_in_the_transaction(broker):
     assert output == [f"out-in-{i:03d}" for i in range(records)]
     assert len(read_all(broker.bootstrap, "ctp-output", "read_uncommitted", records + per_txn)) \
         == records + per_txn
+
+
+def coordinator_partition(key: str, partitions: int = 50) -> int:
+    """The `__transaction_state` (or `__consumer_offsets`) partition of `key`: Kafka's
+    `Utils.abs(key.hashCode()) % partitions`, with Java's String.hashCode."""
+    h = 0
+    data = key.encode("utf-16-be")
+    for i in range(0, len(data), 2):
+        h = (31 * h + int.from_bytes(data[i:i + 2], "big")) & 0xFFFFFFFF
+    if h >= 1 << 31:
+        h -= 1 << 32
+    return (0 if h == -(1 << 31) else abs(h)) % partitions
+
+
+def test_consume_transform_produce_is_exactly_once_over_three_brokers_with_kills(cluster):
+    """Must-show 2 of issue 8: the consume-transform-produce loop of a Kafka Streams-like
+    application over three brokers (every topic RF=3), with SIGKILLs of the leader of an
+    output partition and of the transaction coordinator while transactions are open.
+    The application follows confluent-kafka's documented recovery: a retriable error
+    retries, an abortable one aborts and rewinds the consumer to the group's committed
+    offsets, a fatal one (fenced) starts a new producer of the same transactional id.
+    A read_committed reader of the output then sees each input record transformed exactly
+    once, in order per partition, and none of the records of an aborted transaction; a
+    read_uncommitted reader also sees the records of the transaction aborted on purpose."""
+    partitions, per_partition, per_txn = 2, 1500, 30
+    total = partitions * per_partition
+    create_topic(cluster, "eos-input", partitions=partitions, rf=3)
+    create_topic(cluster, "eos-output", partitions=partitions, rf=3)
+    plain = Producer({"bootstrap.servers": cluster.bootstrap, "enable.idempotence": True})
+    for p in range(partitions):
+        for i in range(per_partition):
+            plain.produce("eos-input", value=b"in-%d-%04d" % (p, i), partition=p)
+    assert plain.flush(60) == 0
+
+    txn_id, group = "eos-pipeline", "eos-pipeline-group"
+    consumer = Consumer({
+        "bootstrap.servers": cluster.bootstrap, "group.id": group,
+        "enable.auto.commit": False, "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed", "session.timeout.ms": 10000,
+        "topic.metadata.refresh.interval.ms": 1000,
+    })
+    reassigned = []
+    consumer.subscribe(["eos-input"], on_assign=lambda c, tps: reassigned.append(len(tps)))
+
+    def new_producer():
+        p = transactional_producer(cluster.bootstrap, txn_id, **{
+            "transaction.timeout.ms": 60000, "message.timeout.ms": 55000,
+            "request.timeout.ms": 10000, "topic.metadata.refresh.interval.ms": 1000})
+        p.init_transactions(60)
+        return p
+
+    def rewind():
+        """Back to the group's committed offsets (earliest where none is committed)."""
+        committed = wait_for(lambda: consumer.committed(consumer.assignment(), 10),
+                             "the group's committed offsets", timeout_s=90)
+        for tp in committed:
+            if tp.offset < 0:
+                tp.offset = 0
+            consumer.seek(tp)
+
+    def retrying(what, call, attempts=20):
+        for attempt in range(attempts):
+            try:
+                return call()
+            except KafkaException as e:
+                if not e.args[0].retriable() or attempt == attempts - 1:
+                    raise
+                print(f"{what}: retriable {e.args[0]}; again")
+                time.sleep(0.5)
+
+    producer = new_producer()
+    attempt, committed_attempts, aborted_attempts = 0, set(), set()
+    unknown_attempts, fatal_errors, abortable_errors = set(), [], []
+    done = {p: 0 for p in range(partitions)}  # input offsets covered by committed txns
+    purposely_aborted = None
+    kills = []
+    coordinator = coordinator_partition(txn_id)
+    deadline = time.monotonic() + 400
+    while sum(done.values()) < total:
+        assert time.monotonic() < deadline, f"only {done} of {total} records processed"
+        # SIGKILL, while a transaction is open with records in flight: first the leader
+        # of output partition 0, then the transaction coordinator; each restarts once
+        # its partition has a new leader.
+        attempt += 1
+        reassigned.clear()
+        try:
+            producer.begin_transaction()
+            consumed = 0
+            positions = {}
+            while consumed < per_txn:
+                m = consumer.poll(0.5)
+                if m is None:
+                    if sum(done.values()) + consumed >= total:
+                        break
+                    continue
+                if m.error():
+                    if m.error().code() != KafkaError._PARTITION_EOF:
+                        raise KafkaException(m.error())
+                    continue
+                producer.produce("eos-output", key=b"%d" % attempt,
+                                 value=b"out-" + m.value(), partition=m.partition())
+                positions[m.partition()] = m.offset() + 1
+                consumed += 1
+                progress = sum(done.values())
+                if (len(kills) == 0 and progress >= total // 3) or \
+                        (len(kills) == 1 and progress >= 2 * total // 3):
+                    if kills:
+                        victim = current_leader(cluster, "__transaction_state", coordinator)
+                        topic, partition = "__transaction_state", coordinator
+                    else:
+                        victim = current_leader(cluster, "eos-output", 0)
+                        topic, partition = "eos-output", 0
+                    producer.flush(0.2)
+                    cluster[victim].kill()
+                    kills.append((victim, topic, partition))
+                    current_leader(cluster, topic, partition, not_in=(victim,))
+                    cluster[victim].start()
+            if consumed == 0:
+                producer.abort_transaction(30)
+                continue
+            if reassigned:
+                # The group rebalanced during the transaction: the consumer went back to
+                # the committed offsets, so the records produced so far must not commit.
+                raise KafkaException(KafkaError(KafkaError._TRANSPORT, "rebalanced",
+                                                txn_requires_abort=True))
+            producer.send_offsets_to_transaction(
+                consumer.position(consumer.assignment()), consumer.consumer_group_metadata(),
+                60)
+            if purposely_aborted is None and sum(done.values()) >= total // 2:
+                purposely_aborted = attempt
+                assert producer.flush(60) == 0  # its records are in the log, then aborted
+                raise KafkaException(KafkaError(KafkaError._TRANSPORT, "abort on purpose",
+                                                txn_requires_abort=True))
+            retrying("commit", lambda: producer.commit_transaction(60))
+            committed_attempts.add(attempt)
+            for p, end in positions.items():
+                done[p] = end
+        except KafkaException as e:
+            error = e.args[0]
+            if error.txn_requires_abort():
+                if attempt != purposely_aborted and error.str() != "rebalanced":
+                    abortable_errors.append(str(error))
+                retrying("abort", lambda: producer.abort_transaction(60))
+                aborted_attempts.add(attempt)
+                rewind()
+            elif error.fatal() or error.code() in (KafkaError._FENCED,
+                                                  KafkaError.PRODUCER_FENCED):
+                # A fatal error: this producer is done; its transaction's outcome is
+                # whatever the next producer's InitProducerId decides.
+                fatal_errors.append(str(error))
+                assert len(fatal_errors) <= 3, f"fatal errors: {fatal_errors}"
+                unknown_attempts.add(attempt)
+                producer = new_producer()
+                rewind()
+            else:
+                raise
+    committed = consumer.committed([TopicPartition("eos-input", p) for p in range(partitions)], 30)
+    consumer_watermarks = [consumer.get_watermark_offsets(TopicPartition("eos-input", p), 10)
+                           for p in range(partitions)]
+    consumer.close()
+    print(f"kills {kills}; attempts {attempt}: committed {len(committed_attempts)}, "
+          f"aborted {len(aborted_attempts)} (abortable errors {abortable_errors}), "
+          f"unknown {len(unknown_attempts)} (fatal errors {fatal_errors})")
+    assert len(kills) == 2 and purposely_aborted is not None
+    # The group's offsets are those of the last committed transaction: past the last
+    # input record (the log's end may be further, past control batches the replication
+    # layer writes at leader changes).
+    assert [tp.offset for tp in committed] == [done[p] for p in range(partitions)]
+    assert all(done[p] <= consumer_watermarks[p][1] for p in range(partitions))
+
+    for p in range(partitions):
+        seen = read_records(cluster.bootstrap, "eos-output", "read_committed", per_partition, p)
+        values = [v for _, v in seen]
+        duplicates = len(values) - len(set(values))
+        assert values == [f"out-in-{p}-{i:04d}" for i in range(per_partition)], \
+            f"partition {p}: {len(values)} records, {duplicates} repeated, first wrong at " \
+            f"{next((i for i, v in enumerate(values) if v != f'out-in-{p}-{i:04d}'), None)}"
+        keys = {int(k) for k, _ in seen}
+        assert not keys & aborted_attempts, \
+            f"read_committed sees aborted transactions {sorted(keys & aborted_attempts)}"
+        assert keys <= committed_attempts | unknown_attempts
+    uncommitted = [int(k) for p in range(partitions) for k, _ in read_records(
+        cluster.bootstrap, "eos-output", "read_uncommitted", per_partition, p)]
+    assert purposely_aborted in uncommitted, "read_uncommitted misses the aborted records"

@@ -59,6 +59,43 @@ def current_leader(cluster, topic, partition=0, not_in=()):
     return wait_for(find, f"a leader of {topic}-{partition} other than {list(not_in)}")
 
 
+def produce_through_leader_kills(cluster, producer, topic, total, kill_after, in_flight,
+                                 timeout_s):
+    """Produces `total` records (values: their sequence numbers, 10 digits) to
+    `topic`-0 with at most `in_flight` unanswered, SIGKILLing the partition's leader once
+    the acknowledgements reach each count of `kill_after`; each victim restarts (same
+    data dir) once a new leader took over. Returns (acked {seq: offset}, failed {seq:
+    error}, the victims' node ids, records sent)."""
+    acked, failed = {}, {}
+
+    def on_delivery(err, msg):
+        seq = int(msg.value())
+        if err is None:
+            acked[seq] = msg.offset()
+        else:
+            failed[seq] = err
+
+    kills = []
+    seq = 0
+    deadline = time.monotonic() + timeout_s
+    while len(acked) + len(failed) < total and time.monotonic() < deadline:
+        while seq < total and seq - len(acked) - len(failed) < in_flight:
+            try:
+                producer.produce(topic, value=b"%010d" % seq, partition=0,
+                                 on_delivery=on_delivery)
+                seq += 1
+            except BufferError:
+                break
+        producer.poll(0.01)
+        if len(kills) < len(kill_after) and len(acked) >= kill_after[len(kills)]:
+            victim = current_leader(cluster, topic)
+            cluster[victim].kill()
+            kills.append(victim)
+            current_leader(cluster, topic, not_in=(victim,))
+            cluster[victim].start()
+    return acked, failed, kills, seq
+
+
 # ---------------------------------------------------------------------------------------
 # 1. kcat sees three brokers and a replicated topic with spread leaders
 
@@ -94,36 +131,10 @@ def test_acks_all_survives_two_leader_kills(cluster):
         "linger.ms": 5, "message.timeout.ms": 20000, "request.timeout.ms": 10000,
         "queue.buffering.max.messages": 100000, "topic.metadata.refresh.interval.ms": 1000,
     })
-    acked, failed = {}, {}
-
-    def on_delivery(err, msg):
-        seq = int(msg.value())
-        if err is None:
-            acked[seq] = msg.offset()
-        else:
-            failed[seq] = err
-
-    kills = []
-    seq = 0
-    deadline = time.monotonic() + 240
-    while len(acked) + len(failed) < total and time.monotonic() < deadline:
-        while seq < total and seq - len(acked) - len(failed) < 2000:
-            try:
-                producer.produce(topic, value=b"%010d" % seq, partition=0,
-                                 on_delivery=on_delivery)
-                seq += 1
-            except BufferError:
-                break
-        producer.poll(0.01)
-        # Kill the current leader after 15,000 and after 35,000 acknowledgements; each
-        # victim is restarted (same data dir) once a new leader took over.
-        if (len(kills) == 0 and len(acked) >= 15_000) or \
-                (len(kills) == 1 and len(acked) >= 35_000):
-            victim = current_leader(cluster, topic)
-            cluster[victim].kill()
-            kills.append(victim)
-            current_leader(cluster, topic, not_in=(victim,))
-            cluster[victim].start()
+    # Kill the current leader after 15,000 and after 35,000 acknowledgements; each victim
+    # is restarted (same data dir) once a new leader took over.
+    acked, failed, kills, seq = produce_through_leader_kills(
+        cluster, producer, topic, total, (15_000, 35_000), in_flight=2000, timeout_s=240)
     producer.flush(60)
     assert len(kills) == 2, f"only {len(kills)} kills; acked {len(acked)} of {seq} sent"
     assert len(acked) + len(failed) == total, \

@@ -2,12 +2,11 @@
 processes: librdkafka retries what a dying leader may or may not have written, and the
 partition's replicated producer state must turn every retry into the original's offset."""
 
-import time
-
 from confluent_kafka import Producer
 
 from strandutil import confluent_consume_all, stored_batches
-from test_cluster import count_data_records, create_topic, current_leader, high_watermark, wait_for
+from test_cluster import (count_data_records, create_topic, high_watermark,
+                          produce_through_leader_kills, wait_for)
 
 
 def test_idempotent_producer_writes_each_record_once_through_two_leader_kills(cluster):
@@ -22,36 +21,10 @@ def test_idempotent_producer_writes_each_record_once_through_two_leader_kills(cl
         "linger.ms": 5, "message.timeout.ms": 180000, "request.timeout.ms": 10000,
         "queue.buffering.max.messages": 100000, "topic.metadata.refresh.interval.ms": 1000,
     })
-    acked, failed = {}, {}
-
-    def on_delivery(err, msg):
-        seq = int(msg.value())
-        if err is None:
-            acked[seq] = msg.offset()
-        else:
-            failed[seq] = err
-
-    kills = []
-    seq = 0
-    deadline = time.monotonic() + 300
-    while len(acked) + len(failed) < total and time.monotonic() < deadline:
-        while seq < total and seq - len(acked) - len(failed) < 5000:
-            try:
-                producer.produce(topic, value=b"%010d" % seq, partition=0,
-                                 on_delivery=on_delivery)
-                seq += 1
-            except BufferError:
-                break
-        producer.poll(0.01)
-        # SIGKILL the leader after 15,000 and after 35,000 acknowledgements, with batches
-        # in flight; each victim restarts once a new leader took over.
-        if (len(kills) == 0 and len(acked) >= 15_000) or \
-                (len(kills) == 1 and len(acked) >= 35_000):
-            victim = current_leader(cluster, topic)
-            cluster[victim].kill()
-            kills.append(victim)
-            current_leader(cluster, topic, not_in=(victim,))
-            cluster[victim].start()
+    # SIGKILL the leader after 15,000 and after 35,000 acknowledgements, with batches in
+    # flight; each victim restarts once a new leader took over.
+    acked, failed, kills, seq = produce_through_leader_kills(
+        cluster, producer, topic, total, (15_000, 35_000), in_flight=5000, timeout_s=300)
     producer.flush(120)
     assert len(kills) == 2, f"only {len(kills)} kills; acked {len(acked)} of {seq} sent"
     assert not failed, f"{len(failed)} records failed, first {list(failed.items())[:3]}"

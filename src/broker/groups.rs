@@ -864,25 +864,16 @@ fn route(
             let batch = (!records.is_empty()).then(|| encode_batch(&records, clock::now_ms()));
             let mut after: Vec<Then> = Vec::with_capacity(then.len() + 1);
             if replay && !records.is_empty() {
-                let shared = shared.clone();
-                after.push(Box::new(move |outcome| {
-                    if outcome.is_err() {
-                        return;
-                    }
-                    let mut state = lock(&shared);
-                    let coordinator = epoch.and_then(|epoch| {
-                        state
-                            .host
-                            .as_mut()
-                            .and_then(|h| h.serving(partition, epoch))
-                    });
-                    if let Some(coordinator) = coordinator {
-                        let now_ms = clock::now_ms();
+                after.push(apply_once_durable(
+                    shared,
+                    partition,
+                    epoch,
+                    move |c, now_ms| {
                         for record in &records {
-                            coordinator.replay(record, now_ms);
+                            c.replay(record, now_ms);
                         }
-                    }
-                }));
+                    },
+                ));
             }
             after.extend(
                 then.into_iter()
@@ -919,23 +910,9 @@ fn queue_txn_commit(
     let (producer_id, producer_epoch) = producer;
     let epoch = state.writers.get(&partition).map(|w| w.epoch);
     let batch = encode_txn_batch(&records, producer_id, producer_epoch, clock::now_ms());
-    let shared = shared.clone();
-    let apply: Then = Box::new(move |outcome| {
-        if outcome.is_err() {
-            return;
-        }
-        let mut state = lock(&shared);
-        let coordinator = epoch.and_then(|epoch| {
-            state
-                .host
-                .as_mut()
-                .and_then(|h| h.serving(partition, epoch))
-        });
-        if let Some(coordinator) = coordinator {
-            let now_ms = clock::now_ms();
-            for record in &records {
-                coordinator.replay_pending_txn_offset(producer_id, record, now_ms);
-            }
+    let apply = apply_once_durable(shared, partition, epoch, move |c, now_ms| {
+        for record in &records {
+            c.replay_pending_txn_offset(producer_id, record, now_ms);
         }
     });
     let job = WriteJob {
@@ -943,6 +920,33 @@ fn queue_txn_commit(
         then: vec![apply, notify],
     };
     queue_jobs(state, partition, vec![job]);
+}
+
+/// A write's follow-up that, once the write is durable, runs `apply` on the coordinator
+/// of `partition` if it still serves the epoch the write was queued in (`epoch`, `None`:
+/// no writer then, so nothing to apply).
+fn apply_once_durable(
+    shared: &Arc<Mutex<State>>,
+    partition: i32,
+    epoch: Option<i32>,
+    apply: impl FnOnce(&mut GroupCoordinator, i64) + Send + 'static,
+) -> Then {
+    let shared = shared.clone();
+    Box::new(move |outcome| {
+        if outcome.is_err() {
+            return;
+        }
+        let mut state = lock(&shared);
+        let serving = epoch.and_then(|epoch| {
+            state
+                .host
+                .as_mut()
+                .and_then(|h| h.serving(partition, epoch))
+        });
+        if let Some(coordinator) = serving {
+            apply(coordinator, clock::now_ms());
+        }
+    })
 }
 
 /// Queues jobs on `partition`'s writer, or fails them when it has none.

@@ -15,8 +15,12 @@
 //!   the leader's cleaned batches it received no longer hold the tombstone that
 //!   superseded it (found by the simulator); from its copy alone it would keep that
 //!   record.
-//! - Records without a key, control batches and everything at or above the clean point
-//!   are never touched.
+//! - Records of an aborted transaction (a transactional batch whose producer's next
+//!   marker below the clean point is an ABORT) are all dropped, keys or not, and never
+//!   count as a key's latest record; a transaction's records count only once its COMMIT
+//!   marker is below the clean point ([`KeyMap`]).
+//! - Other records without a key, control batches and everything at or above the clean
+//!   point are never touched.
 //! - A rewritten batch keeps its baseOffset, lastOffsetDelta, partitionLeaderEpoch,
 //!   timestamps and producer fields; survivors keep their offsets (their offset deltas are
 //!   copied unchanged). recordsCount, batchLength and the CRC32C are recomputed. A batch
@@ -75,10 +79,30 @@ struct Latest {
 }
 
 /// Latest record of each key seen so far, bounded in the number of keys.
+///
+/// Transactional records join it only at their transaction's COMMIT marker: until then
+/// they wait in `open_txns`, and an ABORT marker forgets them and records the aborted
+/// range instead, whose records every clean then drops (as Kafka's cleaner: a record of
+/// an aborted transaction never shadows an older record of its key, and goes). Without
+/// this an aborted transactional offset commit in `__consumer_offsets` would shadow the
+/// plain commit before it and, once cleaned, lose it. A transaction still open where
+/// the walk ends shadows nothing and loses nothing; the next clean walks it again from
+/// the log start.
 #[derive(Debug, Clone)]
 pub struct KeyMap {
     latest: BTreeMap<u128, Latest>,
+    /// Per producer id, its open transaction: first offset and keys so far.
+    open_txns: BTreeMap<i64, OpenTxn>,
+    /// Aborted transactions: (producer id, first offset) → the ABORT marker's offset.
+    aborted: BTreeMap<(i64, i64), i64>,
+    /// Bounds the keys of `latest` and `open_txns` plus the aborted ranges.
     max_keys: usize,
+}
+
+#[derive(Debug, Clone)]
+struct OpenTxn {
+    first_offset: i64,
+    latest: BTreeMap<u128, Latest>,
 }
 
 impl KeyMap {
@@ -86,8 +110,28 @@ impl KeyMap {
         assert!(max_keys > 0);
         KeyMap {
             latest: BTreeMap::new(),
+            open_txns: BTreeMap::new(),
+            aborted: BTreeMap::new(),
             max_keys,
         }
+    }
+
+    /// Entries held, counted against `max_keys`.
+    fn entries(&self) -> usize {
+        let open: usize = self.open_txns.values().map(|t| t.latest.len()).sum();
+        self.latest.len() + open + self.aborted.len()
+    }
+
+    /// Whether `header`'s batch belongs to a transaction the walk saw aborted.
+    pub fn is_aborted(&self, header: &BatchHeader) -> bool {
+        if !header.is_transactional() || header.is_control() {
+            return false;
+        }
+        let producer_id = header.producer_id;
+        self.aborted
+            .range((producer_id, i64::MIN)..=(producer_id, header.base_offset))
+            .next_back()
+            .is_some_and(|(_, marker_offset)| header.base_offset < *marker_offset)
     }
 
     /// A map bounded by `dedupe_buffer_bytes` of memory.
@@ -127,30 +171,78 @@ impl KeyMap {
     pub fn add_batch(&mut self, batch_bytes: &[u8]) -> Result<bool, CleanError> {
         let header = parse_checked(batch_bytes)?;
         if header.is_control() {
-            return Ok(true);
+            return Ok(self.end_txn(batch_bytes, &header));
         }
         let records = decode_raw_records(batch_bytes, &header)?;
-        let new_keys: std::collections::BTreeSet<u128> = records
+        let txn = header.is_transactional().then_some(header.producer_id);
+        let target = match txn {
+            Some(producer_id) => self.open_txns.get(&producer_id).map(|t| &t.latest),
+            None => Some(&self.latest),
+        };
+        let new_keys: BTreeSet<u128> = records
             .iter()
             .filter_map(|r| r.key.as_deref().map(key_hash))
-            .filter(|h| !self.latest.contains_key(h))
+            .filter(|h| !target.is_some_and(|t| t.contains_key(h)))
             .collect();
-        if self.latest.len() + new_keys.len() > self.max_keys {
+        if self.entries() + new_keys.len() > self.max_keys {
             return Ok(false);
         }
+        let target = match txn {
+            Some(producer_id) => {
+                let open = self.open_txns.entry(producer_id).or_insert(OpenTxn {
+                    first_offset: header.base_offset,
+                    latest: BTreeMap::new(),
+                });
+                &mut open.latest
+            }
+            None => &mut self.latest,
+        };
         for record in &records {
             if let Some(key) = &record.key {
                 let seen = Latest {
                     offset: record.offset,
                     tombstone_timestamp_ms: record.is_tombstone.then_some(record.timestamp_ms),
                 };
-                let latest = self.latest.entry(key_hash(key)).or_insert(seen);
-                if latest.offset < seen.offset {
-                    *latest = seen;
-                }
+                note_latest(target, key_hash(key), seen);
             }
         }
         Ok(true)
+    }
+
+    /// A control batch: a transaction marker ends its producer's open transaction
+    /// (other control batches change nothing). False, leaving the map as it was, when
+    /// an abort's range does not fit.
+    fn end_txn(&mut self, batch_bytes: &[u8], header: &BatchHeader) -> bool {
+        let Some(marker) = super::txn_marker::parse_marker(batch_bytes, header) else {
+            return true;
+        };
+        if !header.is_transactional() || !self.open_txns.contains_key(&header.producer_id) {
+            return true;
+        }
+        if !marker.commit && self.entries() + 1 > self.max_keys {
+            return false;
+        }
+        let open = self
+            .open_txns
+            .remove(&header.producer_id)
+            .expect("checked above");
+        if marker.commit {
+            for (hash, seen) in open.latest {
+                note_latest(&mut self.latest, hash, seen);
+            }
+        } else {
+            let range = (header.producer_id, open.first_offset);
+            self.aborted.insert(range, header.base_offset);
+        }
+        true
+    }
+}
+
+/// Keeps in `latest` the later of what it holds for `hash` and `seen`.
+fn note_latest(latest: &mut BTreeMap<u128, Latest>, hash: u128, seen: Latest) {
+    let entry = latest.entry(hash).or_insert(seen);
+    if entry.offset < seen.offset {
+        *entry = seen;
     }
 }
 
@@ -264,8 +356,9 @@ fn survives(record: &RawRecord, keys: &KeyMap, deleted_keys: &BTreeSet<u128>) ->
 
 /// Cleans one batch lying wholly below the clean point, against `keys` (the latest offset
 /// of every key below the clean point) and `deleted_keys` (key hashes whose records all
-/// go). `Ok(None)`: nothing to drop, the batch stays as it is (so does every control
-/// batch). Otherwise the rewritten batch.
+/// go). Every record of a batch of an aborted transaction ([`KeyMap::is_aborted`]) goes.
+/// `Ok(None)`: nothing to drop, the batch stays as it is (so does every control batch).
+/// Otherwise the rewritten batch.
 pub fn clean_batch(
     batch_bytes: &[u8],
     keys: &KeyMap,
@@ -276,9 +369,10 @@ pub fn clean_batch(
         return Ok(None);
     }
     let records = decode_raw_records(batch_bytes, &header)?;
+    let aborted = keys.is_aborted(&header);
     let kept: Vec<&RawRecord> = records
         .iter()
-        .filter(|r| survives(r, keys, deleted_keys))
+        .filter(|r| !aborted && survives(r, keys, deleted_keys))
         .collect();
     if kept.len() == records.len() {
         return Ok(None);

@@ -205,6 +205,103 @@ fn duplicate_header_keys_survive_a_rewrite() {
     );
 }
 
+/// A transactional batch of producer `producer_id` laid at `base_offset`.
+fn txn_batch(records: &[Rec], producer_id: i64, base_offset: i64) -> Bytes {
+    let plain = encode(records, Compression::None, base_offset);
+    let producer = crate::client::ProducerFields {
+        producer_id,
+        producer_epoch: 0,
+        base_sequence: 0,
+        transactional: true,
+    };
+    crate::client::with_producer_fields(&plain, producer)
+}
+
+/// The COMMIT or ABORT marker of `producer_id`'s transaction at `offset`.
+fn marker(producer_id: i64, commit: bool, offset: i64) -> Bytes {
+    let marker = crate::log::txn_marker::TxnMarker {
+        commit,
+        coordinator_epoch: 0,
+    };
+    let built = crate::log::txn_marker::build_marker_batch(producer_id, 0, marker, 0);
+    let mut patched = built.to_vec();
+    batch::patch_header(&mut patched, offset, 3);
+    Bytes::from(patched)
+}
+
+#[test]
+fn aborted_transactions_shadow_nothing_and_their_records_go() {
+    let v = |s: &str| Some(s.to_string());
+    let batches = vec![
+        encode(&[(Some("a"), v("a0"), 0)], Compression::None, 0),
+        encode(&[(Some("c"), v("c0"), 0)], Compression::None, 1),
+        // Producer 7's transaction, aborted at 5: a later record of "a" and one without
+        // a key.
+        txn_batch(
+            &[(Some("a"), v("a-aborted"), 0), (None, v("x-aborted"), 0)],
+            7,
+            2,
+        ),
+        // Producer 8's transaction, committed at 6: it supersedes "c".
+        txn_batch(&[(Some("c"), v("c-committed"), 0)], 8, 4),
+        marker(7, false, 5),
+        marker(8, true, 6),
+        // Producer 9's transaction, still open at the clean point: it shadows nothing.
+        txn_batch(&[(Some("a"), v("a-open"), 0)], 9, 7),
+    ];
+    let cleaned = clean_all(&batches, 8, 0);
+    let data: Vec<(i64, Option<Bytes>)> = cleaned
+        .iter()
+        .filter(|b| !batch::parse_whole(b).unwrap().is_control())
+        .flat_map(|b| decoded(std::slice::from_ref(b)))
+        .map(|(offset, _, value)| (offset, value))
+        .collect();
+    let value = |s: &str| Some(Bytes::from(s.to_string()));
+    assert_eq!(
+        data,
+        vec![
+            (0, value("a0")),
+            (4, value("c-committed")),
+            (7, value("a-open"))
+        ]
+    );
+    // The aborted batch stays as an empty batch (its producer fields and offsets), the
+    // markers stay, nothing moves.
+    let aborted = batch::parse_whole(&cleaned[2]).unwrap();
+    assert_eq!(
+        (
+            aborted.base_offset,
+            aborted.next_offset(),
+            aborted.records_count
+        ),
+        (2, 4, 0)
+    );
+    assert!(aborted.is_transactional() && aborted.producer_id == 7);
+    assert_eq!(cleaned[4], batches[4]);
+    assert_eq!(cleaned[5], batches[5]);
+    // Cleaning again changes nothing.
+    assert_eq!(clean_all(&cleaned, 8, 0), cleaned);
+    // Once producer 9's transaction aborts too, the next clean drops its record.
+    let mut later = cleaned.clone();
+    later.push(marker(9, false, 8));
+    let again = clean_all(&later, 9, 0);
+    assert_eq!(batch::parse_whole(&again[6]).unwrap().records_count, 0);
+    assert_eq!(decoded(&again[..1]), decoded(&cleaned[..1]));
+}
+
+#[test]
+fn an_abort_that_does_not_fit_the_key_map_ends_the_walk_before_it() {
+    let v = |s: &str| Some(s.to_string());
+    let batches = vec![
+        txn_batch(&[(Some("a"), v("1"), 0)], 7, 0),
+        marker(7, false, 1),
+    ];
+    let mut keys = KeyMap::new(1);
+    assert!(keys.add_batch(&batches[0]).unwrap());
+    assert!(!keys.add_batch(&batches[1]).unwrap());
+    assert!(!keys.is_aborted(&batch::parse_whole(&batches[0]).unwrap()));
+}
+
 #[test]
 fn key_map_refuses_past_its_bound() {
     let v = |s: &str| Some(s.to_string());

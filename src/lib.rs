@@ -10,6 +10,7 @@ pub mod client;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod coordinator_shards;
 pub mod dev_cluster;
 pub mod error;
 pub mod group;

@@ -17,12 +17,14 @@
 //!   fails, with the producer's error.
 
 use crate::cluster::{AppendOrigin, ClusterNode, ProduceError, Wait};
+use crate::coordinator_shards::Shards;
 use crate::error::ApiError;
 use crate::log::batch::BatchHeader;
 use crate::metadata::CreateTopic;
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use std::collections::BTreeMap;
+use std::ops::DerefMut;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -207,6 +209,98 @@ impl Writer {
                 }
             }
         }
+    }
+}
+
+/// What following the leadership of a coordinator topic needs of a service's state:
+/// its host (made once the topic exists, for its partition count), the partitions it
+/// holds a writer for, and how it drops one partition's state.
+pub trait HostingState {
+    type Coordinator;
+    type Host: DerefMut<Target = Shards<Self::Coordinator>>;
+    fn host(&mut self) -> &mut Option<Self::Host>;
+    /// Partitions with a writer here.
+    fn held(&self) -> Vec<i32>;
+    /// Drops `partition`'s state here: its shard, its writer (queued jobs fail), and
+    /// whatever the service keeps beside them.
+    fn resign(&mut self, partition: i32);
+}
+
+/// Drops the state of every partition held.
+pub fn resign_all<S: HostingState>(state: &mut S) {
+    for partition in state.held() {
+        state.resign(partition);
+    }
+}
+
+/// Brings `state`'s host in line with the partitions of `topic` (of `partitions`,
+/// `None` while the topic does not exist) that this broker leads: a new partition count
+/// makes a new host (`new_host`), a partition led in a new term starts loading, one no
+/// longer led is resigned. Returns the (partition, epoch) leaderships to load.
+pub fn follow_leadership<S: HostingState>(
+    state: &mut S,
+    node: &ClusterNode,
+    topic: &str,
+    partitions: Option<i32>,
+    new_host: impl FnOnce(i32) -> S::Host,
+) -> Vec<(i32, i32)> {
+    let Some(partitions) = partitions else {
+        // Not created yet (or gone): nothing is coordinated here.
+        resign_all(state);
+        *state.host() = None;
+        return Vec::new();
+    };
+    if state.host().as_ref().map(|h| h.partitions()) != Some(partitions) {
+        resign_all(state);
+        *state.host() = Some(new_host(partitions));
+    }
+    let mut to_load = Vec::new();
+    for partition in 0..partitions {
+        let leading = leader_term(node, topic, partition);
+        let held = state.host().as_ref().and_then(|h| h.epoch(partition));
+        match (leading, held) {
+            (Some(term), Some(epoch)) if term == epoch => {}
+            (Some(term), _) => {
+                state.resign(partition);
+                if let Some(host) = state.host().as_mut() {
+                    host.became_leader(partition, term);
+                }
+                to_load.push((partition, term));
+            }
+            (None, Some(_)) => state.resign(partition),
+            (None, None) => {}
+        }
+    }
+    to_load
+}
+
+/// Reads what a load of `partition` for the leadership of `epoch` replays, as `read`
+/// returns it (`Ok(None)`: not readable yet), asking again every `tick` while
+/// `still_wanted`; `None` once the leadership is no longer wanted. A read error is
+/// logged once.
+pub async fn read_for_load<T>(
+    topic: &str,
+    partition: i32,
+    epoch: i32,
+    tick: Duration,
+    still_wanted: impl Fn() -> bool,
+    mut read: impl FnMut() -> Result<Option<T>, String>,
+) -> Option<T> {
+    let mut warned = false;
+    loop {
+        if !still_wanted() {
+            return None;
+        }
+        match read() {
+            Ok(Some(records)) => return Some(records),
+            Ok(None) => {}
+            Err(e) if !warned => {
+                warned = true;
+                tracing::warn!(topic, partition, epoch, error = %e, "could not read a coordinator partition to load it; retrying");
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(tick).await;
     }
 }
 

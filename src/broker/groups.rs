@@ -31,7 +31,7 @@
 //! - **Time.** The same loop ticks every coordinator (session and rebalance timeouts,
 //!   offset retention); their effects take the same path.
 
-use super::coordinator_log::{self, PartitionWriter, Then, WriteJob};
+use super::coordinator_log::{self, HostingState, PartitionWriter, Then, WriteJob};
 use crate::clock;
 use crate::cluster::ClusterNode;
 use crate::config::GroupConfig;
@@ -448,7 +448,7 @@ impl GroupService {
             let kept = state.markers_while_loading.entry(partition).or_default();
             if kept.len() >= MARKERS_WHILE_LOADING_MAX {
                 tracing::warn!(partition, "too many markers during a load: loading again");
-                resign(state, partition);
+                state.resign(partition);
                 return;
             }
             kept.push((marker_offset, producer_id, commit));
@@ -592,11 +592,7 @@ impl GroupService {
         loop {
             tokio::time::sleep(self.tick).await;
             if self.stopped.load(Ordering::SeqCst) {
-                let mut state = self.lock();
-                let partitions: Vec<i32> = state.writers.keys().copied().collect();
-                for partition in partitions {
-                    resign(&mut state, partition);
-                }
+                coordinator_log::resign_all(&mut *self.lock());
                 return;
             }
             for (partition, epoch) in self.follow_leadership() {
@@ -622,78 +618,40 @@ impl GroupService {
     /// Brings the host in line with the partitions led here; returns the (partition,
     /// epoch) leaderships to load.
     fn follow_leadership(&self) -> Vec<(i32, i32)> {
-        let Some(partitions) = self.offsets_partitions() else {
-            // Not created yet (or gone): nothing is coordinated here.
-            let mut state = self.lock();
-            let held: Vec<i32> = state.writers.keys().copied().collect();
-            for partition in held {
-                resign(&mut state, partition);
-            }
-            state.host = None;
-            return Vec::new();
-        };
-        let mut state = self.lock();
-        if state.host.as_ref().map(|h| h.partitions()) != Some(partitions) {
-            let held: Vec<i32> = state.writers.keys().copied().collect();
-            for partition in held {
-                resign(&mut state, partition);
-            }
-            state.host = Some(CoordinatorHost::new(
-                self.config.coordinator.clone(),
-                partitions,
-                self.seed,
-            ));
-        }
-        let mut to_load = Vec::new();
-        for partition in 0..partitions {
-            let leading = coordinator_log::leader_term(&self.node, OFFSETS_TOPIC, partition);
-            let held = state.host.as_ref().and_then(|h| h.epoch(partition));
-            match (leading, held) {
-                (Some(term), Some(epoch)) if term == epoch => {}
-                (Some(term), _) => {
-                    resign(&mut state, partition);
-                    if let Some(host) = state.host.as_mut() {
-                        host.became_leader(partition, term);
-                    }
-                    to_load.push((partition, term));
-                }
-                (None, Some(_)) => resign(&mut state, partition),
-                (None, None) => {}
-            }
-        }
-        to_load
+        let partitions = self.offsets_partitions();
+        let (config, seed) = (&self.config.coordinator, self.seed);
+        coordinator_log::follow_leadership(
+            &mut *self.lock(),
+            &self.node,
+            OFFSETS_TOPIC,
+            partitions,
+            |partitions| CoordinatorHost::new(config.clone(), partitions, seed),
+        )
     }
 
     /// Replays the committed records of `partition` for the leadership of `epoch`, then
     /// starts its writer. Gives up when the leadership ends first.
     async fn load(self: Arc<Self>, partition: i32, epoch: i32) {
-        let still_wanted = |service: &GroupService| {
-            service
-                .lock()
-                .host
-                .as_ref()
-                .and_then(|h| h.epoch(partition))
-                == Some(epoch)
-        };
-        let mut warned = false;
-        let (records, next_offset) = loop {
+        let still_wanted =
+            || self.lock().host.as_ref().and_then(|h| h.epoch(partition)) == Some(epoch);
+        let read = || {
             // Planted bug: serve at once, with none of the partition's records.
             if crate::planted::on("group-serve-before-load") {
-                break (Vec::new(), 0);
+                return Ok(Some((Vec::new(), 0)));
             }
-            if !still_wanted(&self) {
-                return;
-            }
-            match self.read_committed(partition, epoch) {
-                Ok(Some(records)) => break records,
-                Ok(None) => {}
-                Err(e) if !warned => {
-                    warned = true;
-                    tracing::warn!(partition, epoch, error = %e, "could not read {OFFSETS_TOPIC} to load its groups; retrying");
-                }
-                Err(_) => {}
-            }
-            tokio::time::sleep(self.tick).await;
+            self.read_committed(partition, epoch)
+        };
+        let Some((records, next_offset)) = coordinator_log::read_for_load(
+            OFFSETS_TOPIC,
+            partition,
+            epoch,
+            self.tick,
+            still_wanted,
+            read,
+        )
+        .await
+        else {
+            return;
         };
         let mut state = self.lock();
         let state = &mut *state;
@@ -730,7 +688,7 @@ impl GroupService {
                 .get(&partition)
                 .is_some_and(|w| w.epoch == epoch)
             {
-                resign(&mut state, partition);
+                state.resign(partition);
             }
         };
         let writer = PartitionWriter::start(
@@ -790,26 +748,39 @@ fn serving<'a>(
     Ok((partition, host.coordinator(group_id)?))
 }
 
-/// Drops `partition`'s state here: its writer is retired (queued jobs fail), requests
-/// waiting on its groups get NOT_COORDINATOR.
-fn resign(state: &mut State, partition: i32) {
-    if let Some(host) = state.host.as_mut() {
-        host.resigned(partition);
+impl HostingState for State {
+    type Coordinator = GroupCoordinator;
+    type Host = CoordinatorHost;
+
+    fn host(&mut self) -> &mut Option<CoordinatorHost> {
+        &mut self.host
     }
-    state.markers_while_loading.remove(&partition);
-    state.loaded_next_offset.remove(&partition);
-    if let Some(writer) = state.writers.remove(&partition) {
-        writer.retire();
+
+    fn held(&self) -> Vec<i32> {
+        self.writers.keys().copied().collect()
     }
-    let gone: Vec<RequestId> = state
-        .waiting
-        .iter()
-        .filter(|(_, w)| w.partition() == partition)
-        .map(|(id, _)| *id)
-        .collect();
-    for id in gone {
-        if let Some(waiter) = state.waiting.remove(&id) {
-            waiter.fail(ResponseError::NotCoordinator);
+
+    /// Drops `partition`'s state here: its writer is retired (queued jobs fail), requests
+    /// waiting on its groups get NOT_COORDINATOR.
+    fn resign(&mut self, partition: i32) {
+        if let Some(host) = self.host.as_mut() {
+            host.resigned(partition);
+        }
+        self.markers_while_loading.remove(&partition);
+        self.loaded_next_offset.remove(&partition);
+        if let Some(writer) = self.writers.remove(&partition) {
+            writer.retire();
+        }
+        let gone: Vec<RequestId> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| w.partition() == partition)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            if let Some(waiter) = self.waiting.remove(&id) {
+                waiter.fail(ResponseError::NotCoordinator);
+            }
         }
     }
 }
@@ -963,7 +934,7 @@ fn queue_jobs(state: &mut State, partition: i32, jobs: Vec<WriteJob>) {
             partition,
             "the {OFFSETS_TOPIC} writer is full: reloading its groups"
         );
-        resign(state, partition);
+        state.resign(partition);
     }
 }
 

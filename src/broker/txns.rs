@@ -19,7 +19,7 @@
 //! - **Time.** The loop ticks the coordinators: abandoned transactions are aborted after
 //!   their `transaction.timeout.ms`, idle transactional ids expire.
 
-use super::coordinator_log::{self, PartitionWriter, Then, WriteJob};
+use super::coordinator_log::{self, HostingState, PartitionWriter, Then, WriteJob};
 use super::producer_ids::ProducerIds;
 use crate::client::Client;
 use crate::clock;
@@ -376,7 +376,7 @@ impl TxnService {
                 partition,
                 "the {TRANSACTION_STATE_TOPIC} writer is full: reloading"
             );
-            resign(state, partition);
+            state.resign(partition);
         }
     }
 
@@ -507,11 +507,7 @@ impl TxnService {
         loop {
             tokio::time::sleep(self.tick).await;
             if self.stopped.load(Ordering::SeqCst) {
-                let mut state = self.lock();
-                let held: Vec<i32> = state.writers.keys().copied().collect();
-                for partition in held {
-                    resign(&mut state, partition);
-                }
+                coordinator_log::resign_all(&mut *self.lock());
                 return;
             }
             for (partition, epoch) in self.follow_leadership() {
@@ -537,64 +533,34 @@ impl TxnService {
     /// Brings the host in line with the partitions led here; returns the (partition,
     /// epoch) leaderships to load.
     fn follow_leadership(&self) -> Vec<(i32, i32)> {
-        let mut state = self.lock();
-        let Some(partitions) = self.partitions() else {
-            let held: Vec<i32> = state.writers.keys().copied().collect();
-            for partition in held {
-                resign(&mut state, partition);
-            }
-            state.host = None;
-            return Vec::new();
-        };
-        if state.host.as_ref().map(|h| h.partitions()) != Some(partitions) {
-            let held: Vec<i32> = state.writers.keys().copied().collect();
-            for partition in held {
-                resign(&mut state, partition);
-            }
-            state.host = Some(TxnCoordinatorHost::new(
-                self.config.coordinator.clone(),
-                partitions,
-            ));
-        }
-        let mut to_load = Vec::new();
-        for partition in 0..partitions {
-            let leading =
-                coordinator_log::leader_term(&self.node, TRANSACTION_STATE_TOPIC, partition);
-            let held = state.host.as_ref().and_then(|h| h.epoch(partition));
-            match (leading, held) {
-                (Some(term), Some(epoch)) if term == epoch => {}
-                (Some(term), _) => {
-                    resign(&mut state, partition);
-                    if let Some(host) = state.host.as_mut() {
-                        host.became_leader(partition, term);
-                    }
-                    to_load.push((partition, term));
-                }
-                (None, Some(_)) => resign(&mut state, partition),
-                (None, None) => {}
-            }
-        }
-        to_load
+        let partitions = self.partitions();
+        let config = &self.config.coordinator;
+        coordinator_log::follow_leadership(
+            &mut *self.lock(),
+            &self.node,
+            TRANSACTION_STATE_TOPIC,
+            partitions,
+            |partitions| TxnCoordinatorHost::new(config.clone(), partitions),
+        )
     }
 
     /// Replays the committed records of `partition` for the leadership of `epoch`,
     /// starts its writer, and resumes the markers of prepared transactions.
     async fn load(self: Arc<Self>, partition: i32, epoch: i32) {
-        let mut warned = false;
-        let records = loop {
-            if self.lock().host.as_ref().and_then(|h| h.epoch(partition)) != Some(epoch) {
-                return;
-            }
-            match self.read_committed(partition, epoch) {
-                Ok(Some(records)) => break records,
-                Ok(None) => {}
-                Err(e) if !warned => {
-                    warned = true;
-                    tracing::warn!(partition, epoch, error = %e, "could not read {TRANSACTION_STATE_TOPIC} to load its transactions; retrying");
-                }
-                Err(_) => {}
-            }
-            tokio::time::sleep(self.tick).await;
+        let still_wanted =
+            || self.lock().host.as_ref().and_then(|h| h.epoch(partition)) == Some(epoch);
+        let read = || self.read_committed(partition, epoch);
+        let Some(records) = coordinator_log::read_for_load(
+            TRANSACTION_STATE_TOPIC,
+            partition,
+            epoch,
+            self.tick,
+            still_wanted,
+            read,
+        )
+        .await
+        else {
+            return;
         };
         let mut state = self.lock();
         let state = &mut *state;
@@ -619,7 +585,7 @@ impl TxnService {
                 .get(&partition)
                 .is_some_and(|w| w.epoch == epoch)
             {
-                resign(&mut state, partition);
+                state.resign(partition);
             }
         };
         let writer = PartitionWriter::start(
@@ -659,12 +625,25 @@ fn end_txn_error(error: ResponseError) -> EndTxnResponse {
     }
 }
 
-/// Drops `partition`'s state here: its writer is retired (queued jobs fail).
-fn resign(state: &mut State, partition: i32) {
-    if let Some(host) = state.host.as_mut() {
-        host.resigned(partition);
+impl HostingState for State {
+    type Coordinator = TxnCoordinator;
+    type Host = TxnCoordinatorHost;
+
+    fn host(&mut self) -> &mut Option<TxnCoordinatorHost> {
+        &mut self.host
     }
-    if let Some(writer) = state.writers.remove(&partition) {
-        writer.retire();
+
+    fn held(&self) -> Vec<i32> {
+        self.writers.keys().copied().collect()
+    }
+
+    /// Drops `partition`'s state here: its writer is retired (queued jobs fail).
+    fn resign(&mut self, partition: i32) {
+        if let Some(host) = self.host.as_mut() {
+            host.resigned(partition);
+        }
+        if let Some(writer) = self.writers.remove(&partition) {
+            writer.retire();
+        }
     }
 }

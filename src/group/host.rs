@@ -11,8 +11,8 @@
 
 use super::coordinator::{CoordinatorConfig, GroupCoordinator};
 use super::records::LogEntry;
+use crate::coordinator_shards::Shards;
 use kafka_protocol::ResponseError;
-use std::collections::BTreeMap;
 
 /// The name of the internal topic.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -34,52 +34,38 @@ pub fn partition_for(group_id: &str, partitions: i32) -> i32 {
     positive % partitions
 }
 
-enum Shard {
-    /// Leader since `epoch`, replaying the partition's records.
-    Loading { epoch: i32 },
-    Active {
-        epoch: i32,
-        coordinator: Box<GroupCoordinator>,
-    },
-}
-
+/// The groups of the `__consumer_offsets` partitions led here. Dereferences to its
+/// [`Shards`] (leadership, loading, serving).
 pub struct CoordinatorHost {
     config: CoordinatorConfig,
-    partitions: i32,
     seed: u64,
-    shards: BTreeMap<i32, Shard>,
+    shards: Shards<GroupCoordinator>,
+}
+
+impl std::ops::Deref for CoordinatorHost {
+    type Target = Shards<GroupCoordinator>;
+    fn deref(&self) -> &Self::Target {
+        &self.shards
+    }
+}
+
+impl std::ops::DerefMut for CoordinatorHost {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.shards
+    }
 }
 
 impl CoordinatorHost {
     pub fn new(config: CoordinatorConfig, partitions: i32, seed: u64) -> CoordinatorHost {
-        assert!(partitions > 0, "the offsets topic has partitions");
         CoordinatorHost {
             config,
-            partitions,
             seed,
-            shards: BTreeMap::new(),
+            shards: Shards::new(partitions),
         }
     }
 
     pub fn partition_for(&self, group_id: &str) -> i32 {
-        partition_for(group_id, self.partitions)
-    }
-
-    /// This broker leads `partition` from `epoch` on: its records are to be replayed
-    /// (then [`Self::loaded`]). A later epoch of a partition being loaded starts over.
-    pub fn became_leader(&mut self, partition: i32, epoch: i32) {
-        let current = self.shards.get(&partition).map(|s| match s {
-            Shard::Loading { epoch } | Shard::Active { epoch, .. } => *epoch,
-        });
-        if current.is_some_and(|e| e >= epoch) {
-            return;
-        }
-        self.shards.insert(partition, Shard::Loading { epoch });
-    }
-
-    /// This broker no longer leads `partition`: its groups' state is dropped.
-    pub fn resigned(&mut self, partition: i32) {
-        self.shards.remove(&partition);
+        partition_for(group_id, self.partitions())
     }
 
     /// The partition's records and transaction markers, read back for the leadership
@@ -88,8 +74,7 @@ impl CoordinatorHost {
     /// elsewhere). Stale loads (an earlier epoch, or a partition no longer led) change
     /// nothing.
     pub fn loaded(&mut self, partition: i32, epoch: i32, entries: &[LogEntry], now_ms: i64) {
-        if !matches!(self.shards.get(&partition), Some(Shard::Loading { epoch: e }) if *e == epoch)
-        {
+        if !self.is_loading(partition, epoch) {
             return;
         }
         let seed = self.seed ^ (u64::from(partition as u32) << 32) ^ u64::from(epoch as u32);
@@ -97,7 +82,7 @@ impl CoordinatorHost {
         for entry in entries {
             let ours = match entry {
                 LogEntry::Record { record, .. } => {
-                    partition_for(record.group(), self.partitions) == partition
+                    partition_for(record.group(), self.partitions()) == partition
                 }
                 LogEntry::Marker { .. } => true,
             };
@@ -105,52 +90,14 @@ impl CoordinatorHost {
                 coordinator.replay_entry(entry, now_ms);
             }
         }
-        let coordinator = Box::new(coordinator);
-        self.shards
-            .insert(partition, Shard::Active { epoch, coordinator });
+        self.activate(partition, epoch, Box::new(coordinator));
     }
 
     /// The coordinator of `group_id`'s partition, or the error a request for that
     /// group gets here.
     pub fn coordinator(&mut self, group_id: &str) -> Result<&mut GroupCoordinator, ResponseError> {
-        let partition = partition_for(group_id, self.partitions);
-        match self.shards.get_mut(&partition) {
-            None => Err(ResponseError::NotCoordinator),
-            Some(Shard::Loading { .. }) => Err(ResponseError::CoordinatorLoadInProgress),
-            Some(Shard::Active { coordinator, .. }) => Ok(&mut **coordinator),
-        }
-    }
-
-    /// The offsets topic's partition count this host was made for.
-    pub fn partitions(&self) -> i32 {
-        self.partitions
-    }
-
-    /// The leadership epoch this host holds `partition` for (loading or serving).
-    pub fn epoch(&self, partition: i32) -> Option<i32> {
-        self.shards.get(&partition).map(|s| match s {
-            Shard::Loading { epoch } | Shard::Active { epoch, .. } => *epoch,
-        })
-    }
-
-    /// The coordinator of `partition` if it serves for exactly `epoch` (records written
-    /// in one leadership are applied only to the state of that leadership).
-    pub fn serving(&mut self, partition: i32, epoch: i32) -> Option<&mut GroupCoordinator> {
-        match self.shards.get_mut(&partition) {
-            Some(Shard::Active {
-                epoch: e,
-                coordinator,
-            }) if *e == epoch => Some(&mut **coordinator),
-            _ => None,
-        }
-    }
-
-    /// Every coordinator serving now, by partition (to tick them, list groups).
-    pub fn active(&mut self) -> impl Iterator<Item = (i32, &mut GroupCoordinator)> {
-        self.shards.iter_mut().filter_map(|(p, s)| match s {
-            Shard::Active { coordinator, .. } => Some((*p, &mut **coordinator)),
-            Shard::Loading { .. } => None,
-        })
+        let partition = partition_for(group_id, self.partitions());
+        self.coordinator_of(partition)
     }
 }
 

@@ -13,8 +13,8 @@
 
 use super::coordinator::{Effect, TxnConfig, TxnCoordinator};
 use super::records::TxnRecord;
+use crate::coordinator_shards::Shards;
 use kafka_protocol::ResponseError;
-use std::collections::BTreeMap;
 
 /// The name of the internal topic.
 pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
@@ -27,57 +27,36 @@ pub fn partition_for(transactional_id: &str, partitions: i32) -> i32 {
     crate::group::host::partition_for(transactional_id, partitions)
 }
 
-enum Shard {
-    /// Leader since `epoch`, replaying the partition's records.
-    Loading { epoch: i32 },
-    Active {
-        epoch: i32,
-        coordinator: Box<TxnCoordinator>,
-    },
+/// The transactions of the `__transaction_state` partitions led here. Dereferences to
+/// its [`Shards`] (leadership, loading, serving).
+pub struct TxnCoordinatorHost {
+    config: TxnConfig,
+    shards: Shards<TxnCoordinator>,
 }
 
-impl Shard {
-    fn epoch(&self) -> i32 {
-        match self {
-            Shard::Loading { epoch } | Shard::Active { epoch, .. } => *epoch,
-        }
+impl std::ops::Deref for TxnCoordinatorHost {
+    type Target = Shards<TxnCoordinator>;
+    fn deref(&self) -> &Self::Target {
+        &self.shards
     }
 }
 
-pub struct TxnCoordinatorHost {
-    config: TxnConfig,
-    partitions: i32,
-    shards: BTreeMap<i32, Shard>,
+impl std::ops::DerefMut for TxnCoordinatorHost {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.shards
+    }
 }
 
 impl TxnCoordinatorHost {
     pub fn new(config: TxnConfig, partitions: i32) -> TxnCoordinatorHost {
-        assert!(partitions > 0, "the transaction state topic has partitions");
         TxnCoordinatorHost {
             config,
-            partitions,
-            shards: BTreeMap::new(),
+            shards: Shards::new(partitions),
         }
     }
 
     pub fn partition_for(&self, transactional_id: &str) -> i32 {
-        partition_for(transactional_id, self.partitions)
-    }
-
-    /// This broker leads `partition` from `epoch` on: its records are to be replayed
-    /// (then [`Self::loaded`]). A later epoch of a partition being loaded starts over.
-    pub fn became_leader(&mut self, partition: i32, epoch: i32) {
-        assert!((0..self.partitions).contains(&partition));
-        assert!(epoch >= 0, "a leader epoch");
-        if self.epoch(partition).is_some_and(|e| e >= epoch) {
-            return;
-        }
-        self.shards.insert(partition, Shard::Loading { epoch });
-    }
-
-    /// This broker no longer leads `partition`: its transactions' state is dropped.
-    pub fn resigned(&mut self, partition: i32) {
-        self.shards.remove(&partition);
+        partition_for(transactional_id, self.partitions())
     }
 
     /// The partition's records, read back for the leadership of `epoch`: its ids are
@@ -92,19 +71,17 @@ impl TxnCoordinatorHost {
         records: &[TxnRecord],
         now_ms: i64,
     ) -> Vec<Effect> {
-        if !matches!(self.shards.get(&partition), Some(Shard::Loading { epoch: e }) if *e == epoch)
-        {
+        if !self.is_loading(partition, epoch) {
             return Vec::new();
         }
         let mut coordinator = Box::new(TxnCoordinator::new(self.config.clone(), epoch));
         for record in records {
-            if partition_for(&record.transactional_id, self.partitions) == partition {
+            if partition_for(&record.transactional_id, self.partitions()) == partition {
                 coordinator.replay(record);
             }
         }
         let effects = coordinator.pending_markers(now_ms);
-        self.shards
-            .insert(partition, Shard::Active { epoch, coordinator });
+        self.activate(partition, epoch, coordinator);
         effects
     }
 
@@ -114,42 +91,7 @@ impl TxnCoordinatorHost {
         &mut self,
         transactional_id: &str,
     ) -> Result<&mut TxnCoordinator, ResponseError> {
-        let partition = partition_for(transactional_id, self.partitions);
-        match self.shards.get_mut(&partition) {
-            None => Err(ResponseError::NotCoordinator),
-            Some(Shard::Loading { .. }) => Err(ResponseError::CoordinatorLoadInProgress),
-            Some(Shard::Active { coordinator, .. }) => Ok(&mut **coordinator),
-        }
-    }
-
-    /// The transaction state topic's partition count this host was made for.
-    pub fn partitions(&self) -> i32 {
-        self.partitions
-    }
-
-    /// The leadership epoch this host holds `partition` for (loading or serving).
-    pub fn epoch(&self, partition: i32) -> Option<i32> {
-        self.shards.get(&partition).map(Shard::epoch)
-    }
-
-    /// The coordinator of `partition` if it serves for exactly `epoch` (markers
-    /// written and records persisted in one leadership are reported only to the state
-    /// of that leadership).
-    pub fn serving(&mut self, partition: i32, epoch: i32) -> Option<&mut TxnCoordinator> {
-        match self.shards.get_mut(&partition) {
-            Some(Shard::Active {
-                epoch: e,
-                coordinator,
-            }) if *e == epoch => Some(&mut **coordinator),
-            _ => None,
-        }
-    }
-
-    /// Every coordinator serving now, by partition (to tick them, list transactions).
-    pub fn active(&mut self) -> impl Iterator<Item = (i32, &mut TxnCoordinator)> {
-        self.shards.iter_mut().filter_map(|(p, s)| match s {
-            Shard::Active { coordinator, .. } => Some((*p, &mut **coordinator)),
-            Shard::Loading { .. } => None,
-        })
+        let partition = partition_for(transactional_id, self.partitions());
+        self.coordinator_of(partition)
     }
 }

@@ -156,6 +156,23 @@ impl TxnService {
         }
     }
 
+    /// Where the coordinator takes a new producer id from when a call needs one (a
+    /// fresh producer, an exhausted epoch): a block is reserved first, so the call
+    /// itself never waits for the metadata quorum.
+    async fn producer_id_allocator(
+        &self,
+    ) -> Result<impl FnMut() -> Result<i64, ResponseError>, ResponseError> {
+        self.producer_ids
+            .reserve(&self.node)
+            .await
+            .map_err(|e| e.code)?;
+        let ids = self.producer_ids.clone();
+        Ok(move || {
+            ids.try_next()
+                .ok_or(ResponseError::CoordinatorLoadInProgress)
+        })
+    }
+
     /// InitProducerId with a transactional id.
     pub async fn init_producer_id(
         self: &Arc<Self>,
@@ -163,18 +180,10 @@ impl TxnService {
         txn_timeout_ms: i32,
         expected: Option<ProducerIdAndEpoch>,
     ) -> Result<ProducerIdAndEpoch, ResponseError> {
-        // A producer id to hand out if the coordinator needs a new one.
-        if let Err(e) = self.producer_ids.reserve(&self.node).await {
-            return Err(e.code);
-        }
-        let ids = self.producer_ids.clone();
+        let mut allocate = self.producer_id_allocator().await?;
         self.ask(
             transactional_id,
             |coordinator, now_ms| {
-                let mut allocate = || {
-                    ids.try_next()
-                        .ok_or(ResponseError::CoordinatorLoadInProgress)
-                };
                 coordinator.init_producer_id(
                     transactional_id,
                     txn_timeout_ms,
@@ -264,10 +273,10 @@ impl TxnService {
         commit: bool,
         transaction_v2: bool,
     ) -> EndTxnResponse {
-        if let Err(e) = self.producer_ids.reserve(&self.node).await {
-            return end_txn_error(e.code);
-        }
-        let ids = self.producer_ids.clone();
+        let mut allocate = match self.producer_id_allocator().await {
+            Ok(allocate) => allocate,
+            Err(e) => return end_txn_error(e),
+        };
         let result = if commit {
             TxnResult::Commit
         } else {
@@ -276,10 +285,6 @@ impl TxnService {
         self.ask(
             transactional_id,
             |coordinator, now_ms| {
-                let mut allocate = || {
-                    ids.try_next()
-                        .ok_or(ResponseError::CoordinatorLoadInProgress)
-                };
                 coordinator.end_txn(
                     transactional_id,
                     producer,

@@ -8,28 +8,13 @@
 #              PRODUCERS (4), PARTITIONS (4), TXN_BATCHES ("10 1"), CLUSTER (1: also 3 brokers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-dir=${1:-$(mktemp -d /var/tmp/strand-bench-eos.XXXXXX)}
-records=${RECORDS:-300000}
-record_size=${RECORD_SIZE:-1024}
-per_batch=${RECORDS_PER_BATCH:-64}
-producers=${PRODUCERS:-4}
+source bench/lib.sh
+bench_init strand-bench-eos.XXXXXX "${1:-}"
 partitions=${PARTITIONS:-4}
 txn_batches_list=${TXN_BATCHES:-10 1}
 single_port=19992
 cluster_port=20092
 
-cargo build --release --quiet
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-wait_port() {
-    for _ in $(seq 1 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
-    echo "nothing listens on port $1" >&2; return 1
-}
 run() { # run PORT TOPIC LABEL [EXTRA BENCH FLAGS...]
     local port=$1 topic=$2 label=$3
     shift 3

@@ -10,28 +10,13 @@
 #              PRODUCERS (4), PARTITIONS ("1 100").
 set -euo pipefail
 cd "$(dirname "$0")/.."
-dir=${1:-$(mktemp -d /var/tmp/strand-bench-repl.XXXXXX)}
-records=${RECORDS:-300000}
-record_size=${RECORD_SIZE:-1024}
-per_batch=${RECORDS_PER_BATCH:-64}
-producers=${PRODUCERS:-4}
+source bench/lib.sh
+bench_init strand-bench-repl.XXXXXX "${1:-}"
 partitions_list=${PARTITIONS:-1 100}
 single_port=19792
 cluster_port=19892
 write_kib=$(( (per_batch * (record_size + 10) + 61 + 1023) / 1024 ))
 
-cargo build --release --quiet
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-wait_port() {
-    for _ in $(seq 1 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
-    echo "nothing listens on port $1" >&2; return 1
-}
 bench() { # bench PORT LABEL
     for partitions in $partitions_list; do
         echo "-- $2, $partitions partition(s)"

@@ -76,6 +76,8 @@ pub enum SequenceError {
     OutOfOrder { expected: i32, got: i32 },
     #[error("a batch from an idempotent producer must carry a sequence number")]
     NoSequence,
+    #[error("a non-transactional batch from a producer whose transaction is open here")]
+    NotTransactional,
 }
 
 impl SequenceError {
@@ -84,6 +86,7 @@ impl SequenceError {
             SequenceError::StaleEpoch { .. } => ResponseError::InvalidProducerEpoch,
             SequenceError::OutOfOrder { .. } => ResponseError::OutOfOrderSequenceNumber,
             SequenceError::NoSequence => ResponseError::InvalidRecord,
+            SequenceError::NotTransactional => ResponseError::InvalidTxnState,
         }
     }
 }
@@ -180,6 +183,11 @@ impl ProducerEntry {
                     expected: latest.last_sequence.wrapping_add(1) & i32::MAX,
                     got: first,
                 })
+            }
+            // As Kafka: while the producer's transaction is open here, every batch it
+            // writes belongs to it (INVALID_TXN_STATE).
+            _ if !header.is_transactional() && entry.current_txn_first_offset.is_some() => {
+                Err(SequenceError::NotTransactional)
             }
             _ => Ok(Verdict::Append),
         }

@@ -446,3 +446,29 @@ fn markers_of_stale_producer_or_coordinator_epochs_are_fenced() {
         Ok(())
     );
 }
+
+#[test]
+fn a_producer_with_an_open_transaction_writes_only_transactional_batches() {
+    let mut state = ProducerStateMap::empty_at(0);
+    state.apply(&txn_batch(1, 0, 2, 0));
+    // As Kafka (INVALID_TXN_STATE): the next batch must belong to the open transaction.
+    let plain = batch(1, 0, 2, 1, 2);
+    assert_eq!(
+        ProducerEntry::check(state.entry(1), &plain),
+        Err(SequenceError::NotTransactional)
+    );
+    assert_eq!(
+        SequenceError::NotTransactional.kafka_error(),
+        ResponseError::InvalidTxnState
+    );
+    assert_eq!(
+        ProducerEntry::check(state.entry(1), &txn_batch(1, 2, 1, 2)),
+        Ok(Verdict::Append)
+    );
+    // Once the transaction's marker is written, a plain batch is fine again.
+    state.apply_batch(&marker(1, 0, 2), end(false, 0)).unwrap();
+    assert_eq!(
+        ProducerEntry::check(state.entry(1), &batch(1, 0, 2, 1, 3)),
+        Ok(Verdict::Append)
+    );
+}

@@ -145,6 +145,14 @@ impl TxnCoordinatorHost {
         }
     }
 
+    /// Whether a partition led here is still loading (ListTransactions then answers
+    /// COORDINATOR_LOAD_IN_PROGRESS, as Kafka does).
+    pub fn any_loading(&self) -> bool {
+        self.shards
+            .values()
+            .any(|s| matches!(s, Shard::Loading { .. }))
+    }
+
     /// Every coordinator serving now, by partition (to tick them, list transactions).
     pub fn active(&mut self) -> impl Iterator<Item = (i32, &mut TxnCoordinator)> {
         self.shards.iter_mut().filter_map(|(p, s)| match s {

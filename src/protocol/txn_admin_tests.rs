@@ -8,7 +8,7 @@
 //! `__transaction_state` partition answers NOT_COORDINATOR, one that does not lead a
 //! partition NOT_LEADER_OR_FOLLOWER.
 
-use super::txn_offset_tests::start;
+use super::txn_offset_tests::{call, start};
 use crate::client::{encode_batch, response_error, with_producer_fields, Client, ProducerFields};
 use crate::storage::MemoryStorage;
 use anyhow::Result;
@@ -287,15 +287,14 @@ async fn a_broker_without_the_coordinator_or_the_partition_says_so() {
     let broker = super::tests::test_broker().await;
     let request = DescribeTransactionsRequest::default()
         .with_transactional_ids(vec![super::tests::s(TXN_ID).into()]);
-    let frame = super::tests::frame(
+    let response = call(
+        &broker,
         ApiKey::DescribeTransactions,
         0,
-        1,
-        &RequestKind::DescribeTransactions(request),
-    );
-    let pending = super::dispatch::dispatch(&broker, frame).await.unwrap();
-    let Some(ResponseKind::DescribeTransactions(r)) = super::tests::resolve(pending.reply).await
-    else {
+        RequestKind::DescribeTransactions(request),
+    )
+    .await;
+    let ResponseKind::DescribeTransactions(r) = response else {
         panic!("not a DescribeTransactions response")
     };
     assert_eq!(
@@ -307,15 +306,14 @@ async fn a_broker_without_the_coordinator_or_the_partition_says_so() {
     let request = DescribeProducersRequest::default().with_topics(vec![TopicRequest::default()
         .with_name(TopicName(super::tests::s("existing")))
         .with_partition_indexes(vec![0, 7])]);
-    let frame = super::tests::frame(
+    let response = call(
+        &broker,
         ApiKey::DescribeProducers,
         0,
-        2,
-        &RequestKind::DescribeProducers(request),
-    );
-    let pending = super::dispatch::dispatch(&broker, frame).await.unwrap();
-    let Some(ResponseKind::DescribeProducers(r)) = super::tests::resolve(pending.reply).await
-    else {
+        RequestKind::DescribeProducers(request),
+    )
+    .await;
+    let ResponseKind::DescribeProducers(r) = response else {
         panic!("not a DescribeProducers response")
     };
     let errors: Vec<i16> = r.topics[0]

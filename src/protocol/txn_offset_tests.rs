@@ -41,7 +41,7 @@ pub(super) async fn start(
     (broker, server)
 }
 
-async fn call(
+pub(super) async fn call(
     broker: &Arc<Broker>,
     key: ApiKey,
     version: i16,

@@ -72,6 +72,9 @@ pub struct TxnServiceConfig {
     pub coordinator: crate::txn::coordinator::TxnConfig,
     /// `producer.id.expiration.ms`: a partition forgets a producer silent this long.
     pub producer_id_expiration_ms: i64,
+    /// `transaction.partition.verification.enable` (KIP-890 part 1): a partition leader
+    /// asks the coordinator before a transactional batch opens a transaction there.
+    pub transaction_partition_verification_enable: bool,
 }
 
 impl Default for TxnServiceConfig {
@@ -82,6 +85,7 @@ impl Default for TxnServiceConfig {
             coordinator: Default::default(),
             producer_id_expiration_ms:
                 crate::log::producer_state::DEFAULT_PRODUCER_ID_EXPIRATION_MS,
+            transaction_partition_verification_enable: true,
         }
     }
 }
@@ -185,6 +189,7 @@ pub struct ConfigFile {
     pub transaction_max_timeout_ms: Option<i32>,
     pub transactional_id_expiration_ms: Option<i64>,
     pub producer_id_expiration_ms: Option<i64>,
+    pub transaction_partition_verification_enable: Option<bool>,
     /// Topic config defaults by their Kafka names, e.g. `"retention.ms" = "3600000"`.
     #[serde(default)]
     pub topic_defaults: BTreeMap<String, String>,
@@ -436,6 +441,9 @@ fn txn_config(file: &ConfigFile) -> Result<TxnServiceConfig, String> {
             return Err(format!("producer-id-expiration-ms: must be >= 1, got {v}"));
         }
         txns.producer_id_expiration_ms = v;
+    }
+    if let Some(v) = file.transaction_partition_verification_enable {
+        txns.transaction_partition_verification_enable = v;
     }
     Ok(txns)
 }

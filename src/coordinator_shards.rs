@@ -110,6 +110,14 @@ impl<C> Shards<C> {
         }
     }
 
+    /// Whether a partition led here is still loading (ListTransactions then answers
+    /// COORDINATOR_LOAD_IN_PROGRESS, as Kafka does).
+    pub fn any_loading(&self) -> bool {
+        self.shards
+            .values()
+            .any(|s| matches!(s, Shard::Loading { .. }))
+    }
+
     /// Every coordinator serving now, by partition (to tick them, list their keys).
     pub fn active(&mut self) -> impl Iterator<Item = (i32, &mut C)> {
         self.shards.iter_mut().filter_map(|(p, s)| match s {

@@ -147,6 +147,9 @@ fuzz_target!(|data: &[u8]| {
             EndTxn => EndTxnRequest, EndTxnResponse,
             TxnOffsetCommit => TxnOffsetCommitRequest, TxnOffsetCommitResponse,
             WriteTxnMarkers => WriteTxnMarkersRequest, WriteTxnMarkersResponse,
+            ListTransactions => ListTransactionsRequest, ListTransactionsResponse,
+            DescribeTransactions => DescribeTransactionsRequest, DescribeTransactionsResponse,
+            DescribeProducers => DescribeProducersRequest, DescribeProducersResponse,
         ),
         _ => header_roundtrip(s.key, version, kind == 2, bytes),
     }

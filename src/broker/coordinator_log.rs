@@ -368,6 +368,14 @@ pub fn live_leader(node: &ClusterNode, topic: &str, partition: i32) -> Result<i3
     })
 }
 
+/// The Kafka listener address `broker` registered, if it is known and parses.
+pub fn kafka_address(node: &ClusterNode, broker: i32) -> Option<std::net::SocketAddr> {
+    let (host, port) =
+        node.with_image(|image| image.brokers.get(&broker).map(|b| (b.host.clone(), b.port)))?;
+    let port = u16::try_from(port).ok()?;
+    format!("{host}:{port}").parse().ok()
+}
+
 /// The term in which this broker leads `topic`-`partition`, if it does.
 pub fn leader_term(node: &ClusterNode, topic: &str, partition: i32) -> Option<i32> {
     node.replica(topic, partition)

@@ -13,6 +13,7 @@ pub mod coordinator_log;
 pub mod groups;
 pub mod metadata_store;
 pub mod producer_ids;
+pub mod txn_verifier;
 pub mod txns;
 
 use crate::clock;
@@ -48,6 +49,8 @@ pub struct Broker {
     pub producer_ids: Arc<producer_ids::ProducerIds>,
     /// The transaction coordinators this broker hosts.
     pub txns: Arc<txns::TxnService>,
+    /// Asks transaction coordinators to verify transactional produce (KIP-890).
+    pub txn_verifier: txn_verifier::TxnVerifier,
     storage: Arc<dyn Storage>,
     /// Set when a clean shutdown starts: produce answers NOT_LEADER_OR_FOLLOWER so that
     /// clients keep their records and retry once the broker is back.
@@ -112,12 +115,14 @@ impl Broker {
             producer_ids.clone(),
             config.raft_tick_ms,
         ));
+        let txn_verifier = txn_verifier::TxnVerifier::new(node.clone());
         let broker = Arc::new(Broker {
             config,
             node,
             groups,
             producer_ids,
             txns,
+            txn_verifier,
             storage,
             shutting_down: AtomicBool::new(false),
         });

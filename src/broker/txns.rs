@@ -34,7 +34,6 @@ use crate::txn::host::{TxnCoordinatorHost, TRANSACTION_STATE_TOPIC};
 use crate::txn::records::{decode_batches, encode_batch, TxnRecord};
 use kafka_protocol::ResponseError;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -318,21 +317,26 @@ impl TxnService {
             .collect()
     }
 
-    /// ListTransactions over every coordinator here; also the unknown state filters.
-    pub fn list(&self, filter: &ListFilter) -> (Vec<TxnListing>, Vec<String>) {
+    /// ListTransactions over every coordinator here, with the state filters that name
+    /// no state; COORDINATOR_LOAD_IN_PROGRESS while a partition led here loads.
+    pub fn list(
+        &self,
+        filter: &ListFilter,
+    ) -> Result<(Vec<TxnListing>, Vec<String>), ResponseError> {
+        let unknown: BTreeSet<String> = filter.unknown_states().into_iter().collect();
         let mut state = self.lock();
         let Some(host) = state.host.as_mut() else {
-            return (Vec::new(), Vec::new());
+            return Ok((Vec::new(), unknown.into_iter().collect()));
         };
+        if host.any_loading() {
+            return Err(ResponseError::CoordinatorLoadInProgress);
+        }
         let now_ms = clock::now_ms();
         let mut listed = Vec::new();
-        let mut unknown = BTreeSet::new();
         for (_, coordinator) in host.active() {
-            let (found, bad) = coordinator.list(filter, now_ms);
-            listed.extend(found);
-            unknown.extend(bad);
+            listed.extend(coordinator.list(filter, now_ms).0);
         }
-        (listed, unknown.into_iter().collect())
+        Ok((listed, unknown.into_iter().collect()))
     }
 
     /// Queues a coordinator's effects on its partition's writer (see the module comment);
@@ -461,7 +465,7 @@ impl TxnService {
         partitions: &[TopicPartition],
     ) -> Vec<TopicPartition> {
         if !connections.contains_key(&leader) {
-            let Some(addr) = self.kafka_address(leader) else {
+            let Some(addr) = coordinator_log::kafka_address(&self.node, leader) else {
                 return Vec::new();
             };
             match tokio::time::timeout(MARKER_REQUEST_TIMEOUT, Client::connect(addr)).await {
@@ -496,14 +500,6 @@ impl TxnService {
                 Vec::new()
             }
         }
-    }
-
-    fn kafka_address(&self, broker: i32) -> Option<SocketAddr> {
-        let (host, port) = self
-            .node
-            .with_image(|image| image.brokers.get(&broker).map(|b| (b.host.clone(), b.port)))?;
-        let port = u16::try_from(port).ok()?;
-        format!("{host}:{port}").parse().ok()
     }
 
     /// The background loop: follows the leadership of `__transaction_state` partitions

@@ -184,6 +184,46 @@ fn check_assignment_counts(mut rest: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// (topic, partition) pairs grouped by topic (topics in first-seen order), each made
+/// into a request's topic entry by `entry`.
+fn by_topic<T>(partitions: &[(String, i32)], entry: impl Fn(TopicName, Vec<i32>) -> T) -> Vec<T> {
+    let mut topics: Vec<(&str, Vec<i32>)> = Vec::new();
+    for (topic, partition) in partitions {
+        match topics.iter_mut().find(|(t, _)| t == topic) {
+            Some((_, ps)) => ps.push(*partition),
+            None => topics.push((topic, vec![*partition])),
+        }
+    }
+    topics
+        .into_iter()
+        .map(|(topic, ps)| entry(TopicName(str_bytes(topic)), ps))
+        .collect()
+}
+
+fn txn_topics(
+    partitions: &[(String, i32)],
+) -> Vec<add_partitions_to_txn_request::AddPartitionsToTxnTopic> {
+    by_topic(partitions, |name, ps| {
+        add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+            .with_name(name)
+            .with_partitions(ps)
+    })
+}
+
+/// An error code as an optional error (an unknown code is UNKNOWN_SERVER_ERROR).
+pub fn optional_error(code: i16) -> Option<ResponseError> {
+    (code != 0)
+        .then(|| ResponseError::try_from_code(code).unwrap_or(ResponseError::UnknownServerError))
+}
+
+/// One transaction of a KIP-890 verification (AddPartitionsToTxn v4+ `verify_only`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnToVerify {
+    pub transactional_id: String,
+    pub producer: (i64, i16),
+    pub partitions: Vec<(String, i32)>,
+}
+
 fn check(code: i16) -> Result<()> {
     match ResponseError::try_from_code(code) {
         None if code == 0 => Ok(()),
@@ -454,18 +494,7 @@ impl Client {
         producer: (i64, i16),
         partitions: &[(String, i32)],
     ) -> Result<()> {
-        use add_partitions_to_txn_request::AddPartitionsToTxnTopic;
-        let mut topics: Vec<AddPartitionsToTxnTopic> = Vec::new();
-        for (topic, partition) in partitions {
-            match topics.iter_mut().find(|t| t.name.0.as_str() == topic) {
-                Some(t) => t.partitions.push(*partition),
-                None => topics.push(
-                    AddPartitionsToTxnTopic::default()
-                        .with_name(TopicName(str_bytes(topic)))
-                        .with_partitions(vec![*partition]),
-                ),
-            }
-        }
+        let topics = txn_topics(partitions);
         let request = AddPartitionsToTxnRequest::default()
             .with_v3_and_below_transactional_id(TransactionalId(str_bytes(transactional_id)))
             .with_v3_and_below_producer_id(ProducerId(producer.0))
@@ -691,17 +720,11 @@ impl Client {
         partitions: &[(String, i32)],
     ) -> Result<Vec<((String, i32), Option<ResponseError>)>> {
         use write_txn_markers_request::{WritableTxnMarker, WritableTxnMarkerTopic};
-        let mut topics: Vec<WritableTxnMarkerTopic> = Vec::new();
-        for (topic, partition) in partitions {
-            match topics.iter_mut().find(|t| t.name.0.as_str() == topic) {
-                Some(t) => t.partition_indexes.push(*partition),
-                None => topics.push(
-                    WritableTxnMarkerTopic::default()
-                        .with_name(TopicName(str_bytes(topic)))
-                        .with_partition_indexes(vec![*partition]),
-                ),
-            }
-        }
+        let topics = by_topic(partitions, |name, ps| {
+            WritableTxnMarkerTopic::default()
+                .with_name(name)
+                .with_partition_indexes(ps)
+        });
         let marker = WritableTxnMarker::default()
             .with_producer_id(ProducerId(producer_id))
             .with_producer_epoch(producer_epoch)
@@ -714,15 +737,97 @@ impl Client {
         for marker in &response.markers {
             for topic in &marker.topics {
                 for p in &topic.partitions {
-                    let error = (p.error_code != 0).then(|| {
-                        ResponseError::try_from_code(p.error_code)
-                            .unwrap_or(ResponseError::UnknownServerError)
-                    });
+                    let error = optional_error(p.error_code);
                     out.push(((topic.name.0.to_string(), p.partition_index), error));
                 }
             }
         }
         Ok(out)
+    }
+
+    /// AddPartitionsToTxn v5 with `verify_only` (KIP-890 part 1, what a partition
+    /// leader asks a transaction coordinator): per transactional id, the error of each
+    /// (topic, partition). A request-level error fails the call.
+    pub async fn verify_txn_partitions(
+        &mut self,
+        transactions: &[TxnToVerify],
+    ) -> Result<Vec<(String, Vec<((String, i32), Option<ResponseError>)>)>> {
+        use add_partitions_to_txn_request::AddPartitionsToTxnTransaction;
+        let transactions = transactions
+            .iter()
+            .map(|t| {
+                AddPartitionsToTxnTransaction::default()
+                    .with_transactional_id(TransactionalId(str_bytes(&t.transactional_id)))
+                    .with_producer_id(ProducerId(t.producer.0))
+                    .with_producer_epoch(t.producer.1)
+                    .with_verify_only(true)
+                    .with_topics(txn_topics(&t.partitions))
+            })
+            .collect();
+        let request = AddPartitionsToTxnRequest::default().with_transactions(transactions);
+        let response = self.send(&request, 5).await?;
+        check(response.error_code)?;
+        Ok(response
+            .results_by_transaction
+            .iter()
+            .map(|t| {
+                let partitions = t
+                    .topic_results
+                    .iter()
+                    .flat_map(|topic| {
+                        topic.results_by_partition.iter().map(|p| {
+                            let tp = (topic.name.0.to_string(), p.partition_index);
+                            (tp, optional_error(p.partition_error_code))
+                        })
+                    })
+                    .collect();
+                (t.transactional_id.0.to_string(), partitions)
+            })
+            .collect())
+    }
+
+    /// ListTransactions (v1) with its filters (empty: none; `duration_filter_ms` -1:
+    /// none).
+    pub async fn list_transactions(
+        &mut self,
+        states: &[&str],
+        producer_ids: &[i64],
+        duration_filter_ms: i64,
+    ) -> Result<ListTransactionsResponse> {
+        let request = ListTransactionsRequest::default()
+            .with_state_filters(states.iter().map(|s| str_bytes(s)).collect())
+            .with_producer_id_filters(producer_ids.iter().map(|p| ProducerId(*p)).collect())
+            .with_duration_filter(duration_filter_ms);
+        self.send(&request, 1).await
+    }
+
+    /// DescribeTransactions (v0).
+    pub async fn describe_transactions(
+        &mut self,
+        transactional_ids: &[&str],
+    ) -> Result<DescribeTransactionsResponse> {
+        let request = DescribeTransactionsRequest::default().with_transactional_ids(
+            transactional_ids
+                .iter()
+                .map(|t| TransactionalId(str_bytes(t)))
+                .collect(),
+        );
+        self.send(&request, 0).await
+    }
+
+    /// DescribeProducers (v0) of the given partitions.
+    pub async fn describe_producers(
+        &mut self,
+        partitions: &[(String, i32)],
+    ) -> Result<DescribeProducersResponse> {
+        use describe_producers_request::TopicRequest;
+        let topics = by_topic(partitions, |name, ps| {
+            TopicRequest::default()
+                .with_name(name)
+                .with_partition_indexes(ps)
+        });
+        let request = DescribeProducersRequest::default().with_topics(topics);
+        self.send(&request, 0).await
     }
 
     /// Produces key/value records as one batch.

@@ -32,6 +32,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 mod compaction;
 mod idempotence;
+pub mod txn_verification;
+
+use txn_verification::{TxnAppend, TxnVerifications};
 
 /// The Raft group of the cluster metadata log.
 pub const METADATA_GROUP: &str = "__cluster_metadata-0";
@@ -129,6 +132,8 @@ pub enum ProduceError {
     InvalidRecord(String),
     #[error("{0}")]
     Marker(crate::log::producer_state::MarkerError),
+    #[error("the partition was not verified to be in the producer's ongoing transaction")]
+    TxnNotVerified,
 }
 
 impl ProduceError {
@@ -142,6 +147,7 @@ impl ProduceError {
             ProduceError::Sequence(e) => e.kafka_error(),
             ProduceError::InvalidRecord(_) => ResponseError::InvalidRecord,
             ProduceError::Marker(e) => e.kafka_error(),
+            ProduceError::TxnNotVerified => ResponseError::InvalidTxnState,
         }
     }
 }
@@ -224,6 +230,14 @@ pub enum AppendOrigin {
     Coordinator,
 }
 
+/// What the driver task checks before proposing a produce's batches.
+struct ProposalChecks {
+    /// Proposed only if this broker leads the group in this term (None: any term).
+    in_term: Option<u64>,
+    origin: AppendOrigin,
+    txn: TxnAppend,
+}
+
 enum Command {
     /// Batches of one produce request for one partition, proposed back to back.
     Propose {
@@ -233,6 +247,8 @@ enum Command {
         /// Proposed only if this broker leads the group in this term (None: any term).
         in_term: Option<u64>,
         origin: AppendOrigin,
+        /// The KIP-890 verification of a client's transactional batch.
+        txn: TxnAppend,
         reply: oneshot::Sender<Result<i64, ProduceError>>,
     },
     ProposeMetadata {
@@ -289,6 +305,9 @@ pub struct ClusterNode {
     directory_id: u64,
     /// Only the driver task touches it.
     metadata_reads: Mutex<MetadataReads>,
+    /// KIP-890 verification guards of the partitions this broker leads: taken by the
+    /// produce handler, checked and removed by the driver task.
+    txn_verifications: Mutex<TxnVerifications>,
 }
 
 /// This disk's directory id (`DIRECTORY_ID_FILE`), chosen and written down when the
@@ -387,6 +406,7 @@ impl ClusterNode {
             rng: Mutex::new(rng),
             directory_id,
             metadata_reads: Mutex::new(MetadataReads::new(metadata_applied)),
+            txn_verifications: Mutex::default(),
             config,
         });
         node.reconcile(&mut driver)?;
@@ -486,6 +506,90 @@ impl ClusterNode {
             .await
     }
 
+    /// [`ClusterNode::submit`] of a client's batch cleared by the KIP-890 check `txn`
+    /// (see `txn_verification`).
+    pub async fn submit_transactional(
+        &self,
+        topic: &str,
+        partition: i32,
+        batches: Vec<Bytes>,
+        wait: Wait,
+        txn: TxnAppend,
+    ) -> Result<ProduceTicket, ProduceError> {
+        let checks = ProposalChecks {
+            in_term: None,
+            origin: AppendOrigin::Client,
+            txn,
+        };
+        self.queue_proposal(topic, partition, batches, wait, checks)
+            .await
+    }
+
+    /// Whether the log of `topic`-`partition` holds an open transaction of the
+    /// producer at `producer_epoch` (its next batches need no verification).
+    pub fn txn_open(
+        &self,
+        topic: &str,
+        partition: i32,
+        producer_id: i64,
+        producer_epoch: i16,
+    ) -> bool {
+        self.replica(topic, partition).is_some_and(|replica| {
+            let storage = replica.storage.lock();
+            storage
+                .log()
+                .producer_state()
+                .entry(producer_id)
+                .is_some_and(|e| {
+                    e.producer_epoch == producer_epoch && e.current_txn_first_offset.is_some()
+                })
+        })
+    }
+
+    /// A KIP-890 verification guard for the producer on `topic`-`partition`, taken
+    /// before asking the coordinator, and whether the coordinator already confirmed it
+    /// (NOT_LEADER_OR_FOLLOWER unless this broker leads the partition).
+    pub fn begin_txn_verification(
+        &self,
+        topic: &str,
+        partition: i32,
+        producer_id: i64,
+        producer_epoch: i16,
+    ) -> Result<(u64, bool), ResponseError> {
+        let replica = self
+            .replica(topic, partition)
+            .ok_or(ResponseError::NotLeaderOrFollower)?;
+        let (leader, term) = replica.leader();
+        if leader != self.config.node_id {
+            return Err(ResponseError::NotLeaderOrFollower);
+        }
+        let mut verifications = self
+            .txn_verifications
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        Ok(verifications.begin(
+            &group_of(topic, partition),
+            producer_id,
+            producer_epoch,
+            term,
+        ))
+    }
+
+    /// The coordinator confirmed `guard` (see [`ClusterNode::begin_txn_verification`]).
+    pub fn confirm_txn_verification(
+        &self,
+        topic: &str,
+        partition: i32,
+        producer_id: i64,
+        guard: u64,
+    ) {
+        let mut verifications = self
+            .txn_verifications
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        verifications.confirm(&group_of(topic, partition), producer_id, guard);
+    }
+
     /// [`ClusterNode::submit`], refused with `NotLeader` unless this broker leads the
     /// partition in `term` (when given): a writer whose state belongs to one leadership
     /// (a group coordinator) never appends in a later one, where another leader may have
@@ -499,14 +603,37 @@ impl ClusterNode {
         term: Option<u64>,
         origin: AppendOrigin,
     ) -> Result<ProduceTicket, ProduceError> {
+        let checks = ProposalChecks {
+            in_term: term,
+            origin,
+            txn: TxnAppend::Unchecked,
+        };
+        self.queue_proposal(topic, partition, batches, wait, checks)
+            .await
+    }
+
+    async fn queue_proposal(
+        &self,
+        topic: &str,
+        partition: i32,
+        batches: Vec<Bytes>,
+        wait: Wait,
+        checks: ProposalChecks,
+    ) -> Result<ProduceTicket, ProduceError> {
         assert!(!batches.is_empty(), "a proposal carries at least one batch");
         let (reply, answer) = oneshot::channel();
+        let ProposalChecks {
+            in_term,
+            origin,
+            txn,
+        } = checks;
         let command = Command::Propose {
             group: group_of(topic, partition),
             batches,
             wait,
-            in_term: term,
+            in_term,
             origin,
+            txn,
             reply,
         };
         self.commands
@@ -1409,6 +1536,7 @@ impl ClusterNode {
                 wait,
                 in_term,
                 origin,
+                txn,
                 reply,
             } => {
                 if let Some(term) = in_term {
@@ -1431,7 +1559,11 @@ impl ClusterNode {
                 } else {
                     wait
                 };
-                match idempotence::check_producer_batches(driver, &group, &batches, origin) {
+                let txn = idempotence::TxnCheck {
+                    append: txn,
+                    verifications: &self.txn_verifications,
+                };
+                match idempotence::check_producer_batches(driver, &group, &batches, origin, &txn) {
                     Ok(idempotence::ProducerCheck::Propose) => {}
                     Ok(duplicate) => {
                         self.answer_duplicate(pending, group, duplicate, wait, reply);

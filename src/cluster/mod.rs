@@ -13,6 +13,7 @@
 mod engine;
 mod metadata_reads;
 
+pub use engine::txn_verification::TxnAppend;
 pub use engine::{
     check_leader_epoch, AppendOrigin, ClusterConfig, ClusterNode, ProduceError, ProduceTicket,
     RecoveryPoints, Replica, Wait, METADATA_GROUP,

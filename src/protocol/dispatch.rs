@@ -112,6 +112,11 @@ pub async fn dispatch_from(
         RequestKind::EndTxn(r) => api::end_txn::handle(broker, version, r).await,
         RequestKind::TxnOffsetCommit(r) => api::txn_offset_commit::handle(broker, version, r),
         RequestKind::WriteTxnMarkers(r) => api::write_txn_markers::handle(broker, version, r).await,
+        RequestKind::ListTransactions(r) => api::list_transactions::handle(broker, version, r),
+        RequestKind::DescribeTransactions(r) => {
+            api::describe_transactions::handle(broker, version, r)
+        }
+        RequestKind::DescribeProducers(r) => api::describe_producers::handle(broker, version, r),
         RequestKind::JoinGroup(r) => {
             let client_id = header.client_id.map(|c| c.to_string()).unwrap_or_default();
             // Kafka shows a member's host as "/address".

@@ -10,6 +10,8 @@ pub mod versions;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod txn_admin_tests;
+#[cfg(test)]
 mod txn_offset_tests;
 #[cfg(test)]
 mod txn_tests;

@@ -20,11 +20,17 @@ pub(super) fn s(v: &str) -> StrBytes {
 }
 
 pub(super) async fn test_broker() -> Arc<Broker> {
-    let config = BrokerConfig {
+    test_broker_with(|_| {}).await
+}
+
+/// [`test_broker`] with its config changed by `adjust` first.
+pub(super) async fn test_broker_with(adjust: impl FnOnce(&mut BrokerConfig)) -> Arc<Broker> {
+    let mut config = BrokerConfig {
         data_dir: "/data".into(),
         seed: Some(7),
         ..BrokerConfig::default()
     };
+    adjust(&mut config);
     let broker = Broker::open(config, Arc::new(MemoryStorage::new()), None)
         .await
         .unwrap();
@@ -418,6 +424,23 @@ fn request_for(key: ApiKey, version: i16) -> RequestKind {
                     .with_topics(vec![WritableTxnMarkerTopic::default()
                         .with_name(topic("existing"))
                         .with_partition_indexes(vec![0])]),
+            ]))
+        }
+        ApiKey::ListTransactions => RequestKind::ListTransactions(
+            ListTransactionsRequest::default()
+                .with_state_filters(vec![s("Ongoing")])
+                .with_producer_id_filters(vec![ProducerId(1)])
+                .with_duration_filter(if version >= 1 { 10 } else { -1 }),
+        ),
+        ApiKey::DescribeTransactions => RequestKind::DescribeTransactions(
+            DescribeTransactionsRequest::default().with_transactional_ids(vec![s("t1").into()]),
+        ),
+        ApiKey::DescribeProducers => {
+            use describe_producers_request::*;
+            RequestKind::DescribeProducers(DescribeProducersRequest::default().with_topics(vec![
+                TopicRequest::default()
+                    .with_name(topic("existing"))
+                    .with_partition_indexes(vec![0, 1]),
             ]))
         }
         other => panic!("no test request for {other:?}"),

@@ -20,7 +20,9 @@ const GROUP: &str = "txn-group";
 const TXN_ID: &str = "txn-app";
 
 /// A broker on `storage` serving Kafka on a loopback port (the markers need it).
-async fn start(storage: Arc<MemoryStorage>) -> (Arc<Broker>, tokio::task::JoinHandle<()>) {
+pub(super) async fn start(
+    storage: Arc<MemoryStorage>,
+) -> (Arc<Broker>, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let mut config = BrokerConfig {
@@ -39,7 +41,7 @@ async fn start(storage: Arc<MemoryStorage>) -> (Arc<Broker>, tokio::task::JoinHa
     (broker, server)
 }
 
-async fn call(
+pub(super) async fn call(
     broker: &Arc<Broker>,
     key: ApiKey,
     version: i16,

@@ -1,9 +1,11 @@
 //! Transactions as a client and a coordinator see them on one broker: transactional
 //! produce, WriteTxnMarkers (COMMIT for one producer, ABORT for another, fencing), and
 //! what read_committed Fetch and ListOffsets answer before and after the markers.
+//! The partition side alone: no coordinator, so KIP-890 verification is off here
+//! (`txn_admin_tests` covers it).
 
 use super::dispatch::dispatch;
-use super::tests::{frame, resolve, s, test_broker};
+use super::tests::{frame, resolve, s, test_broker_with};
 use crate::broker::Broker;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::indexmap::IndexMap;
@@ -15,6 +17,11 @@ use kafka_protocol::ResponseError;
 use std::sync::Arc;
 
 const TOPIC: &str = "existing";
+
+/// A broker whose partitions take transactional batches without asking a coordinator.
+async fn test_broker() -> Arc<Broker> {
+    test_broker_with(|c| c.txns.transaction_partition_verification_enable = false).await
+}
 
 /// A transactional batch of one record from `producer_id`.
 fn txn_batch(producer_id: i64, producer_epoch: i16, sequence: i32, value: &str) -> Bytes {

@@ -76,6 +76,23 @@ pub const SUPPORTED: &[Supported] = &[
         min: 0,
         max: 5,
     },
+    // KIP-664: the admin side of transactions. ListTransactions v2 (a transactional id
+    // pattern, KIP-1152) is not served.
+    Supported {
+        key: ApiKey::ListTransactions,
+        min: 0,
+        max: 1,
+    },
+    Supported {
+        key: ApiKey::DescribeTransactions,
+        min: 0,
+        max: 0,
+    },
+    Supported {
+        key: ApiKey::DescribeProducers,
+        min: 0,
+        max: 0,
+    },
     Supported {
         key: ApiKey::ApiVersions,
         min: 0,
@@ -231,6 +248,9 @@ mod tests {
                 ApiKey::EndTxn => range::<EndTxnRequest>(),
                 ApiKey::TxnOffsetCommit => range::<TxnOffsetCommitRequest>(),
                 ApiKey::WriteTxnMarkers => range::<WriteTxnMarkersRequest>(),
+                ApiKey::ListTransactions => range::<ListTransactionsRequest>(),
+                ApiKey::DescribeTransactions => range::<DescribeTransactionsRequest>(),
+                ApiKey::DescribeProducers => range::<DescribeProducersRequest>(),
                 other => panic!("no decoder check for {other:?}"),
             };
             let handled_min = if s.key == ApiKey::Produce {

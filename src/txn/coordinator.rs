@@ -381,6 +381,17 @@ pub struct ListFilter {
     pub duration_filter_ms: i64,
 }
 
+impl ListFilter {
+    /// The state filters that name no state (Kafka reports them back), in order.
+    pub fn unknown_states(&self) -> Vec<String> {
+        self.states
+            .iter()
+            .filter(|s| TxnState::from_kafka_name(s).is_none())
+            .cloned()
+            .collect()
+    }
+}
+
 impl Default for ListFilter {
     fn default() -> Self {
         ListFilter {
@@ -1038,9 +1049,11 @@ impl TxnCoordinator {
                 if id.is_empty() {
                     return Err(ResponseError::InvalidRequest);
                 }
+                // A Dead transaction is being expired: not found, as Kafka answers.
                 let m = self
                     .txns
                     .get(id)
+                    .filter(|m| m.state != TxnState::Dead)
                     .ok_or(ResponseError::TransactionalIdNotFound)?;
                 let mut topics: BTreeMap<String, Vec<i32>> = BTreeMap::new();
                 for p in &m.partitions {
@@ -1062,12 +1075,7 @@ impl TxnCoordinator {
     /// ListTransactions: the transactions every filter lets through, by id, and the
     /// state filters that name no state (Kafka reports them back).
     pub fn list(&self, filter: &ListFilter, now_ms: i64) -> (Vec<TxnListing>, Vec<String>) {
-        let unknown: Vec<String> = filter
-            .states
-            .iter()
-            .filter(|s| TxnState::from_kafka_name(s).is_none())
-            .cloned()
-            .collect();
+        let unknown = filter.unknown_states();
         let states: BTreeSet<TxnState> = filter
             .states
             .iter()
@@ -1076,6 +1084,7 @@ impl TxnCoordinator {
         let listed = self
             .txns
             .iter()
+            .filter(|(_, m)| m.state != TxnState::Dead)
             .filter(|(_, m)| filter.states.is_empty() || states.contains(&m.state))
             .filter(|(_, m)| {
                 filter.producer_ids.is_empty() || filter.producer_ids.contains(&m.producer_id)

@@ -8,7 +8,7 @@ import time
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from test_cluster import create_topic, current_leader, partitions_of, wait_for
+from test_cluster import create_topic, current_leader, wait_for
 
 
 def transactional_producer(bootstrap, transactional_id, **conf):
@@ -383,3 +383,102 @@ def test_consume_transform_produce_is_exactly_once_over_three_brokers_with_kills
     uncommitted = [int(k) for p in range(partitions) for k, _ in read_records(
         cluster.bootstrap, "eos-output", "read_uncommitted", per_partition, p)]
     assert purposely_aborted in uncommitted, "read_uncommitted misses the aborted records"
+
+
+def test_kafka_python_admin_lists_and_describes_transactions_and_producers(broker):
+    """KIP-664's admin APIs as kafka-python's KafkaAdminClient drives them:
+    ListTransactions (with state, producer id and duration filters), DescribeTransactions
+    and DescribeProducers, during a confluent-kafka transaction and after its commit."""
+    from kafka import TopicPartition as KTopicPartition
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import TransactionalIdNotFoundError
+
+    topic = "txn-admin"
+    producer = transactional_producer(broker.bootstrap, "txn-admin-app")
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for i in range(5):
+        producer.produce(topic, value=b"v-%d" % i, partition=0)
+    producer.flush(30)
+
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=30000)
+    try:
+        [listings] = admin.list_transactions().values()
+        assert [(t.transactional_id, str(t.state.value)) for t in listings] == \
+            [("txn-admin-app", "Ongoing")]
+        producer_id = listings[0].producer_id
+        [ongoing] = admin.list_transactions(state_filters=["Ongoing"]).values()
+        assert [t.transactional_id for t in ongoing] == ["txn-admin-app"]
+        [by_id] = admin.list_transactions(producer_id_filters=[producer_id]).values()
+        assert len(by_id) == 1
+        [none] = admin.list_transactions(state_filters=["CompleteAbort"]).values()
+        assert none == []
+        [young] = admin.list_transactions(duration_filter_ms=3_600_000).values()
+        assert young == []
+
+        described = admin.describe_transactions(["txn-admin-app"])["txn-admin-app"]
+        assert str(described.state.value) == "Ongoing"
+        assert described.producer_id == producer_id
+        assert described.transaction_timeout_ms == 60000
+        assert described.topic_partitions == {KTopicPartition(topic, 0)}
+        with pytest.raises(TransactionalIdNotFoundError):
+            admin.describe_transactions(["no-such-transaction"])
+
+        tp = KTopicPartition(topic, 0)
+        [active] = admin.describe_producers([tp])[tp].active_producers
+        assert active.producer_id == producer_id
+        assert active.last_sequence == 4
+        assert active.current_transaction_start_offset >= 0
+
+        producer.commit_transaction(30)
+        wait_for(lambda: str(admin.describe_transactions(["txn-admin-app"])["txn-admin-app"]
+                             .state.value) == "CompleteCommit", "the commit to complete")
+        [active] = admin.describe_producers([tp])[tp].active_producers
+        assert active.current_transaction_start_offset == -1
+        assert active.coordinator_epoch >= 0
+    finally:
+        admin.close()
+
+
+def test_a_broker_that_is_not_the_coordinator_or_the_leader_says_so(cluster):
+    """DescribeTransactions asked of a broker that is not the transactional id's
+    coordinator (NOT_COORDINATOR), and DescribeProducers asked of one that does not lead
+    the partition (NOT_LEADER_OR_FOLLOWER)."""
+    from kafka import TopicPartition as KTopicPartition
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import NotLeaderForPartitionError
+    from kafka.protocol.admin.transactions import DescribeTransactionsRequest
+
+    topic = "txn-admin-rf3"
+    producer = transactional_producer(cluster.bootstrap, "txn-admin-cluster")
+    producer.init_transactions(30)
+    admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap, request_timeout_ms=30000)
+    try:
+        described = admin.describe_transactions(["txn-admin-cluster"])["txn-admin-cluster"]
+        assert str(described.state.value) == "Empty"
+        others = [i for i in (1, 2, 3) if i != described.coordinator_id]
+
+        async def describe_at(node_id):
+            request = DescribeTransactionsRequest(transactional_ids=["txn-admin-cluster"])
+            return await admin._manager.send(request, node_id=node_id)
+
+        for node_id in others:
+            response = admin._manager.run(describe_at, node_id)
+            assert [t.error_code for t in response.transaction_states] == \
+                [KafkaError.NOT_COORDINATOR]
+
+        admin.create_topics({topic: {"num_partitions": 1, "replication_factor": 3}})
+        tp = KTopicPartition(topic, 0)
+
+        def leader():
+            [desc] = admin.describe_topics([topic])
+            leaders = [p.get("leader_id", p.get("leader", -1)) for p in desc["partitions"]]
+            return leaders[0] if leaders and leaders[0] >= 0 else None
+
+        lead = wait_for(leader, "a leader")
+        wait_for(lambda: admin.describe_producers([tp], broker_id=lead) is not None, "the leader")
+        follower = next(i for i in (1, 2, 3) if i != lead)
+        with pytest.raises(NotLeaderForPartitionError):
+            admin.describe_producers([tp], broker_id=follower)
+    finally:
+        admin.close()

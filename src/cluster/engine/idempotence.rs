@@ -9,16 +9,35 @@
 //! (INVALID_PRODUCER_EPOCH), and so is one from a coordinator epoch older than the one
 //! that wrote the producer's last marker (TRANSACTION_COORDINATOR_FENCED).
 //!
+//! KIP-890 part 1 (`txn_verification`): a client's transactional batch that would open
+//! its producer's transaction here (no open transaction of its epoch in the log or the
+//! proposals) is proposed only with the partition's current verification guard for
+//! it; a marker proposed for the producer voids its guard.
+//!
 //! A coordinator's own transactional batch (a TxnOffsetCommit in `__consumer_offsets`,
 //! [`AppendOrigin::Coordinator`]) has no sequence: as Kafka does for that origin, only
 //! its producer epoch is checked (an older one is INVALID_PRODUCER_EPOCH).
 
+use super::txn_verification::{GuardError, TxnAppend, TxnVerifications};
 use super::{AppendOrigin, ProduceError};
 use crate::log::batch::BatchHeader;
 use crate::log::producer_state::{ProducerEntry, SequenceError, Verdict};
 use crate::log::txn_marker::{self, TxnMarker};
 use crate::replication::driver::Driver;
 use bytes::Bytes;
+use std::sync::Mutex;
+
+/// What a proposal brings for the KIP-890 check, and the leader's guards.
+pub(super) struct TxnCheck<'a> {
+    pub append: TxnAppend,
+    pub verifications: &'a Mutex<TxnVerifications>,
+}
+
+impl TxnCheck<'_> {
+    fn verifications(&self) -> std::sync::MutexGuard<'_, TxnVerifications> {
+        self.verifications.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 /// What the check decided for a proposal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +72,7 @@ pub(super) fn check_producer_batches(
     group: &str,
     batches: &[Bytes],
     origin: AppendOrigin,
+    txn: &TxnCheck<'_>,
 ) -> Result<ProducerCheck, ProduceError> {
     let headers: Vec<BatchHeader> = batches
         .iter()
@@ -62,13 +82,16 @@ pub(super) fn check_producer_batches(
         .iter()
         .position(|h| h.producer_id >= 0 && h.is_control())
     {
-        return check_marker(
+        let checked = check_marker(
             driver,
             group,
             batches,
             &headers[position],
             &batches[position],
-        );
+        )?;
+        txn.verifications()
+            .remove(group, headers[position].producer_id);
+        return Ok(checked);
     }
     let Some(header) = headers
         .iter()
@@ -108,19 +131,29 @@ pub(super) fn check_producer_batches(
         let Ok(mut h) = BatchHeader::parse(&e.data) else {
             continue;
         };
-        if h.producer_id != header.producer_id || h.is_control() {
+        if h.producer_id != header.producer_id {
             continue;
         }
         h.base_offset = unwritten_offset(e.index);
-        entry
-            .get_or_insert_with(|| ProducerEntry::empty(h.producer_epoch))
-            .apply_data(&h);
+        let unwritten = entry.get_or_insert_with(|| ProducerEntry::empty(h.producer_epoch));
+        if h.is_control() {
+            let coordinator_epoch =
+                txn_marker::parse_marker(&e.data, &h).map_or(-1, |m| m.coordinator_epoch);
+            unwritten.apply_marker(&h, coordinator_epoch);
+            continue;
+        }
+        unwritten.apply_data(&h);
         unwritten_terms.push((e.index, e.term));
     }
     if origin == AppendOrigin::Coordinator && header.base_sequence < 0 {
         return check_coordinator_epoch(entry.as_ref(), header);
     }
-    match ProducerEntry::check(entry.as_ref(), header).map_err(ProduceError::Sequence)? {
+    let verdict = ProducerEntry::check(entry.as_ref(), header).map_err(ProduceError::Sequence)?;
+    if verdict == Verdict::Append {
+        let term = driver.leader(group).map_or(0, |(_, term)| term);
+        check_txn_verification(group, entry.as_ref(), header, term, txn)?;
+    }
+    match verdict {
         Verdict::Append => Ok(ProducerCheck::Propose),
         Verdict::Duplicate(original) if original.base_offset < 0 => {
             let index = unwritten_index(original.base_offset);
@@ -136,6 +169,46 @@ pub(super) fn check_producer_batches(
             last_offset: original.last_offset,
             entry: log.index_of_offset(original.base_offset),
         }),
+    }
+}
+
+/// KIP-890: a client's transactional batch that opens its producer's transaction here
+/// needs the partition's current guard for it; one that continues an open transaction
+/// of its epoch needs none.
+fn check_txn_verification(
+    group: &str,
+    entry: Option<&ProducerEntry>,
+    header: &BatchHeader,
+    term: u64,
+    txn: &TxnCheck<'_>,
+) -> Result<(), ProduceError> {
+    let TxnAppend::Checked { guard } = txn.append else {
+        return Ok(());
+    };
+    if !header.is_transactional() {
+        return Ok(());
+    }
+    let open = entry.is_some_and(|e| {
+        e.producer_epoch == header.producer_epoch && e.current_txn_first_offset.is_some()
+    });
+    if open {
+        return Ok(());
+    }
+    let verifications = txn.verifications();
+    let checked = match guard {
+        Some(guard) => verifications.check(
+            group,
+            header.producer_id,
+            header.producer_epoch,
+            guard,
+            term,
+        ),
+        None => Err(GuardError::Missing),
+    };
+    match checked {
+        Ok(()) => Ok(()),
+        Err(GuardError::OtherTerm) => Err(ProduceError::NotLeader { leader: 0 }),
+        Err(GuardError::Missing) => Err(ProduceError::TxnNotVerified),
     }
 }
 

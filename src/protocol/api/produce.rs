@@ -9,13 +9,13 @@
 //! Transactional batches (from a producer with a `transactional.id`) are accepted like
 //! any idempotent producer's; each partition's first transactional batch opens the
 //! producer's transaction there (the log's producer state), and a COMMIT or ABORT marker
-//! (WriteTxnMarkers) ends it. [`verify_transactional`] is where the KIP-890 check with
-//! the transaction coordinator (was this partition added to the ongoing transaction?)
-//! plugs in.
+//! (WriteTxnMarkers) ends it. Before a batch opens the producer's transaction on a
+//! partition, [`verify_transactional`] asks the transaction coordinator whether the
+//! partition was added to the ongoing transaction (KIP-890 part 1).
 
 use super::{code, str_bytes};
-use crate::broker::Broker;
-use crate::cluster::{ProduceTicket, Wait};
+use crate::broker::{txn_verifier, Broker};
+use crate::cluster::{ProduceTicket, TxnAppend, Wait};
 use crate::log::batch::{validate_produce_records, BatchHeader};
 use crate::protocol::dispatch::Reply;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
@@ -136,20 +136,26 @@ struct Target<'a> {
     partition: i32,
 }
 
-/// The check of a transactional batch before it is proposed. Today it only asks that a
-/// transactional batch come from a producer with a producer id and with its request's
-/// `transactional_id`; this is where KIP-890 part 1 plugs in: ask the transaction
-/// coordinator of `transactional_id` whether `topic`-`partition` was added to the
-/// producer's ongoing transaction (AddPartitionsToTxn v4 verification), and refuse with
-/// INVALID_TXN_STATE when it was not.
-fn verify_transactional(
+/// The check of a transactional batch before it is proposed: it comes from a producer
+/// with a producer id and with its request's `transactional_id`, and (KIP-890 part 1,
+/// unless `transaction.partition.verification.enable` is off) `topic`-`partition` is in
+/// the producer's ongoing transaction. Once the producer's transaction is open in the
+/// partition's log, that is known here; otherwise a verification guard is taken and,
+/// unless an earlier batch's verification already confirmed it, the coordinator asked
+/// (`broker::txn_verifier`); the driver task appends the batch only if no marker voided
+/// the guard meanwhile (`cluster::engine::txn_verification`).
+/// A failed verification gets the error Kafka 4 gives Produce below v12:
+/// INVALID_TXN_STATE (not in the transaction), INVALID_PRODUCER_EPOCH (fenced), or the
+/// retriable NOT_ENOUGH_REPLICAS (the coordinator could not answer).
+async fn verify_transactional(
+    broker: &Broker,
     transactional_id: Option<&str>,
-    _topic: &str,
-    _partition: i32,
+    topic: &str,
+    partition: i32,
     header: &BatchHeader,
-) -> Result<(), (ResponseError, String)> {
+) -> Result<TxnAppend, (ResponseError, String)> {
     if !header.is_transactional() {
-        return Ok(());
+        return Ok(TxnAppend::Unchecked);
     }
     if header.producer_id < 0 || header.producer_epoch < 0 {
         return Err((
@@ -157,13 +163,46 @@ fn verify_transactional(
             "a transactional batch carries a producer id and epoch".into(),
         ));
     }
-    if transactional_id.is_none() {
+    let Some(transactional_id) = transactional_id else {
         return Err((
             ResponseError::InvalidRequest,
             "a transactional batch needs the request's transactional_id".into(),
         ));
+    };
+    if !broker.config.txns.transaction_partition_verification_enable {
+        return Ok(TxnAppend::Unchecked);
     }
-    Ok(())
+    let (producer_id, producer_epoch) = (header.producer_id, header.producer_epoch);
+    if broker
+        .node
+        .txn_open(topic, partition, producer_id, producer_epoch)
+    {
+        return Ok(TxnAppend::Checked { guard: None });
+    }
+    let (guard, confirmed) = broker
+        .node
+        .begin_txn_verification(topic, partition, producer_id, producer_epoch)
+        .map_err(|e| (e, "this broker does not lead the partition".to_string()))?;
+    if confirmed {
+        return Ok(TxnAppend::Checked { guard: Some(guard) });
+    }
+    let producer = (producer_id, producer_epoch);
+    match broker
+        .txn_verifier
+        .verify(transactional_id, producer, topic, partition)
+        .await
+    {
+        None => {
+            broker
+                .node
+                .confirm_txn_verification(topic, partition, producer_id, guard);
+            Ok(TxnAppend::Checked { guard: Some(guard) })
+        }
+        Some(e) => Err((
+            txn_verifier::produce_error(e),
+            format!("the partition could not be verified to be in the transaction: {e:?}"),
+        )),
+    }
 }
 
 /// Validates one partition's records and queues them on its leader.
@@ -194,13 +233,22 @@ async fn propose(
             return Refused(e.kafka_error(), e.to_string());
         }
     };
-    for (header, _) in &batches {
-        if let Err((e, m)) = verify_transactional(transactional_id, topic, partition, header) {
-            return Refused(e, m);
+    // A producer sends one batch per partition (the leader's check refuses more).
+    let txn = match batches.first() {
+        Some((header, _)) => {
+            match verify_transactional(broker, transactional_id, topic, partition, header).await {
+                Ok(txn) => txn,
+                Err((e, m)) => return Refused(e, m),
+            }
         }
-    }
+        None => TxnAppend::Unchecked,
+    };
     let batches = batches.into_iter().map(|(_, bytes)| bytes).collect();
-    match broker.node.submit(topic, partition, batches, wait).await {
+    match broker
+        .node
+        .submit_transactional(topic, partition, batches, wait, txn)
+        .await
+    {
         Ok(ticket) => PartitionOutcome::Waiting(ticket),
         Err(e) => Refused(e.kafka_error(), e.to_string()),
     }

@@ -55,6 +55,7 @@ use tokio::net::TcpListener;
 
 mod group_workload;
 mod idempotent_workload;
+mod txn_workload;
 
 const RAFT_PORT: u16 = 9093;
 const KAFKA_PORT: u16 = 9092;
@@ -154,6 +155,7 @@ struct Shared {
     history: Mutex<History>,
     group: Mutex<group_workload::GroupHistory>,
     idempotent: Mutex<idempotent_workload::IdempotentHistory>,
+    txn: Mutex<txn_workload::TxnHistory>,
     /// Each broker's view of the metadata and of the partitions it leads, as last traced.
     views: Mutex<BTreeMap<String, String>>,
     /// The first violation a client task found.
@@ -266,6 +268,7 @@ pub fn run_seed(seed: u64, options: &Options) -> Report {
                     healed_at_ms: AtomicU64::new(0),
                     compacted_acks: Mutex::default(),
                     idempotent: Mutex::default(),
+                    txn: Mutex::default(),
                     compacted_unanswered_tombstones: Mutex::default(),
                     settings,
                 });
@@ -520,6 +523,7 @@ async fn supervise(seed: u64, faults: &Faults, shared: Arc<Shared>) -> Result<()
     create_topic(&shared).await?;
     create_compacted_topic(&shared).await?;
     idempotent_workload::create_topic(&shared).await?;
+    txn_workload::create_topic(&shared).await?;
 
     let mut load = Vec::new();
     {
@@ -535,6 +539,14 @@ async fn supervise(seed: u64, faults: &Faults, shared: Arc<Shared>) -> Result<()
         load.push(
             client.spawn(async move { idempotent_workload::producer_loop(s, partition).await }),
         );
+    }
+    for index in 0..txn_workload::TXN_PRODUCERS {
+        let s = shared.clone();
+        load.push(client.spawn(async move { txn_workload::producer_loop(s, index).await }));
+    }
+    {
+        let s = shared.clone();
+        load.push(client.spawn(async move { txn_workload::reader_loop(s).await }));
     }
     let mut group_members = Vec::new();
     for index in 0..settings.group_members {
@@ -671,6 +683,22 @@ async fn supervise(seed: u64, faults: &Faults, shared: Arc<Shared>) -> Result<()
         restart_failed(&shared, &handle, &hosts, &mut injected, u64::MAX, &mut rng)
     })
     .await?;
+    let s = shared.clone();
+    let checked = Arc::new(AtomicBool::new(false));
+    let done = checked.clone();
+    let txn_check = client.spawn(async move {
+        let result = txn_workload::check(&s).await;
+        done.store(true, Ordering::Relaxed);
+        result
+    });
+    // Bounded: the check gives up after its own limits.
+    while !checked.load(Ordering::Relaxed) && Shared::now_ms() <= deadline + 300_000 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        restart_failed(&shared, &handle, &hosts, &mut injected, u64::MAX, &mut rng);
+    }
+    txn_check
+        .await
+        .map_err(|e| violation("no-panic", format!("txn check task: {e}")))??;
     // The group consumes every record of the final logs (from its committed offsets).
     loop {
         let missing = group_workload::missing_from_group(&shared, &logs);
@@ -1323,6 +1351,22 @@ fn caught_up(shared: &Shared, injected: &mut Injected) -> bool {
         injected.wiped_catch_up = None;
     }
     done
+}
+
+/// The leader of `topic`-`partition` and its leader epoch, as some live broker's image
+/// says (None: no leader known).
+fn image_leader(shared: &Shared, topic: &str, partition: i32) -> Option<(u64, i32)> {
+    (1..=shared.settings.brokers)
+        .find_map(|id| shared.broker(id))
+        .and_then(|b| {
+            b.node.with_image(|image| {
+                image
+                    .partition(topic, partition)
+                    .map(|p| (p.leader, p.leader_epoch))
+            })
+        })
+        .filter(|(leader, _)| *leader > 0)
+        .map(|(leader, epoch)| (leader as u64, epoch))
 }
 
 /// Connects to `addr`, bounded by [`OP_TIMEOUT`].

@@ -87,6 +87,7 @@ pub struct ReadCommittedPartition {
     pub error: Option<ResponseError>,
     pub high_watermark: i64,
     pub last_stable_offset: i64,
+    pub log_start_offset: i64,
     /// The records a read_committed consumer delivers (see [`read_committed_records`]).
     pub records: Vec<SimpleRecord>,
     /// The offset after the last whole batch (None: no batch): the next fetch position.
@@ -890,6 +891,7 @@ impl Client {
             error: ResponseError::try_from_code(p.error_code),
             high_watermark: p.high_watermark,
             last_stable_offset: p.last_stable_offset,
+            log_start_offset: p.log_start_offset,
             records,
             next_offset,
         })

@@ -649,22 +649,16 @@ async fn supervise(seed: u64, faults: &Faults, shared: Arc<Shared>) -> Result<()
     // also while the topics are checked (a broker that stopped there kept its stale
     // image and failed seed 61880). The check runs on the client node: the supervisor's
     // own node has no network.
-    let s = shared.clone();
-    let checked = Arc::new(AtomicBool::new(false));
-    let done = checked.clone();
-    let check = client.spawn(async move {
-        let result = check_created_topics(&s, deadline).await;
-        done.store(true, Ordering::Relaxed);
-        result
-    });
     // Bounded: the check gives up at `deadline` (a panicking check ends the wait too).
-    while !checked.load(Ordering::Relaxed) && Shared::now_ms() <= deadline + 60_000 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        restart_failed(&shared, &handle, &hosts, &mut injected, u64::MAX, &mut rng);
-    }
-    check
-        .await
-        .map_err(|e| violation("no-panic", format!("topic check task: {e}")))??;
+    let s = shared.clone();
+    check_on_client(
+        &client,
+        "topic check",
+        deadline + 60_000,
+        async move { check_created_topics(&s, deadline).await },
+        || restart_failed(&shared, &handle, &hosts, &mut injected, u64::MAX, &mut rng),
+    )
+    .await?;
     let logs = converge(&shared, deadline, || {
         restart_failed(&shared, &handle, &hosts, &mut injected, u64::MAX, &mut rng)
     })
@@ -683,22 +677,16 @@ async fn supervise(seed: u64, faults: &Faults, shared: Arc<Shared>) -> Result<()
         restart_failed(&shared, &handle, &hosts, &mut injected, u64::MAX, &mut rng)
     })
     .await?;
-    let s = shared.clone();
-    let checked = Arc::new(AtomicBool::new(false));
-    let done = checked.clone();
-    let txn_check = client.spawn(async move {
-        let result = txn_workload::check(&s).await;
-        done.store(true, Ordering::Relaxed);
-        result
-    });
     // Bounded: the check gives up after its own limits.
-    while !checked.load(Ordering::Relaxed) && Shared::now_ms() <= deadline + 300_000 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        restart_failed(&shared, &handle, &hosts, &mut injected, u64::MAX, &mut rng);
-    }
-    txn_check
-        .await
-        .map_err(|e| violation("no-panic", format!("txn check task: {e}")))??;
+    let s = shared.clone();
+    check_on_client(
+        &client,
+        "txn check",
+        Shared::now_ms() + 300_000,
+        async move { txn_workload::check(&s).await },
+        || restart_failed(&shared, &handle, &hosts, &mut injected, u64::MAX, &mut rng),
+    )
+    .await?;
     // The group consumes every record of the final logs (from its committed offsets).
     loop {
         let missing = group_workload::missing_from_group(&shared, &logs);
@@ -727,6 +715,30 @@ async fn supervise(seed: u64, faults: &Faults, shared: Arc<Shared>) -> Result<()
         "the group consumed every record ({syncs} assignments)"
     ));
     Ok(())
+}
+
+/// Runs a final `check` on the client node (the supervisor's own node has no network),
+/// calling `each_step` every 100 ms while it runs, until `wait_until_ms` at most.
+async fn check_on_client(
+    client: &NodeHandle,
+    what: &str,
+    wait_until_ms: u64,
+    check: impl std::future::Future<Output = Result<(), Violation>> + Send + 'static,
+    mut each_step: impl FnMut(),
+) -> Result<(), Violation> {
+    let checked = Arc::new(AtomicBool::new(false));
+    let done = checked.clone();
+    let task = client.spawn(async move {
+        let result = check.await;
+        done.store(true, Ordering::Relaxed);
+        result
+    });
+    while !checked.load(Ordering::Relaxed) && Shared::now_ms() <= wait_until_ms {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        each_step();
+    }
+    task.await
+        .map_err(|e| violation("no-panic", format!("{what} task: {e}")))?
 }
 
 /// Waits for the metadata quorum and every broker, then creates the topic.

@@ -88,7 +88,7 @@ struct Txn {
     values: Vec<(i32, String)>,
     /// Whether its TxnOffsetCommit was acknowledged.
     offset_committed: bool,
-    /// The partition of `TXN_TOPIC` whose group offset it commits.
+    /// The partition of `TXN_TOPIC` whose group offset it commits (-1: none sent).
     offset_partition: i32,
 }
 
@@ -464,13 +464,20 @@ impl TxnProducer {
         } else {
             ABORTED_OFFSETS_PARTITION
         };
+        self.shared
+            .txn
+            .lock()
+            .unwrap()
+            .txns
+            .get_mut(&key)
+            .unwrap()
+            .offset_partition = offset_partition;
         self.call(Call::TxnOffsetCommit(offset_partition, txn_no as i64 + 1))
             .await?;
         {
             let mut history = self.shared.txn.lock().unwrap();
             let txn = history.txns.get_mut(&key).unwrap();
             txn.offset_committed = true;
-            txn.offset_partition = offset_partition;
             if commit {
                 txn.end = TxnEnd::CommitSent;
             }
@@ -773,30 +780,39 @@ async fn check_offsets(
     shared: &Shared,
     visible: &BTreeMap<i32, BTreeMap<i64, String>>,
 ) -> Result<(), Violation> {
-    let expected: BTreeMap<i32, Option<i64>> = {
+    // Per partition: the expected offset, every committed one, and whether a transaction
+    // after the last committed one sent an offset there (then aborted).
+    let (expected, committed, aborted_later) = {
         let history = shared.txn.lock().unwrap();
         let shown: BTreeSet<&str> = visible
             .values()
             .flat_map(|r| r.values().map(String::as_str))
             .collect();
         let is_visible = |v: &str| shown.contains(v);
-        (0..TXN_PRODUCERS)
-            .map(|index| {
-                let last = history
-                    .txns
-                    .range((index, 0)..(index + 1, 0))
-                    .filter(|(_, t)| t.offset_committed && t.offset_partition == index as i32)
-                    .filter(|(_, t)| {
-                        t.end == TxnEnd::Committed
-                            || (t.end == TxnEnd::CommitSent
-                                && t.values.first().is_some_and(|(_, v)| is_visible(v)))
-                    })
-                    .map(|((_, no), _)| *no as i64 + 1)
-                    .next_back();
-                (index as i32, last)
-            })
-            .chain([(ABORTED_OFFSETS_PARTITION, None)])
-            .collect()
+        let mut expected: BTreeMap<i32, Option<i64>> = BTreeMap::new();
+        let mut committed: BTreeSet<(i32, i64)> = BTreeSet::new();
+        let mut aborted_later: BTreeSet<i32> = BTreeSet::new();
+        for index in 0..TXN_PRODUCERS {
+            let partition = index as i32;
+            let txns = history.txns.range((index, 0)..(index + 1, 0));
+            let mut last = None;
+            for ((_, no), t) in txns.filter(|(_, t)| t.offset_partition == partition) {
+                let offset = *no as i64 + 1;
+                let visible_commit = t.end == TxnEnd::Committed
+                    || (t.end == TxnEnd::CommitSent
+                        && t.values.first().is_some_and(|(_, v)| is_visible(v)));
+                if t.offset_committed && visible_commit {
+                    last = Some(offset);
+                    committed.insert((partition, offset));
+                    aborted_later.remove(&partition);
+                } else {
+                    aborted_later.insert(partition);
+                }
+            }
+            expected.insert(partition, last);
+        }
+        expected.insert(ABORTED_OFFSETS_PARTITION, None);
+        (expected, committed, aborted_later)
     };
     let partitions: Vec<i32> = expected.keys().copied().collect();
     let deadline = Shared::now_ms() + LSO_LIMIT_MS;
@@ -840,6 +856,19 @@ async fn check_offsets(
             .iter()
             .map(|o| (o.partition, o.committed_offset))
             .collect();
+        // The known gap (docs/simulation.md): compaction may keep an aborted record over
+        // the last committed one of its partition, which then shows an earlier committed
+        // offset or none.
+        let gap = got.iter().all(|(p, o)| {
+            o == &expected[p]
+                || (aborted_later.contains(p) && o.is_none_or(|o| committed.contains(&(*p, o))))
+        });
+        if gap && got != expected {
+            shared.event(format!(
+                "txn group offsets {got:?}, expected {expected:?}: an aborted offset commit after the last committed one (compaction gap)"
+            ));
+            return Ok(());
+        }
         if got != expected {
             return Err(violation(
                 "txn-offsets-iff-commit",

@@ -557,7 +557,7 @@ pub(super) async fn reader_loop(shared: Arc<Shared>) {
     // broker → (connection, partition → the highest last stable offset it reported).
     let mut connections: BTreeMap<u64, (Client, BTreeMap<i32, i64>)> = BTreeMap::new();
     while !shared.stop_load.load(Ordering::Relaxed) {
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(10..=100))).await;
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(20..=150))).await;
         let partition = rng.gen_range(0..TXN_PARTITIONS);
         let Some((leader, epoch)) = image_leader(&shared, TXN_TOPIC, partition) else {
             continue;

@@ -191,6 +191,12 @@ impl TxnProducer {
             .event(format!("txn producer {}: {}", self.index, text.as_ref()));
     }
 
+    /// Changes what the history holds of transaction `key`.
+    fn update_txn(&self, key: (usize, u64), change: impl FnOnce(&mut Txn)) {
+        let mut history = self.shared.txn.lock().unwrap();
+        change(history.txns.get_mut(&key).expect("a transaction begun"));
+    }
+
     /// A connection to the coordinator of `kind`, found by asking a random broker.
     async fn coordinator(&mut self, kind: Coordinator) -> Option<&mut Client> {
         let key = match kind {
@@ -464,38 +470,22 @@ impl TxnProducer {
         } else {
             ABORTED_OFFSETS_PARTITION
         };
-        self.shared
-            .txn
-            .lock()
-            .unwrap()
-            .txns
-            .get_mut(&key)
-            .unwrap()
-            .offset_partition = offset_partition;
+        self.update_txn(key, |txn| txn.offset_partition = offset_partition);
         self.call(Call::TxnOffsetCommit(offset_partition, txn_no as i64 + 1))
             .await?;
-        {
-            let mut history = self.shared.txn.lock().unwrap();
-            let txn = history.txns.get_mut(&key).unwrap();
+        self.update_txn(key, |txn| {
             txn.offset_committed = true;
             if commit {
                 txn.end = TxnEnd::CommitSent;
             }
-        }
+        });
         self.call(Call::EndTxn(commit)).await?;
         let end = if commit {
             TxnEnd::Committed
         } else {
             TxnEnd::Aborted
         };
-        self.shared
-            .txn
-            .lock()
-            .unwrap()
-            .txns
-            .get_mut(&key)
-            .unwrap()
-            .end = end;
+        self.update_txn(key, |txn| txn.end = end);
         self.event(format!("transaction {txn_no} {end:?} ({partitions:?})"));
         Ok(())
     }

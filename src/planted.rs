@@ -20,7 +20,7 @@ pub struct Bug {
 }
 
 /// Every planted bug, with what it breaks.
-pub const BUGS: [Bug; 19] = [
+pub const BUGS: [Bug; 23] = [
     Bug {
         name: "ack-before-quorum",
         description: "acks=all is answered once the leader's own write is fsynced, not at commit by a quorum",
@@ -96,6 +96,22 @@ pub const BUGS: [Bug; 19] = [
     Bug {
         name: "producer-state-kept-on-truncation",
         description: "a replica whose divergent log tail is cut keeps what the cut batches told its producer state (a later leader takes a retry of a lost batch for a duplicate)",
+    },
+    Bug {
+        name: "markers-to-some-partitions",
+        description: "the transaction coordinator writes a transaction's marker to its first partition only, then completes the transaction",
+    },
+    Bug {
+        name: "stale-epoch-produce-accepted",
+        description: "a partition leader appends a transactional or idempotent batch of a producer epoch older than the one it knows (a fenced zombie's)",
+    },
+    Bug {
+        name: "lso-from-high-watermark",
+        description: "the last stable offset is the high watermark: read_committed reads ignore open transactions",
+    },
+    Bug {
+        name: "skip-aborted-list",
+        description: "a read_committed Fetch lists no aborted transactions, so consumers keep aborted records",
     },
 ];
 

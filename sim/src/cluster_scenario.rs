@@ -55,6 +55,7 @@ use tokio::net::TcpListener;
 
 mod group_workload;
 mod idempotent_workload;
+mod txn_workload;
 
 const RAFT_PORT: u16 = 9093;
 const KAFKA_PORT: u16 = 9092;
@@ -154,6 +155,7 @@ struct Shared {
     history: Mutex<History>,
     group: Mutex<group_workload::GroupHistory>,
     idempotent: Mutex<idempotent_workload::IdempotentHistory>,
+    txn: Mutex<txn_workload::TxnHistory>,
     /// Each broker's view of the metadata and of the partitions it leads, as last traced.
     views: Mutex<BTreeMap<String, String>>,
     /// The first violation a client task found.
@@ -266,6 +268,7 @@ pub fn run_seed(seed: u64, options: &Options) -> Report {
                     healed_at_ms: AtomicU64::new(0),
                     compacted_acks: Mutex::default(),
                     idempotent: Mutex::default(),
+                    txn: Mutex::default(),
                     compacted_unanswered_tombstones: Mutex::default(),
                     settings,
                 });
@@ -400,6 +403,8 @@ async fn broker_main(
     };
     let mut config = config;
     config.groups.offsets_topic_partitions = 3;
+    // As few Raft groups as the offsets topic: 50 would double the run's CPU time.
+    config.txns.transaction_state_partitions = 3;
     config.groups.coordinator.initial_rebalance_delay_ms = 1_000;
     let started: Result<(Arc<Broker>, TcpListener), String> = async {
         let raft = TcpListener::bind(config.raft_listen.unwrap())
@@ -520,6 +525,7 @@ async fn supervise(seed: u64, faults: &Faults, shared: Arc<Shared>) -> Result<()
     create_topic(&shared).await?;
     create_compacted_topic(&shared).await?;
     idempotent_workload::create_topic(&shared).await?;
+    txn_workload::create_topic(&shared).await?;
 
     let mut load = Vec::new();
     {
@@ -535,6 +541,14 @@ async fn supervise(seed: u64, faults: &Faults, shared: Arc<Shared>) -> Result<()
         load.push(
             client.spawn(async move { idempotent_workload::producer_loop(s, partition).await }),
         );
+    }
+    for index in 0..txn_workload::TXN_PRODUCERS {
+        let s = shared.clone();
+        load.push(client.spawn(async move { txn_workload::producer_loop(s, index).await }));
+    }
+    {
+        let s = shared.clone();
+        load.push(client.spawn(async move { txn_workload::reader_loop(s).await }));
     }
     let mut group_members = Vec::new();
     for index in 0..settings.group_members {
@@ -637,22 +651,16 @@ async fn supervise(seed: u64, faults: &Faults, shared: Arc<Shared>) -> Result<()
     // also while the topics are checked (a broker that stopped there kept its stale
     // image and failed seed 61880). The check runs on the client node: the supervisor's
     // own node has no network.
-    let s = shared.clone();
-    let checked = Arc::new(AtomicBool::new(false));
-    let done = checked.clone();
-    let check = client.spawn(async move {
-        let result = check_created_topics(&s, deadline).await;
-        done.store(true, Ordering::Relaxed);
-        result
-    });
     // Bounded: the check gives up at `deadline` (a panicking check ends the wait too).
-    while !checked.load(Ordering::Relaxed) && Shared::now_ms() <= deadline + 60_000 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        restart_failed(&shared, &handle, &hosts, &mut injected, u64::MAX, &mut rng);
-    }
-    check
-        .await
-        .map_err(|e| violation("no-panic", format!("topic check task: {e}")))??;
+    let s = shared.clone();
+    check_on_client(
+        &client,
+        "topic check",
+        deadline + 60_000,
+        async move { check_created_topics(&s, deadline).await },
+        || restart_failed(&shared, &handle, &hosts, &mut injected, u64::MAX, &mut rng),
+    )
+    .await?;
     let logs = converge(&shared, deadline, || {
         restart_failed(&shared, &handle, &hosts, &mut injected, u64::MAX, &mut rng)
     })
@@ -670,6 +678,16 @@ async fn supervise(seed: u64, faults: &Faults, shared: Arc<Shared>) -> Result<()
     idempotent_workload::check(&shared, idempotent_deadline, || {
         restart_failed(&shared, &handle, &hosts, &mut injected, u64::MAX, &mut rng)
     })
+    .await?;
+    // Bounded: the check gives up after its own limits.
+    let s = shared.clone();
+    check_on_client(
+        &client,
+        "txn check",
+        Shared::now_ms() + 300_000,
+        async move { txn_workload::check(&s).await },
+        || restart_failed(&shared, &handle, &hosts, &mut injected, u64::MAX, &mut rng),
+    )
     .await?;
     // The group consumes every record of the final logs (from its committed offsets).
     loop {
@@ -699,6 +717,30 @@ async fn supervise(seed: u64, faults: &Faults, shared: Arc<Shared>) -> Result<()
         "the group consumed every record ({syncs} assignments)"
     ));
     Ok(())
+}
+
+/// Runs a final `check` on the client node (the supervisor's own node has no network),
+/// calling `each_step` every 100 ms while it runs, until `wait_until_ms` at most.
+async fn check_on_client(
+    client: &NodeHandle,
+    what: &str,
+    wait_until_ms: u64,
+    check: impl std::future::Future<Output = Result<(), Violation>> + Send + 'static,
+    mut each_step: impl FnMut(),
+) -> Result<(), Violation> {
+    let checked = Arc::new(AtomicBool::new(false));
+    let done = checked.clone();
+    let task = client.spawn(async move {
+        let result = check.await;
+        done.store(true, Ordering::Relaxed);
+        result
+    });
+    while !checked.load(Ordering::Relaxed) && Shared::now_ms() <= wait_until_ms {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        each_step();
+    }
+    task.await
+        .map_err(|e| violation("no-panic", format!("{what} task: {e}")))?
 }
 
 /// Waits for the metadata quorum and every broker, then creates the topic.
@@ -1323,6 +1365,22 @@ fn caught_up(shared: &Shared, injected: &mut Injected) -> bool {
         injected.wiped_catch_up = None;
     }
     done
+}
+
+/// The leader of `topic`-`partition` and its leader epoch, as some live broker's image
+/// says (None: no leader known).
+fn image_leader(shared: &Shared, topic: &str, partition: i32) -> Option<(u64, i32)> {
+    (1..=shared.settings.brokers)
+        .find_map(|id| shared.broker(id))
+        .and_then(|b| {
+            b.node.with_image(|image| {
+                image
+                    .partition(topic, partition)
+                    .map(|p| (p.leader, p.leader_epoch))
+            })
+        })
+        .filter(|(leader, _)| *leader > 0)
+        .map(|(leader, epoch)| (leader as u64, epoch))
 }
 
 /// Connects to `addr`, bounded by [`OP_TIMEOUT`].

@@ -81,6 +81,89 @@ pub fn batch_extents(bytes: &Bytes) -> Vec<BatchExtent> {
     extents
 }
 
+/// What one read_committed partition fetch returned.
+#[derive(Debug, Clone)]
+pub struct ReadCommittedPartition {
+    pub error: Option<ResponseError>,
+    pub high_watermark: i64,
+    pub last_stable_offset: i64,
+    pub log_start_offset: i64,
+    /// The records a read_committed consumer delivers (see [`read_committed_records`]).
+    pub records: Vec<SimpleRecord>,
+    /// The offset after the last whole batch (None: no batch): the next fetch position.
+    pub next_offset: Option<i64>,
+}
+
+/// The records of a read_committed fetch's `bytes` that a Kafka consumer delivers, given
+/// the response's aborted transactions (producer id, first offset): control batches and
+/// the batches of an aborted transaction are left out (a producer is aborted from its
+/// first offset until its ABORT marker). Also the offset after the last whole batch.
+pub fn read_committed_records(
+    bytes: &Bytes,
+    aborted: &[(i64, i64)],
+) -> Result<(Vec<SimpleRecord>, Option<i64>)> {
+    let mut pending = aborted.to_vec();
+    pending.sort_by_key(|(_, first_offset)| std::cmp::Reverse(*first_offset));
+    let mut aborting = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    let mut next_offset = None;
+    let mut position = 0;
+    while let Ok(header) = crate::log::batch::BatchHeader::parse(&bytes[position..]) {
+        let end = position + header.size_bytes();
+        if end > bytes.len() {
+            break;
+        }
+        let batch = bytes.slice(position..end);
+        position = end;
+        next_offset = Some(header.next_offset());
+        while let Some(&(producer_id, _)) = pending
+            .last()
+            .filter(|(_, first)| *first <= header.last_offset())
+        {
+            aborting.insert(producer_id);
+            pending.pop();
+        }
+        if header.is_control() {
+            let marker = crate::log::txn_marker::parse_marker(&batch, &header);
+            if marker.is_some_and(|m| !m.commit) {
+                aborting.remove(&header.producer_id);
+            }
+            continue;
+        }
+        if header.is_transactional() && aborting.contains(&header.producer_id) {
+            continue;
+        }
+        out.extend(decode_records(&batch)?);
+    }
+    Ok((out, next_offset))
+}
+
+/// A Fetch (v12) of one partition from `offset` (read_uncommitted).
+fn fetch_request(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    current_leader_epoch: i32,
+    max_wait_ms: i32,
+    max_bytes: i32,
+) -> FetchRequest {
+    let wanted = FetchPartition::default()
+        .with_partition(partition)
+        .with_fetch_offset(offset)
+        .with_partition_max_bytes(max_bytes)
+        .with_current_leader_epoch(current_leader_epoch)
+        .with_log_start_offset(-1);
+    FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(max_bytes)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(str_bytes(topic)))
+            .with_partitions(vec![wanted])])
+}
+
 fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
 }
@@ -558,6 +641,25 @@ impl Client {
         group_id: &str,
         topics: Option<&[(&str, &[i32])]>,
     ) -> Result<Vec<FetchedOffset>> {
+        self.offset_fetch_of(group_id, topics, false).await
+    }
+
+    /// [`Client::offset_fetch`] with `require_stable`: a partition with a transactional
+    /// offset not yet decided is answered UNSTABLE_OFFSET_COMMIT (KIP-447).
+    pub async fn offset_fetch_stable(
+        &mut self,
+        group_id: &str,
+        topics: Option<&[(&str, &[i32])]>,
+    ) -> Result<Vec<FetchedOffset>> {
+        self.offset_fetch_of(group_id, topics, true).await
+    }
+
+    async fn offset_fetch_of(
+        &mut self,
+        group_id: &str,
+        topics: Option<&[(&str, &[i32])]>,
+        require_stable: bool,
+    ) -> Result<Vec<FetchedOffset>> {
         use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
         let topics = topics.map(|ts| {
             ts.iter()
@@ -570,7 +672,8 @@ impl Client {
         });
         let request = OffsetFetchRequest::default()
             .with_group_id(GroupId(str_bytes(group_id)))
-            .with_topics(topics);
+            .with_topics(topics)
+            .with_require_stable(require_stable);
         let response = self.send(&request, 7).await?;
         check(response.error_code)?;
         Ok(response
@@ -851,28 +954,8 @@ impl Client {
         max_wait_ms: i32,
         max_bytes: i32,
     ) -> Result<FetchedPartition> {
-        let wanted = FetchPartition::default()
-            .with_partition(partition)
-            .with_fetch_offset(offset)
-            .with_partition_max_bytes(max_bytes)
-            .with_current_leader_epoch(-1)
-            .with_log_start_offset(-1);
-        let request = FetchRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(max_wait_ms)
-            .with_min_bytes(1)
-            .with_max_bytes(max_bytes)
-            .with_session_epoch(-1)
-            .with_topics(vec![FetchTopic::default()
-                .with_topic(TopicName(str_bytes(topic)))
-                .with_partitions(vec![wanted])]);
-        let response = self.send(&request, 12).await?;
-        check(response.error_code)?;
-        let p = response
-            .responses
-            .first()
-            .and_then(|t| t.partitions.first())
-            .ok_or_else(|| anyhow!("empty Fetch response"))?;
+        let request = fetch_request(topic, partition, offset, -1, max_wait_ms, max_bytes);
+        let p = self.fetch_one(&request).await?;
         let (records, batches) = match &p.records {
             Some(bytes) if p.error_code == 0 => (decode_records(bytes)?, batch_extents(bytes)),
             _ => (Vec::new(), Vec::new()),
@@ -884,6 +967,108 @@ impl Client {
             records,
             batches,
         })
+    }
+
+    /// A read_committed Fetch (isolation_level 1) of one partition from its leader of
+    /// `current_leader_epoch` (-1: any), its records filtered as a Kafka consumer does.
+    pub async fn fetch_read_committed(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        current_leader_epoch: i32,
+        max_bytes: i32,
+    ) -> Result<ReadCommittedPartition> {
+        let request = fetch_request(topic, partition, offset, current_leader_epoch, 0, max_bytes)
+            .with_isolation_level(1);
+        let p = self.fetch_one(&request).await?;
+        let aborted: Vec<(i64, i64)> = p
+            .aborted_transactions
+            .iter()
+            .flatten()
+            .map(|a| (a.producer_id.0, a.first_offset))
+            .collect();
+        let (records, next_offset) = match &p.records {
+            Some(bytes) if p.error_code == 0 => read_committed_records(bytes, &aborted)?,
+            _ => (Vec::new(), None),
+        };
+        Ok(ReadCommittedPartition {
+            error: ResponseError::try_from_code(p.error_code),
+            high_watermark: p.high_watermark,
+            last_stable_offset: p.last_stable_offset,
+            log_start_offset: p.log_start_offset,
+            records,
+            next_offset,
+        })
+    }
+
+    /// Sends a Fetch (v12) of one partition; its partition's answer.
+    async fn fetch_one(&mut self, request: &FetchRequest) -> Result<fetch_response::PartitionData> {
+        let response = self.send(request, 12).await?;
+        check(response.error_code)?;
+        response
+            .responses
+            .into_iter()
+            .next()
+            .and_then(|t| t.partitions.into_iter().next())
+            .ok_or_else(|| anyhow!("empty Fetch response"))
+    }
+
+    /// AddOffsetsToTxn (v3): the group's offsets partition joins the transaction.
+    pub async fn add_offsets_to_txn(
+        &mut self,
+        transactional_id: &str,
+        producer: (i64, i16),
+        group_id: &str,
+    ) -> Result<()> {
+        let request = AddOffsetsToTxnRequest::default()
+            .with_transactional_id(TransactionalId(str_bytes(transactional_id)))
+            .with_producer_id(ProducerId(producer.0))
+            .with_producer_epoch(producer.1)
+            .with_group_id(GroupId(str_bytes(group_id)));
+        let response = self.send(&request, 3).await?;
+        check(response.error_code)
+    }
+
+    /// TxnOffsetCommit (v3, no member fields) of `(topic, partition, offset)`s, asked of
+    /// the group's coordinator: the first error, if any.
+    pub async fn txn_offset_commit(
+        &mut self,
+        transactional_id: &str,
+        producer: (i64, i16),
+        group_id: &str,
+        offsets: &[(&str, i32, i64)],
+    ) -> Result<()> {
+        use txn_offset_commit_request::{
+            TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+        };
+        let mut topics: Vec<TxnOffsetCommitRequestTopic> = Vec::new();
+        for (topic, partition, offset) in offsets {
+            let p = TxnOffsetCommitRequestPartition::default()
+                .with_partition_index(*partition)
+                .with_committed_offset(*offset);
+            match topics.iter_mut().find(|t| t.name.0.as_str() == *topic) {
+                Some(t) => t.partitions.push(p),
+                None => topics.push(
+                    TxnOffsetCommitRequestTopic::default()
+                        .with_name(TopicName(str_bytes(topic)))
+                        .with_partitions(vec![p]),
+                ),
+            }
+        }
+        let request = TxnOffsetCommitRequest::default()
+            .with_transactional_id(TransactionalId(str_bytes(transactional_id)))
+            .with_group_id(GroupId(str_bytes(group_id)))
+            .with_producer_id(ProducerId(producer.0))
+            .with_producer_epoch(producer.1)
+            .with_topics(topics);
+        let response = self.send(&request, 3).await?;
+        for topic in &response.topics {
+            for p in &topic.partitions {
+                check(p.error_code)?;
+            }
+        }
+        Ok(())
     }
 
     /// ListOffsets for one partition: -1 latest, -2 earliest, or a timestamp.
@@ -910,5 +1095,57 @@ impl Client {
             .ok_or_else(|| anyhow!("empty ListOffsets response"))?;
         check(p.error_code)?;
         Ok(p.offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::batch::patch_header;
+    use crate::log::txn_marker::{build_marker_batch, TxnMarker};
+
+    fn at(batch: Bytes, base_offset: i64) -> Vec<u8> {
+        let mut bytes = batch.to_vec();
+        patch_header(&mut bytes, base_offset, 0);
+        bytes
+    }
+
+    fn txn_batch(producer_id: i64, value: &str) -> Bytes {
+        let fields = ProducerFields {
+            producer_id,
+            producer_epoch: 0,
+            base_sequence: 0,
+            transactional: true,
+        };
+        let records = [(None, Some(Bytes::from(value.to_string())), 0)];
+        encode_producer_records(&records, Compression::None, Some(fields)).unwrap()
+    }
+
+    #[test]
+    fn read_committed_leaves_out_aborted_transactions_until_their_marker() {
+        let abort = TxnMarker {
+            commit: false,
+            coordinator_epoch: 0,
+        };
+        let commit = TxnMarker {
+            commit: true,
+            coordinator_epoch: 0,
+        };
+        let mut bytes = Vec::new();
+        bytes.extend(at(txn_batch(7, "aborted"), 0));
+        bytes.extend(at(txn_batch(8, "committed"), 1));
+        bytes.extend(at(build_marker_batch(7, 0, abort, 0), 2));
+        bytes.extend(at(build_marker_batch(8, 0, commit, 0), 3));
+        bytes.extend(at(txn_batch(7, "next"), 4));
+        let bytes = Bytes::from(bytes);
+        let values = |records: Vec<SimpleRecord>| -> Vec<Bytes> {
+            records.into_iter().filter_map(|r| r.value).collect()
+        };
+        let (records, next) = read_committed_records(&bytes, &[(7, 0)]).unwrap();
+        assert_eq!(values(records), vec!["committed", "next"]);
+        assert_eq!(next, Some(5));
+        // Without the aborted list, a consumer keeps everything.
+        let (records, _) = read_committed_records(&bytes, &[]).unwrap();
+        assert_eq!(values(records), vec!["aborted", "committed", "next"]);
     }
 }

@@ -676,6 +676,10 @@ impl PartitionLog {
     /// reads below it. The oldest transaction that is open (or whose marker is not
     /// committed), else the high watermark; never below the log start.
     pub fn last_stable_offset(&self, high_watermark: i64) -> i64 {
+        // Planted bug: open transactions are ignored.
+        if crate::planted::on("lso-from-high-watermark") {
+            return high_watermark.max(self.log_start_offset());
+        }
         let unstable = self.producer_state.first_unstable_offset(high_watermark);
         unstable
             .map_or(high_watermark, |u| u.min(high_watermark))

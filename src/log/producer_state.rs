@@ -151,6 +151,10 @@ impl ProducerEntry {
             return Ok(Verdict::Append);
         };
         let epoch = header.producer_epoch;
+        // Planted bug: a zombie producer's batch (an older epoch) is appended.
+        if epoch < entry.producer_epoch && crate::planted::on("stale-epoch-produce-accepted") {
+            return Ok(Verdict::Append);
+        }
         if epoch < entry.producer_epoch {
             return Err(SequenceError::StaleEpoch {
                 current: entry.producer_epoch,

@@ -13,7 +13,8 @@
 //!   them.
 
 use super::{
-    connect, converge_topic, create_extra_topic, kafka_addr, violation, Logs, Shared, OP_TIMEOUT,
+    connect, converge_topic, create_extra_topic, image_leader, kafka_addr, violation, Logs, Shared,
+    OP_TIMEOUT,
 };
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
@@ -51,21 +52,6 @@ pub(super) async fn create_topic(shared: &Arc<Shared>) -> Result<(), super::Viol
     create_extra_topic(shared, IDEMPOTENT_TOPIC, IDEMPOTENT_PARTITIONS, configs).await
 }
 
-/// The leader of `partition` as some live broker's image says (0: none known).
-fn leader_of(shared: &Shared, partition: i32) -> u64 {
-    (1..=shared.settings.brokers)
-        .find_map(|id| shared.broker(id))
-        .and_then(|b| {
-            b.node.with_image(|image| {
-                image
-                    .partition(IDEMPOTENT_TOPIC, partition)
-                    .map(|p| p.leader)
-            })
-        })
-        .filter(|leader| *leader > 0)
-        .map_or(0, |leader| leader as u64)
-}
-
 async fn init_producer_id(shared: &Shared, rng: &mut impl Rng) -> Option<(i64, i16)> {
     let id = rng.gen_range(1..=shared.settings.brokers);
     let mut client = connect(kafka_addr(id)).await?;
@@ -76,7 +62,7 @@ async fn init_producer_id(shared: &Shared, rng: &mut impl Rng) -> Option<(i64, i
 }
 
 /// What one send of a batch came to.
-enum Sent {
+pub(super) enum Sent {
     Acked(i64),
     /// The producer id's sequence state is broken for this batch: give it up.
     Refused(ResponseError),
@@ -84,17 +70,19 @@ enum Sent {
     Retry,
 }
 
-async fn send_once(
+/// Sends `batch` of an idempotent (or, with `transactional_id`, transactional) producer
+/// once to the leader of `topic`-`partition`, connecting to it first if need be.
+pub(super) async fn send_once(
     shared: &Shared,
     connection: &mut Option<(u64, Client)>,
-    partition: i32,
+    (topic, partition): (&str, i32),
     batch: &Bytes,
+    transactional_id: Option<&str>,
 ) -> Sent {
     if connection.is_none() {
-        let leader = leader_of(shared, partition);
-        if leader == 0 {
+        let Some((leader, _)) = image_leader(shared, topic, partition) else {
             return Sent::Retry;
-        }
+        };
         *connection = connect(kafka_addr(leader)).await.map(|c| (leader, c));
     }
     let Some((_, client)) = connection.as_mut() else {
@@ -106,7 +94,7 @@ async fn send_once(
     let timeout = Duration::from_millis(thread_rng().gen_range(200..=3_000));
     let result = tokio::time::timeout(
         timeout,
-        client.produce_batch(IDEMPOTENT_TOPIC, partition, batch.clone(), -1),
+        client.produce_batch_in(topic, partition, batch.clone(), -1, transactional_id),
     )
     .await;
     match result {
@@ -116,6 +104,8 @@ async fn send_once(
                 e @ (ResponseError::OutOfOrderSequenceNumber
                 | ResponseError::UnknownProducerId
                 | ResponseError::InvalidProducerEpoch
+                | ResponseError::ProducerFenced
+                | ResponseError::InvalidTxnState
                 | ResponseError::InvalidRecord),
             ) => Sent::Refused(e),
             _ => {
@@ -176,7 +166,14 @@ pub(super) async fn producer_loop(shared: Arc<Shared>, partition: i32) {
         }
         let mut outcome = Sent::Retry;
         for _ in 0..ATTEMPTS_PER_BATCH {
-            outcome = send_once(&shared, &mut connection, partition, &batch).await;
+            outcome = send_once(
+                &shared,
+                &mut connection,
+                (IDEMPOTENT_TOPIC, partition),
+                &batch,
+                None,
+            )
+            .await;
             if !matches!(outcome, Sent::Retry) || shared.stop_load.load(Ordering::Relaxed) {
                 break;
             }

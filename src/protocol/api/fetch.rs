@@ -111,7 +111,8 @@ fn read_once(broker: &Broker, version: i16, request: &FetchRequest) -> (FetchRes
                 Ok(bytes) => {
                     budget = budget.saturating_sub(bytes.len());
                     total_bytes += bytes.len();
-                    if read_committed {
+                    // Planted bug: no aborted transactions listed.
+                    if read_committed && !crate::planted::on("skip-aborted-list") {
                         let aborted = aborted_in(log, wanted.fetch_offset, &bytes);
                         data = data.with_aborted_transactions(Some(aborted));
                     }

@@ -20,7 +20,7 @@ pub struct Bug {
 }
 
 /// Every planted bug, with what it breaks.
-pub const BUGS: [Bug; 23] = [
+pub const BUGS: [Bug; 24] = [
     Bug {
         name: "ack-before-quorum",
         description: "acks=all is answered once the leader's own write is fsynced, not at commit by a quorum",
@@ -112,6 +112,10 @@ pub const BUGS: [Bug; 23] = [
     Bug {
         name: "skip-aborted-list",
         description: "a read_committed Fetch lists no aborted transactions, so consumers keep aborted records",
+    },
+    Bug {
+        name: "compaction-keeps-aborted-records",
+        description: "log compaction treats an aborted transaction's records as committed: they shadow older records of their keys",
     },
 ];
 

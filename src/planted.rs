@@ -103,7 +103,7 @@ pub const BUGS: [Bug; 24] = [
     },
     Bug {
         name: "stale-epoch-produce-accepted",
-        description: "a partition leader appends a transactional or idempotent batch of a producer epoch older than the one it knows (a fenced zombie's)",
+        description: "a partition leader appends a transactional or idempotent batch of a producer epoch older than the one it knows (a fenced zombie's), without the KIP-890 verification that would refuse it first",
     },
     Bug {
         name: "lso-from-high-watermark",

@@ -169,7 +169,11 @@ async fn verify_transactional(
             "a transactional batch needs the request's transactional_id".into(),
         ));
     };
-    if !broker.config.txns.transaction_partition_verification_enable {
+    // Planted bug `stale-epoch-produce-accepted` skips the verification too, as it
+    // would otherwise refuse the stale epoch first.
+    if !broker.config.txns.transaction_partition_verification_enable
+        || crate::planted::on("stale-epoch-produce-accepted")
+    {
         return Ok(TxnAppend::Unchecked);
     }
     let (producer_id, producer_epoch) = (header.producer_id, header.producer_epoch);

@@ -4,8 +4,8 @@
 //! The partition side alone: no coordinator, so KIP-890 verification is off here
 //! (`txn_admin_tests` covers it).
 
-use super::dispatch::dispatch;
-use super::tests::{frame, resolve, s, test_broker_with};
+use super::tests::{s, test_broker_with};
+use super::txn_offset_tests::call;
 use crate::broker::Broker;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::indexmap::IndexMap;
@@ -47,18 +47,6 @@ fn txn_batch(producer_id: i64, producer_epoch: i16, sequence: i32, value: &str) 
     };
     RecordBatchEncoder::encode(&mut buf, [&record], &options).unwrap();
     buf.freeze()
-}
-
-async fn call(
-    broker: &Arc<Broker>,
-    key: ApiKey,
-    version: i16,
-    request: RequestKind,
-) -> ResponseKind {
-    let pending = dispatch(broker, frame(key, version, 1, &request))
-        .await
-        .unwrap();
-    resolve(pending.reply).await.expect("an answer")
 }
 
 /// Produces `batch` to partition 0 with acks=all; returns (error code, base offset).

@@ -609,6 +609,30 @@ impl Client {
         check(response.error_code)
     }
 
+    /// EndTxn v5 (transaction version 2, KIP-890 part 2): every end bumps the epoch. Returns
+    /// the producer id and epoch to use from now on (the epoch + 1, or a new producer id at
+    /// epoch 0 once the epoch is exhausted). A retry goes with the epoch it was first sent
+    /// with.
+    pub async fn end_txn_v2(
+        &mut self,
+        transactional_id: &str,
+        producer: (i64, i16),
+        commit: bool,
+    ) -> Result<(i64, i16)> {
+        let request = EndTxnRequest::default()
+            .with_transactional_id(TransactionalId(str_bytes(transactional_id)))
+            .with_producer_id(ProducerId(producer.0))
+            .with_producer_epoch(producer.1)
+            .with_committed(commit);
+        let response = self.send(&request, 5).await?;
+        check(response.error_code)?;
+        let next = (response.producer_id.0, response.producer_epoch);
+        if next.0 < 0 || next.1 < 0 {
+            bail!("EndTxn v5 answered without a producer id and epoch: {next:?}");
+        }
+        Ok(next)
+    }
+
     /// ListGroups (v4, with each group's state): the groups this broker coordinates.
     pub async fn list_groups(&mut self) -> Result<Vec<list_groups_response::ListedGroup>> {
         let response = self.send(&ListGroupsRequest::default(), 4).await?;
@@ -772,6 +796,26 @@ impl Client {
         acks: i16,
         transactional_id: Option<&str>,
     ) -> Result<Option<i64>> {
+        self.produce_batch_at(topic, partition, batch, acks, transactional_id, 9)
+            .await
+    }
+
+    /// [`Client::produce_batch_in`] at Produce `version` (3..=12; 13 names topics by id).
+    /// A transactional batch at v12 is a transaction version 2 producer's: the leader adds
+    /// the partition to the transaction itself (KIP-890 part 2), no AddPartitionsToTxn.
+    pub async fn produce_batch_at(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        batch: Bytes,
+        acks: i16,
+        transactional_id: Option<&str>,
+        version: i16,
+    ) -> Result<Option<i64>> {
+        assert!(
+            (3..=12).contains(&version),
+            "Produce v{version}: this client names topics, v3..=12"
+        );
         let data = PartitionProduceData::default()
             .with_index(partition)
             .with_records(Some(batch));
@@ -784,10 +828,10 @@ impl Client {
             .with_timeout_ms(30_000)
             .with_topic_data(vec![topic_data]);
         if acks == 0 {
-            self.write_request(&request, 9).await?;
+            self.write_request(&request, version).await?;
             return Ok(None);
         }
-        let response = self.send(&request, 9).await?;
+        let response = self.send(&request, version).await?;
         let p = response
             .responses
             .first()
@@ -1039,9 +1083,28 @@ impl Client {
         group_id: &str,
         offsets: &[(&str, i32, i64)],
     ) -> Result<()> {
+        self.txn_offset_commit_at(transactional_id, producer, group_id, offsets, 3)
+            .await
+    }
+
+    /// [`Client::txn_offset_commit`] at `version` (3..=5). At v5 (transaction version 2)
+    /// the group coordinator adds the group's offsets partition to the transaction
+    /// itself: no AddOffsetsToTxn before it.
+    pub async fn txn_offset_commit_at(
+        &mut self,
+        transactional_id: &str,
+        producer: (i64, i16),
+        group_id: &str,
+        offsets: &[(&str, i32, i64)],
+        version: i16,
+    ) -> Result<()> {
         use txn_offset_commit_request::{
             TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
         };
+        assert!(
+            (3..=5).contains(&version),
+            "TxnOffsetCommit v{version}: this client sends v3..=5"
+        );
         let mut topics: Vec<TxnOffsetCommitRequestTopic> = Vec::new();
         for (topic, partition, offset) in offsets {
             let p = TxnOffsetCommitRequestPartition::default()
@@ -1062,7 +1125,7 @@ impl Client {
             .with_producer_id(ProducerId(producer.0))
             .with_producer_epoch(producer.1)
             .with_topics(topics);
-        let response = self.send(&request, 3).await?;
+        let response = self.send(&request, version).await?;
         for topic in &response.topics {
             for p in &topic.partitions {
                 check(p.error_code)?;

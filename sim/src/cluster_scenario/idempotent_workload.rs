@@ -71,13 +71,15 @@ pub(super) enum Sent {
 }
 
 /// Sends `batch` of an idempotent (or, with `transactional_id`, transactional) producer
-/// once to the leader of `topic`-`partition`, connecting to it first if need be.
+/// once, at Produce `version`, to the leader of `topic`-`partition`, connecting to it
+/// first if need be.
 pub(super) async fn send_once(
     shared: &Shared,
     connection: &mut Option<(u64, Client)>,
     (topic, partition): (&str, i32),
     batch: &Bytes,
     transactional_id: Option<&str>,
+    version: i16,
 ) -> Sent {
     if connection.is_none() {
         let Some((leader, _)) = image_leader(shared, topic, partition) else {
@@ -94,7 +96,14 @@ pub(super) async fn send_once(
     let timeout = Duration::from_millis(thread_rng().gen_range(200..=3_000));
     let result = tokio::time::timeout(
         timeout,
-        client.produce_batch_in(topic, partition, batch.clone(), -1, transactional_id),
+        client.produce_batch_at(
+            topic,
+            partition,
+            batch.clone(),
+            -1,
+            transactional_id,
+            version,
+        ),
     )
     .await;
     match result {
@@ -106,6 +115,7 @@ pub(super) async fn send_once(
                 | ResponseError::InvalidProducerEpoch
                 | ResponseError::ProducerFenced
                 | ResponseError::InvalidTxnState
+                | ResponseError::TransactionAbortable
                 | ResponseError::InvalidRecord),
             ) => Sent::Refused(e),
             _ => {
@@ -172,6 +182,7 @@ pub(super) async fn producer_loop(shared: Arc<Shared>, partition: i32) {
                 (IDEMPOTENT_TOPIC, partition),
                 &batch,
                 None,
+                9,
             )
             .await;
             if !matches!(outcome, Sent::Retry) || shared.stop_load.load(Ordering::Relaxed) {

@@ -48,6 +48,8 @@ use strand::client::{encode_producer_records, response_error, Client, ProducerFi
 pub(super) const TXN_TOPIC: &str = "sim-txn";
 pub(super) const TXN_PARTITIONS: i32 = 3;
 pub(super) const TXN_PRODUCERS: usize = 2;
+/// The producer that speaks transaction version 2 (KIP-890 part 2); the others speak 1.
+const TXN_V2_PRODUCER: usize = 1;
 const TXN_GROUP: &str = "sim-txn-group";
 /// The partition of `TXN_TOPIC` whose group offset only transactions meant to abort
 /// commit (every other transaction commits that of its producer's index).
@@ -103,10 +105,13 @@ pub(super) struct TxnHistory {
     values: BTreeMap<String, (usize, u64)>,
     /// Values zombies sent: never to be read.
     zombie_values: BTreeSet<String>,
+    /// Values of late batches (a version 2 producer's ended epoch): never to be read.
+    late_values: BTreeSet<String>,
     /// What the reader read: (partition, offset) → value.
     reads: BTreeMap<(i32, i64), String>,
     restarts: u64,
     zombies_refused: u64,
+    late_refused: u64,
 }
 
 impl TxnHistory {
@@ -114,6 +119,12 @@ impl TxnHistory {
     fn check_read(&self, value: &str) -> Option<(&'static str, String)> {
         if self.zombie_values.contains(value) {
             return Some(("txn-zombie-fenced", format!("{value} of a zombie is read")));
+        }
+        if self.late_values.contains(value) {
+            return Some((
+                "txn-late-batch-fenced",
+                format!("{value} of a late batch (an ended epoch) is read"),
+            ));
         }
         let Some(key) = self.values.get(value) else {
             return Some(("no-invented-records", format!("{value} was never sent")));
@@ -170,14 +181,45 @@ impl Call {
 /// A failed call: its Kafka error code (None: unanswered) and what happened.
 type CallError = (Option<ResponseError>, String);
 
-/// Why a producer's epoch ends.
+/// Why a transaction stops before its end.
 #[derive(Debug)]
-struct Fatal(String);
+enum Stop {
+    /// The producer's epoch ends (fenced, or no answer): InitProducerId again.
+    Fatal(String),
+    /// TRANSACTION_ABORTABLE: the producer aborts the transaction (EndTxn) and goes on,
+    /// as a Kafka 4 client does.
+    Abortable(String),
+}
+
+impl Stop {
+    fn why(&self) -> &str {
+        match self {
+            Stop::Fatal(why) | Stop::Abortable(why) => why,
+        }
+    }
+}
+
+/// A batch of the epoch a transaction version 2 producer's EndTxn ended, delayed in the
+/// network: it arrives once the producer's next transaction has begun (KAFKA-17754).
+#[derive(Debug)]
+struct LateBatch {
+    producer_id: i64,
+    producer_epoch: i16,
+    /// The next sequence the ended epoch would have used, per partition it wrote.
+    sequences: BTreeMap<i32, i32>,
+    /// The transaction that ended.
+    txn_no: u64,
+}
 
 struct TxnProducer {
     shared: Arc<Shared>,
     index: usize,
     transactional_id: String,
+    /// Transaction version 2 (KIP-890 part 2): no AddPartitionsToTxn or AddOffsetsToTxn
+    /// (the partition leader and the group coordinator add to the transaction), Produce
+    /// v12, TxnOffsetCommit v5, and EndTxn v5, whose answer is the producer id and epoch
+    /// to go on with.
+    v2: bool,
     coordinators: BTreeMap<&'static str, Client>,
     /// Producer id and epoch.
     producer: Option<(i64, i16)>,
@@ -186,6 +228,8 @@ struct TxnProducer {
     connections: BTreeMap<i32, Option<(u64, Client)>>,
     /// A fenced instance of this producer: (producer id, epoch, next sequences).
     zombie: Option<(i64, i16, BTreeMap<i32, i32>)>,
+    /// Version 2: a batch of the last ended epoch, sent once the next transaction began.
+    late: Option<LateBatch>,
 }
 
 impl TxnProducer {
@@ -230,6 +274,11 @@ impl TxnProducer {
     async fn call_once(&mut self, call: &Call) -> Result<Option<(i64, i16)>, CallError> {
         let producer = self.producer.unwrap_or((-1, -1));
         let transactional_id = self.transactional_id.clone();
+        let v2 = self.v2;
+        assert!(
+            !(v2 && matches!(call, Call::AddPartitions(_) | Call::AddOffsets)),
+            "a transaction version 2 producer adds nothing itself: {call:?}"
+        );
         let Some(client) = self.coordinator(call.coordinator()).await else {
             return Err((None, "no coordinator".into()));
         };
@@ -259,11 +308,23 @@ impl TxnProducer {
             }
             Call::TxnOffsetCommit(partition, offset) => {
                 let offsets = [(TXN_TOPIC, *partition, *offset)];
-                let commit =
-                    client.txn_offset_commit(&transactional_id, producer, TXN_GROUP, &offsets);
+                let version = if v2 { 5 } else { 3 };
+                let commit = client.txn_offset_commit_at(
+                    &transactional_id,
+                    producer,
+                    TXN_GROUP,
+                    &offsets,
+                    version,
+                );
                 tokio::time::timeout(timeout, commit)
                     .await
                     .map(|r| r.map(|_| None))
+            }
+            Call::EndTxn(commit) if v2 => {
+                let end = client.end_txn_v2(&transactional_id, producer, *commit);
+                tokio::time::timeout(timeout, end)
+                    .await
+                    .map(|r| r.map(Some))
             }
             Call::EndTxn(commit) => {
                 let end = client.end_txn(&transactional_id, producer, *commit);
@@ -280,7 +341,7 @@ impl TxnProducer {
     }
 
     /// Sends `call` until it is answered, retrying what a Kafka client retries.
-    async fn call(&mut self, call: Call) -> Result<Option<(i64, i16)>, Fatal> {
+    async fn call(&mut self, call: Call) -> Result<Option<(i64, i16)>, Stop> {
         let mut last = String::new();
         for _ in 0..ATTEMPTS_PER_REQUEST {
             let (code, error) = match self.call_once(&call).await {
@@ -294,11 +355,15 @@ impl TxnProducer {
                     | ResponseError::InvalidProducerIdMapping
                     | ResponseError::InvalidTxnState
                     | ResponseError::TransactionCoordinatorFenced),
-                ) => return Err(Fatal(format!("{call:?}: {e:?}"))),
+                ) => return Err(Stop::Fatal(format!("{call:?}: {e:?}"))),
+                Some(e @ ResponseError::TransactionAbortable) => {
+                    return Err(Stop::Abortable(format!("{call:?}: {e:?}")))
+                }
                 Some(
                     ResponseError::ConcurrentTransactions
                     | ResponseError::UnknownTopicOrPartition
-                    | ResponseError::CoordinatorLoadInProgress,
+                    | ResponseError::CoordinatorLoadInProgress
+                    | ResponseError::NotEnoughReplicas,
                 ) => {}
                 _ => {
                     // Not answered, or not the coordinator: find it again.
@@ -313,16 +378,17 @@ impl TxnProducer {
             let pause = thread_rng().gen_range(50..=300);
             tokio::time::sleep(Duration::from_millis(pause)).await;
         }
-        Err(Fatal(format!("{call:?} unanswered: {last}")))
+        Err(Stop::Fatal(format!("{call:?} unanswered: {last}")))
     }
 
-    /// Sends one batch of `values` to `partition` until it is acknowledged.
+    /// Sends one batch of `values` to `partition` until it is acknowledged (at Produce
+    /// v12 for a version 2 producer, which adds the partition to its transaction).
     async fn produce(
         &mut self,
         partition: i32,
         fields: ProducerFields,
         values: &[String],
-    ) -> Result<i64, Fatal> {
+    ) -> Result<i64, Stop> {
         let records: Vec<_> = values
             .iter()
             .map(|v| (None, Some(Bytes::from(v.clone())), strand::clock::now_ms()))
@@ -333,6 +399,7 @@ impl TxnProducer {
             Some(fields),
         )
         .expect("encode a batch");
+        let version = if self.v2 { 12 } else { 9 };
         let connection = self.connections.entry(partition).or_default();
         for _ in 0..ATTEMPTS_PER_REQUEST {
             let sent = send_once(
@@ -341,25 +408,32 @@ impl TxnProducer {
                 (TXN_TOPIC, partition),
                 &batch,
                 Some(&self.transactional_id),
+                version,
             )
             .await;
             match sent {
                 Sent::Acked(offset) => return Ok(offset),
-                Sent::Refused(e) => return Err(Fatal(format!("p{partition}: {e:?}"))),
+                Sent::Refused(e @ ResponseError::TransactionAbortable) => {
+                    return Err(Stop::Abortable(format!("p{partition}: {e:?}")))
+                }
+                Sent::Refused(e) => return Err(Stop::Fatal(format!("p{partition}: {e:?}"))),
                 Sent::Retry => {
+                    // NOT_ENOUGH_REPLICAS (also the coordinator's CONCURRENT_TRANSACTIONS
+                    // while the last transaction's markers are written), a timeout, a
+                    // leader change.
                     let pause = thread_rng().gen_range(20..=200);
                     tokio::time::sleep(Duration::from_millis(pause)).await;
                 }
             }
         }
-        Err(Fatal(format!("p{partition}: never acknowledged")))
+        Err(Stop::Fatal(format!("p{partition}: never acknowledged")))
     }
 
     /// A new producer epoch (InitProducerId, which ends what the last one left open).
-    async fn init(&mut self) -> Result<(), Fatal> {
+    async fn init(&mut self) -> Result<(), Stop> {
         let previous = self.producer.take();
         let Some((id, epoch)) = self.call(Call::InitProducerId).await? else {
-            return Err(Fatal("InitProducerId without an answer".into()));
+            return Err(Stop::Fatal("InitProducerId without an answer".into()));
         };
         self.event(format!("producer id {id} epoch {epoch}"));
         if let Some((old_id, old_epoch)) = previous {
@@ -368,6 +442,40 @@ impl TxnProducer {
             }
         }
         self.producer = Some((id, epoch));
+        self.sequences.clear();
+        Ok(())
+    }
+
+    /// EndTxn of transaction `txn_no`. Version 2 goes on with the producer id and epoch
+    /// the answer names, every sequence from 0 again, and now and then leaves a late batch
+    /// of the epoch that ended (sent by [`TxnProducer::late_produce`]).
+    async fn end(&mut self, commit: bool, txn_no: u64) -> Result<(), Stop> {
+        let answer = self.call(Call::EndTxn(commit)).await?;
+        if !self.v2 {
+            assert_eq!(answer, None, "EndTxn v4 names no producer");
+            return Ok(());
+        }
+        let Some(next) = answer else {
+            return Err(Stop::Fatal(
+                "EndTxn v5 without a producer id and epoch".into(),
+            ));
+        };
+        let (producer_id, producer_epoch) = self.producer.expect("initialized");
+        // A client takes what the coordinator gives: a coordinator that did not bump the
+        // epoch is for the late batches to expose, not for this producer to notice.
+        if !self.sequences.is_empty() && thread_rng().gen_range(0..3) == 0 {
+            self.late = Some(LateBatch {
+                producer_id,
+                producer_epoch,
+                sequences: self.sequences.clone(),
+                txn_no,
+            });
+        }
+        self.event(format!(
+            "EndTxn v5 of transaction {txn_no}: producer id {producer_id} epoch {producer_epoch} → id {} epoch {}",
+            next.0, next.1
+        ));
+        self.producer = Some(next);
         self.sequences.clear();
         Ok(())
     }
@@ -398,15 +506,67 @@ impl TxnProducer {
                     "p{partition}: a batch of producer {producer_id} epoch {producer_epoch} (fenced) acknowledged at offset {offset}"
                 ),
             )),
-            Err(Fatal(why)) => {
-                self.event(format!("zombie epoch {producer_epoch} refused: {why}"));
+            Err(stop) => {
+                self.event(format!(
+                    "zombie epoch {producer_epoch} refused: {}",
+                    stop.why()
+                ));
                 self.shared.txn.lock().unwrap().zombies_refused += 1;
             }
         }
     }
 
-    /// One transaction; Err ends the producer's epoch.
-    async fn transaction(&mut self, txn_no: u64) -> Result<(), Fatal> {
+    /// KAFKA-17754: a batch of the epoch the last EndTxn ended (the sequence that epoch
+    /// would have used next on one of the partitions it wrote), delayed in the network,
+    /// arrives now that the next transaction has begun. The next transaction's first
+    /// batch was acknowledged, so the coordinator had completed the ended one: every
+    /// marker is written, with the bumped epoch. The batch must be refused: taken, it
+    /// would join (or start) a transaction the producer never sent it in.
+    async fn late_produce(&mut self) {
+        let Some(late) = self.late.take() else {
+            return;
+        };
+        assert!(self.v2, "only version 2 producers leave late batches");
+        let partitions: Vec<i32> = late.sequences.keys().copied().collect();
+        assert!(
+            !partitions.is_empty(),
+            "a late batch of an epoch that wrote"
+        );
+        let partition = partitions[thread_rng().gen_range(0..partitions.len())];
+        let value = format!("l{}-{:05}-p{partition}", self.index, late.txn_no);
+        self.shared
+            .txn
+            .lock()
+            .unwrap()
+            .late_values
+            .insert(value.clone());
+        let (producer_id, producer_epoch) = (late.producer_id, late.producer_epoch);
+        let fields = ProducerFields {
+            producer_id,
+            producer_epoch,
+            base_sequence: late.sequences[&partition],
+            transactional: true,
+        };
+        match self.produce(partition, fields, &[value]).await {
+            Ok(offset) => self.shared.report(violation(
+                "txn-late-batch-fenced",
+                format!(
+                    "p{partition}: a late batch of producer {producer_id} epoch {producer_epoch} (ended by transaction {}'s EndTxn) acknowledged at offset {offset}",
+                    late.txn_no
+                ),
+            )),
+            Err(stop) => {
+                self.event(format!(
+                    "late batch of epoch {producer_epoch} refused: {}",
+                    stop.why()
+                ));
+                self.shared.txn.lock().unwrap().late_refused += 1;
+            }
+        }
+    }
+
+    /// One transaction; Err stops it before its end.
+    async fn transaction(&mut self, txn_no: u64) -> Result<(), Stop> {
         let mut rng = thread_rng();
         let (producer_id, producer_epoch) = self.producer.expect("initialized");
         let mut partitions: Vec<i32> = (0..TXN_PARTITIONS).collect();
@@ -427,7 +587,9 @@ impl TxnProducer {
                 offset_partition: -1,
             },
         );
-        self.call(Call::AddPartitions(partitions.clone())).await?;
+        if !self.v2 {
+            self.call(Call::AddPartitions(partitions.clone())).await?;
+        }
         for (i, &partition) in partitions.iter().enumerate() {
             let values: Vec<String> = (0..rng.gen_range(1..=3))
                 .map(|r| format!("t{}-{txn_no:05}-p{partition}-{r}", self.index))
@@ -457,13 +619,18 @@ impl TxnProducer {
                 sequence.wrapping_add(values.len() as i32) & i32::MAX,
             );
             self.zombie_produce(partition, txn_no).await;
+            if i == 0 {
+                self.late_produce().await;
+            }
             if restart_at == Some(i) {
                 // The application restarts in the middle of the transaction.
                 self.shared.txn.lock().unwrap().restarts += 1;
-                return Err(Fatal("restart".into()));
+                return Err(Stop::Fatal("restart".into()));
             }
         }
-        self.call(Call::AddOffsets).await?;
+        if !self.v2 {
+            self.call(Call::AddOffsets).await?;
+        }
         // A transaction commits the offset of its producer's partition, except half of
         // those meant to abort: they commit that of the last partition, whose offset
         // must stay unset. The other half must never shadow the committed offset before
@@ -482,7 +649,7 @@ impl TxnProducer {
                 txn.end = TxnEnd::CommitSent;
             }
         });
-        self.call(Call::EndTxn(commit)).await?;
+        self.end(commit, txn_no).await?;
         let end = if commit {
             TxnEnd::Committed
         } else {
@@ -492,19 +659,46 @@ impl TxnProducer {
         self.event(format!("transaction {txn_no} {end:?} ({partitions:?})"));
         Ok(())
     }
+
+    /// After TRANSACTION_ABORTABLE: transaction `txn_no` is aborted (EndTxn abort) and the
+    /// producer goes on with the same (version 1) or the next (version 2) epoch. Err: the
+    /// epoch ends instead.
+    async fn abort(&mut self, txn_no: u64, why: &str) -> Result<(), Stop> {
+        let open = {
+            let mut history = self.shared.txn.lock().unwrap();
+            let txn = history.txns.get_mut(&(self.index, txn_no)).unwrap();
+            let open = txn.end == TxnEnd::Open;
+            if open {
+                txn.end = TxnEnd::Aborted;
+            }
+            open
+        };
+        if !open {
+            // Only a call before the commit is sent is ever abortable.
+            return Err(Stop::Fatal(format!("{why} after the commit was sent")));
+        }
+        self.event(format!("transaction {txn_no} aborts ({why})"));
+        match self.end(false, txn_no).await {
+            Ok(()) => Ok(()),
+            Err(stop) => Err(Stop::Fatal(format!("abort after {why}: {}", stop.why()))),
+        }
+    }
 }
 
-/// One transactional producer until the load stops.
+/// One transactional producer until the load stops (`index` 1 with transaction version
+/// 2, the others version 1).
 pub(super) async fn producer_loop(shared: Arc<Shared>, index: usize) {
     let mut producer = TxnProducer {
         shared: shared.clone(),
         index,
         transactional_id: format!("sim-txn-{index}"),
+        v2: index == TXN_V2_PRODUCER,
         coordinators: BTreeMap::new(),
         producer: None,
         sequences: BTreeMap::new(),
         connections: BTreeMap::new(),
         zombie: None,
+        late: None,
     };
     let mut txn_no = 0u64;
     let mut rounds = 0u64;
@@ -513,14 +707,18 @@ pub(super) async fn producer_loop(shared: Arc<Shared>, index: usize) {
         let pause = thread_rng().gen_range(0..=60);
         tokio::time::sleep(Duration::from_millis(pause)).await;
         if producer.producer.is_none() {
-            if let Err(Fatal(why)) = producer.init().await {
-                producer.event(format!("init failed: {why}"));
+            if let Err(stop) = producer.init().await {
+                producer.event(format!("init failed: {}", stop.why()));
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             continue;
         }
-        let result = producer.transaction(txn_no).await;
-        if let Err(Fatal(why)) = result {
+        let mut result = producer.transaction(txn_no).await;
+        if let Err(Stop::Abortable(why)) = &result {
+            let why = why.clone();
+            result = producer.abort(txn_no, &why).await;
+        }
+        if let Err(stop) = result {
             let end = {
                 let mut history = shared.txn.lock().unwrap();
                 let txn = history.txns.get_mut(&(index, txn_no)).unwrap();
@@ -530,13 +728,14 @@ pub(super) async fn producer_loop(shared: Arc<Shared>, index: usize) {
                 txn.end
             };
             producer.event(format!(
-                "transaction {txn_no} ends the epoch ({why}), {end:?}"
+                "transaction {txn_no} ends the epoch ({}), {end:?}",
+                stop.why()
             ));
             // InitProducerId with the current epoch: a new one, the open transaction
             // aborted (or its commit completed).
-            if let Err(Fatal(why)) = producer.init().await {
+            if let Err(stop) = producer.init().await {
                 producer.producer = None;
-                producer.event(format!("init failed: {why}"));
+                producer.event(format!("init failed: {}", stop.why()));
             }
         }
         txn_no += 1;
@@ -759,10 +958,11 @@ fn check_visible(
         }
     }
     shared.event(format!(
-        "txn topic: {} records visible, transactions {counts:?}, {} restarts, {} zombie batches refused",
+        "txn topic: {} records visible, transactions {counts:?}, {} restarts, {} zombie batches refused, {} late batches refused",
         seen.len(),
         history.restarts,
-        history.zombies_refused
+        history.zombies_refused,
+        history.late_refused
     ));
     Ok(())
 }

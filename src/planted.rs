@@ -20,7 +20,7 @@ pub struct Bug {
 }
 
 /// Every planted bug, with what it breaks.
-pub const BUGS: [Bug; 24] = [
+pub const BUGS: [Bug; 25] = [
     Bug {
         name: "ack-before-quorum",
         description: "acks=all is answered once the leader's own write is fsynced, not at commit by a quorum",
@@ -116,6 +116,10 @@ pub const BUGS: [Bug; 24] = [
     Bug {
         name: "compaction-keeps-aborted-records",
         description: "log compaction treats an aborted transaction's records as committed: they shadow older records of their keys",
+    },
+    Bug {
+        name: "v2-end-without-epoch-bump",
+        description: "the transaction coordinator ends a transaction version 2 transaction (EndTxn v5) without bumping the producer epoch, and answers with the same epoch: a late batch of the ended transaction joins the next one (KAFKA-17754)",
     },
 ];
 

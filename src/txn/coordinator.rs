@@ -924,7 +924,9 @@ impl TxnCoordinator {
         let metadata = self.get_mut(transactional_id);
         let no_partitions_added = metadata.state != TxnState::Ongoing;
         metadata.transition(result.prepare_state(), now_ms);
-        if transaction_v2 {
+        // Planted bug: version 2 ends without the bump, so the ended transaction's epoch
+        // stays current and its late batches are taken into the next transaction.
+        if transaction_v2 && !crate::planted::on("v2-end-without-epoch-bump") {
             metadata.last_producer_epoch = metadata.producer_epoch;
             metadata.producer_epoch = bumped(metadata.producer_epoch);
         }

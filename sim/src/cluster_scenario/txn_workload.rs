@@ -14,12 +14,30 @@
 //! epoch after the new one wrote the partition. A reader polls every partition with
 //! read_committed Fetch and filters aborted batches as a Kafka consumer does.
 //!
+//! Producer 1 speaks transaction version 2 (KIP-890 part 2), as a Kafka 4 client does
+//! when the broker finalizes `transaction.version` 2: no AddPartitionsToTxn (Produce v12:
+//! the partition leader adds the partition to the transaction) and no AddOffsetsToTxn
+//! (TxnOffsetCommit v5: the group coordinator adds its partition); EndTxn v5 bumps the
+//! epoch at every end and answers with the producer id and epoch to go on with (a new id
+//! at epoch 0 once the epoch is exhausted), whose sequences start at 0 on every
+//! partition; a retried EndTxn goes with the epoch it was first sent with.
+//! NOT_ENOUGH_REPLICAS (the leader could not reach the coordinator, or the last
+//! transaction's markers are still being written) is retried like a lost answer;
+//! TRANSACTION_ABORTABLE aborts the transaction (EndTxn) and the producer goes on. After
+//! 1 in 3 of its ends, a late batch (KAFKA-17754) follows: a batch of the epoch that
+//! ended, with the sequence that epoch would have used next on a partition it wrote, as
+//! a produce delayed in the network would arrive, sent once the next transaction's first
+//! batch was acknowledged (so the ended transaction is complete, every marker written).
+//!
 //! Invariants:
 //! - `txn-no-aborted-read`: no record of a transaction that was aborted (or whose commit
 //!   was never sent) is read by a read_committed consumer, during the run or at the end.
 //! - `txn-no-uncommitted-read`: no record of a transaction still open (EndTxn commit not
 //!   sent) is read by the reader.
 //! - `txn-zombie-fenced`: a batch of a fenced producer epoch is never acknowledged.
+//! - `txn-late-batch-fenced`: a late batch of an epoch a version 2 EndTxn ended is never
+//!   acknowledged, nor read by the read_committed reader (during the run or at the end):
+//!   it would be a record of a transaction the producer never sent it in.
 //! - `txn-lso-monotonic`: the last stable offset one connection to a broker reports for a
 //!   partition never decreases, and every record read stays at its offset.
 //! - `txn-lso-not-stuck`: after healing, with the producers stopped, the last stable

@@ -118,7 +118,7 @@ pub const BUGS: [Bug; 25] = [
         description: "log compaction treats an aborted transaction's records as committed: they shadow older records of their keys",
     },
     Bug {
-        name: "v2-end-without-epoch-bump",
+        name: "end-txn-without-epoch-bump",
         description: "the transaction coordinator ends a transaction version 2 transaction (EndTxn v5) without bumping the producer epoch, and answers with the same epoch: a late batch of the ended transaction joins the next one (KAFKA-17754)",
     },
 ];

@@ -926,7 +926,7 @@ impl TxnCoordinator {
         metadata.transition(result.prepare_state(), now_ms);
         // Planted bug: version 2 ends without the bump, so the ended transaction's epoch
         // stays current and its late batches are taken into the next transaction.
-        if transaction_v2 && !crate::planted::on("v2-end-without-epoch-bump") {
+        if transaction_v2 && !crate::planted::on("end-txn-without-epoch-bump") {
             metadata.last_producer_epoch = metadata.producer_epoch;
             metadata.producer_epoch = bumped(metadata.producer_epoch);
         }

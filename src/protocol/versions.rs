@@ -78,12 +78,11 @@ pub const SUPPORTED: &[Supported] = &[
         min: 0,
         max: 5,
     },
-    // KIP-664: the admin side of transactions. ListTransactions v2 (a transactional id
-    // pattern, KIP-1152) is not served.
+    // KIP-664: the admin side of transactions (ListTransactions v2: KIP-1152's pattern).
     Supported {
         key: ApiKey::ListTransactions,
         min: 0,
-        max: 1,
+        max: 2,
     },
     Supported {
         key: ApiKey::DescribeTransactions,

@@ -75,7 +75,14 @@ pub struct TxnServiceConfig {
     /// `transaction.partition.verification.enable` (KIP-890 part 1): a partition leader
     /// asks the coordinator before a transactional batch opens a transaction there.
     pub transaction_partition_verification_enable: bool,
+    /// The `transaction.version` feature level ApiVersions finalizes: 2 (Kafka 4's
+    /// default) lets clients use transaction version 2 (KIP-890 part 2: Produce v12,
+    /// TxnOffsetCommit v5, EndTxn v5); 1 keeps them on version 1.
+    pub transaction_version: i16,
 }
+
+/// The `transaction.version` levels Strand supports (ApiVersions' supported range).
+pub const TRANSACTION_VERSION_MAX: i16 = 2;
 
 impl Default for TxnServiceConfig {
     fn default() -> Self {
@@ -86,6 +93,7 @@ impl Default for TxnServiceConfig {
             producer_id_expiration_ms:
                 crate::log::producer_state::DEFAULT_PRODUCER_ID_EXPIRATION_MS,
             transaction_partition_verification_enable: true,
+            transaction_version: TRANSACTION_VERSION_MAX,
         }
     }
 }
@@ -190,6 +198,7 @@ pub struct ConfigFile {
     pub transactional_id_expiration_ms: Option<i64>,
     pub producer_id_expiration_ms: Option<i64>,
     pub transaction_partition_verification_enable: Option<bool>,
+    pub transaction_version: Option<i16>,
     /// Topic config defaults by their Kafka names, e.g. `"retention.ms" = "3600000"`.
     #[serde(default)]
     pub topic_defaults: BTreeMap<String, String>,
@@ -445,6 +454,14 @@ fn txn_config(file: &ConfigFile) -> Result<TxnServiceConfig, String> {
     if let Some(v) = file.transaction_partition_verification_enable {
         txns.transaction_partition_verification_enable = v;
     }
+    if let Some(v) = file.transaction_version {
+        if !(1..=TRANSACTION_VERSION_MAX).contains(&v) {
+            return Err(format!(
+                "transaction-version: must be 1 or {TRANSACTION_VERSION_MAX}, got {v}"
+            ));
+        }
+        txns.transaction_version = v;
+    }
     Ok(txns)
 }
 
@@ -550,6 +567,18 @@ mod tests {
                 BrokerConfig::build(Some(bad), &Overrides::default()).is_err(),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn transaction_version_is_1_or_2() {
+        let c = BrokerConfig::build(None, &Overrides::default()).unwrap();
+        assert_eq!(c.txns.transaction_version, 2);
+        let one = BrokerConfig::build(Some("transaction-version = 1\n"), &Overrides::default());
+        assert_eq!(one.unwrap().txns.transaction_version, 1);
+        for bad in ["transaction-version = 0\n", "transaction-version = 3\n"] {
+            let err = BrokerConfig::build(Some(bad), &Overrides::default()).unwrap_err();
+            assert!(err.contains("transaction-version"), "{bad}: {err}");
         }
     }
 

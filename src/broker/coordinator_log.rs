@@ -16,7 +16,7 @@
 //!   TxnOffsetCommit, fenced by its epoch): nothing of it was written, so only that job
 //!   fails, with the producer's error.
 
-use crate::cluster::{AppendOrigin, ClusterNode, ProduceError, Wait};
+use crate::cluster::{AppendOrigin, ClusterNode, ProduceError, TxnAppend, Wait};
 use crate::coordinator_shards::Shards;
 use crate::error::ApiError;
 use crate::log::batch::BatchHeader;
@@ -45,6 +45,9 @@ pub type Then = Box<dyn FnOnce(Result<(), ResponseError>) + Send>;
 /// One append (or none: the job only orders what follows it) and what follows it.
 pub struct WriteJob {
     pub batch: Option<Bytes>,
+    /// How the batch was verified with the transaction coordinator (a TxnOffsetCommit's;
+    /// the coordinators' own records are `Unchecked`).
+    pub txn: TxnAppend,
     pub then: Vec<Then>,
 }
 
@@ -140,8 +143,11 @@ impl Writer {
             let mut tickets = Vec::with_capacity(jobs.len());
             // (Jobs hold what runs after them, which is not `Sync`: no borrow of them
             // lives across an await.)
-            let batches: Vec<Option<Bytes>> = jobs.iter().map(|job| job.batch.clone()).collect();
-            for batch in batches {
+            let batches: Vec<(Option<Bytes>, TxnAppend)> = jobs
+                .iter()
+                .map(|job| (job.batch.clone(), job.txn))
+                .collect();
+            for (batch, txn) in batches {
                 if failed.is_none() && self.retired.load(Ordering::SeqCst) {
                     failed = Some(ResponseError::NotCoordinator);
                 }
@@ -158,6 +164,7 @@ impl Writer {
                         Wait::Commit,
                         Some(self.epoch as u64),
                         AppendOrigin::Coordinator,
+                        txn,
                     )
                     .await;
                 match submitted {
@@ -182,6 +189,11 @@ impl Writer {
                             // Refused for its producer before it was proposed: nothing
                             // was written, the jobs after it stand.
                             job.fail(refused.kafka_error());
+                            continue;
+                        }
+                        Ok(Ok(Err(ProduceError::TxnNotVerified))) => {
+                            // Its verification was voided by a marker: likewise.
+                            job.fail(ResponseError::InvalidTxnState);
                             continue;
                         }
                         Ok(_) => Err(ResponseError::NotCoordinator),

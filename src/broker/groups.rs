@@ -33,7 +33,7 @@
 
 use super::coordinator_log::{self, HostingState, PartitionWriter, Then, WriteJob};
 use crate::clock;
-use crate::cluster::ClusterNode;
+use crate::cluster::{ClusterNode, TxnAppend};
 use crate::config::GroupConfig;
 use crate::error::ApiError;
 use crate::group::coordinator::{
@@ -382,11 +382,20 @@ impl GroupService {
         }
     }
 
+    /// The `__consumer_offsets` partition of `group_id`, if this broker serves its
+    /// coordinator (NOT_COORDINATOR or COORDINATOR_LOAD_IN_PROGRESS otherwise).
+    pub fn offsets_partition(&self, group_id: &str) -> Result<i32, ResponseError> {
+        let mut state = self.lock();
+        serving(&mut state.host, group_id).map(|(partition, _)| partition)
+    }
+
     /// TxnOffsetCommit: one answer per offset, in order, once the transactional batch is
-    /// durable (the offsets are then pending in the coordinator).
+    /// durable (the offsets are then pending in the coordinator). `txn`: how the batch
+    /// was verified with the transaction coordinator (KIP-890).
     pub async fn txn_commit_offsets(
         &self,
         commit: TxnOffsetCommitRequest,
+        txn: TxnAppend,
     ) -> Vec<Option<ResponseError>> {
         let n = commit.offsets.len();
         let (done, durable) = oneshot::channel();
@@ -399,7 +408,7 @@ impl GroupService {
             };
             let (errors, records) = coordinator.txn_commit_offsets(&commit, clock::now_ms());
             let producer = (commit.producer_id, commit.producer_epoch);
-            queue_txn_commit(&self.state, state, partition, records, producer, done);
+            queue_txn_commit(&self.state, state, partition, records, producer, txn, done);
             errors
         };
         match durable.await.unwrap_or(Err(ResponseError::NotCoordinator)) {
@@ -480,6 +489,7 @@ impl GroupService {
             partition,
             vec![WriteJob {
                 batch: None,
+                txn: TxnAppend::Unchecked,
                 then: vec![complete],
             }],
         );
@@ -850,7 +860,11 @@ fn route(
                 then.into_iter()
                     .map(|notify| -> Then { Box::new(move |outcome| notify.send(outcome)) }),
             );
-            WriteJob { batch, then: after }
+            WriteJob {
+                batch,
+                txn: TxnAppend::Unchecked,
+                then: after,
+            }
         })
         .collect();
     queue_jobs(state, partition, jobs);
@@ -864,6 +878,7 @@ fn queue_txn_commit(
     partition: i32,
     records: Vec<GroupRecord>,
     producer: (i64, i16),
+    txn: TxnAppend,
     done: oneshot::Sender<Result<(), ResponseError>>,
 ) {
     let notify: Then = Box::new(move |outcome| Notify::Done(done).send(outcome));
@@ -873,6 +888,7 @@ fn queue_txn_commit(
             partition,
             vec![WriteJob {
                 batch: None,
+                txn: TxnAppend::Unchecked,
                 then: vec![notify],
             }],
         );
@@ -888,6 +904,7 @@ fn queue_txn_commit(
     });
     let job = WriteJob {
         batch: Some(batch),
+        txn,
         then: vec![apply, notify],
     };
     queue_jobs(state, partition, vec![job]);

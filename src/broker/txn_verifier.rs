@@ -1,19 +1,23 @@
-//! KIP-890 part 1, the partition leader's side of the wire (Kafka's
+//! KIP-890, the partition leader's side of the wire (Kafka's
 //! `AddPartitionsToTxnManager`): before a transactional batch opens its producer's
-//! transaction on a partition, the leader asks the transactional id's coordinator
-//! whether the partition is in the ongoing transaction, with AddPartitionsToTxn v5
-//! `verify_only` over the Kafka protocol (the coordinator may be this broker).
+//! transaction on a partition, the leader asks the transactional id's coordinator on
+//! another broker with AddPartitionsToTxn v5 over the Kafka protocol (this broker's own
+//! coordinator is asked directly: `protocol::api::produce::ask_coordinator`),
+//! either whether the partition is in the ongoing transaction (`verify_only`, part 1:
+//! Produce up to v11, TxnOffsetCommit up to v4) or, for a producer of transaction
+//! version 2 (Produce v12+, TxnOffsetCommit v5+), to add it (part 2: such a producer
+//! sends no AddPartitionsToTxn or AddOffsetsToTxn of its own).
 //!
 //! Requests are batched per coordinator broker: one task per coordinator keeps at most
 //! one request in flight and sends everything queued meanwhile in the next one (one
-//! entry per transactional id; a second producer of the same id waits for the next
-//! request). Bounded: the queue per coordinator ([`QUEUE_PER_COORDINATOR`]), the
-//! transactions per request, the time per request ([`VERIFY_REQUEST_TIMEOUT`]); a task
-//! idle for [`SENDER_IDLE`] ends (the next verification starts another).
+//! entry per transactional id; a second producer of the same id, or the same producer
+//! asking the other question, waits for the next request). Bounded: the queue per
+//! coordinator ([`QUEUE_PER_COORDINATOR`]), the transactions per request, the time per
+//! request ([`VERIFY_REQUEST_TIMEOUT`]); a task idle for [`SENDER_IDLE`] ends (the next
+//! verification starts another).
 //!
-//! The coordinator's answer is translated into the error a Produce of the versions
-//! Strand serves (v3-v9) carries, as Kafka 4 does for Produce below v12
-//! ([`produce_error`]).
+//! The coordinator's answer is translated into the error the request's version carries,
+//! as Kafka 4 does ([`produce_error`]).
 
 use super::coordinator_log;
 use crate::client::{Client, TxnToVerify};
@@ -36,12 +40,17 @@ pub const VERIFY_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// A coordinator's task ends after this long without work.
 pub const SENDER_IDLE: Duration = Duration::from_secs(60);
 
-/// What Kafka 4 answers a Produce below v12 whose verification failed with `error`
-/// (the coordinator's answer, or why it could not be asked): a retriable
-/// NOT_ENOUGH_REPLICAS when the coordinator could not answer (older clients retry it
-/// without refreshing metadata), INVALID_PRODUCER_EPOCH for a fenced producer, and
-/// INVALID_TXN_STATE for a partition not in the transaction.
-pub fn produce_error(error: ResponseError) -> ResponseError {
+/// Produce v11 is the first whose clients know TRANSACTION_ABORTABLE (KIP-890).
+pub const PRODUCE_FIRST_VERSION_WITH_ABORTABLE: i16 = 11;
+
+/// What Kafka 4 answers a Produce (or a TxnOffsetCommit) whose verification or add
+/// failed with `error` (the coordinator's answer, or why it could not be asked): a
+/// retriable NOT_ENOUGH_REPLICAS when the coordinator could not answer (clients retry it
+/// without refreshing metadata), INVALID_PRODUCER_EPOCH for a fenced producer,
+/// INVALID_TXN_STATE for a partition not in the transaction, and TRANSACTION_ABORTABLE
+/// only to clients that know it (`knows_abortable`: Produce v11+, TxnOffsetCommit v4+;
+/// INVALID_TXN_STATE to the others).
+pub fn produce_error(error: ResponseError, knows_abortable: bool) -> ResponseError {
     use ResponseError::*;
     match error {
         NetworkException
@@ -51,16 +60,28 @@ pub fn produce_error(error: ResponseError) -> ResponseError {
         | ConcurrentTransactions
         | RequestTimedOut => NotEnoughReplicas,
         ProducerFenced => InvalidProducerEpoch,
+        TransactionAbortable if knows_abortable => TransactionAbortable,
         TransactionAbortable | ClusterAuthorizationFailed => InvalidTxnState,
         other => other,
     }
 }
 
-/// One partition to verify for one producer.
+/// What the leader asks of the coordinator for one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ask {
+    /// Is it in the producer's ongoing transaction? (KIP-890 part 1)
+    Verify,
+    /// Add it to the producer's transaction, starting one if none is ongoing
+    /// (transaction version 2).
+    Add,
+}
+
+/// One partition to verify (or add) for one producer.
 struct Job {
     transactional_id: String,
     producer: (i64, i16),
     partition: (String, i32),
+    ask: Ask,
     reply: oneshot::Sender<Option<ResponseError>>,
 }
 
@@ -79,10 +100,12 @@ impl TxnVerifier {
     }
 
     /// Asks `transactional_id`'s coordinator whether `topic`-`partition` is in the
-    /// producer's ongoing transaction: None if it is, else the coordinator's error (or
-    /// why it could not be asked), untranslated.
-    pub async fn verify(
+    /// producer's ongoing transaction ([`Ask::Verify`]), or to add it ([`Ask::Add`]):
+    /// None if it is (now), else the coordinator's error (or why it could not be
+    /// asked), untranslated.
+    pub async fn ask(
         &self,
+        ask: Ask,
         transactional_id: &str,
         producer: (i64, i16),
         topic: &str,
@@ -97,6 +120,7 @@ impl TxnVerifier {
             transactional_id: transactional_id.to_string(),
             producer,
             partition: (topic.to_string(), partition),
+            ask,
             reply,
         };
         if let Err(e) = self.queue(coordinator, job) {
@@ -111,7 +135,7 @@ impl TxnVerifier {
     }
 
     /// The broker leading the transactional id's `__transaction_state` partition.
-    fn coordinator_of(&self, transactional_id: &str) -> Result<i32, ResponseError> {
+    pub fn coordinator_of(&self, transactional_id: &str) -> Result<i32, ResponseError> {
         let partitions = coordinator_log::partition_count(&self.node, TRANSACTION_STATE_TOPIC)
             .ok_or(ResponseError::CoordinatorNotAvailable)?;
         let partition = partition_for(transactional_id, partitions);
@@ -188,13 +212,16 @@ async fn send_loop(node: Arc<ClusterNode>, coordinator: i32, mut jobs: mpsc::Rec
 }
 
 /// Adds `job` to its transactional id's entry of `batch` (or a new one); a job of
-/// another producer of an id already in the batch waits in `deferred`.
+/// another producer of an id already in the batch, or asking the other question, waits
+/// in `deferred`.
 fn add_to_batch(batch: &mut Vec<(TxnToVerify, Vec<Job>)>, deferred: &mut VecDeque<Job>, job: Job) {
     match batch
         .iter_mut()
         .find(|(t, _)| t.transactional_id == job.transactional_id)
     {
-        Some((t, waiting)) if t.producer == job.producer => {
+        Some((t, waiting))
+            if t.producer == job.producer && t.verify_only == (job.ask == Ask::Verify) =>
+        {
             if !t.partitions.contains(&job.partition) {
                 t.partitions.push(job.partition.clone());
             }
@@ -206,6 +233,7 @@ fn add_to_batch(batch: &mut Vec<(TxnToVerify, Vec<Job>)>, deferred: &mut VecDequ
                 transactional_id: job.transactional_id.clone(),
                 producer: job.producer,
                 partitions: vec![job.partition.clone()],
+                verify_only: job.ask == Ask::Verify,
             };
             batch.push((txn, vec![job]));
         }
@@ -257,6 +285,7 @@ mod tests {
             transactional_id: id.into(),
             producer,
             partition: ("t".into(), partition),
+            ask: Ask::Verify,
             reply: oneshot::channel().0,
         }
     }
@@ -270,14 +299,21 @@ mod tests {
         add_to_batch(&mut batch, &mut deferred, job("a", (1, 0), 1));
         add_to_batch(&mut batch, &mut deferred, job("b", (2, 0), 0));
         add_to_batch(&mut batch, &mut deferred, job("a", (1, 1), 0));
+        let add = Job {
+            ask: Ask::Add,
+            ..job("a", (1, 0), 2)
+        };
+        add_to_batch(&mut batch, &mut deferred, add);
         assert_eq!(batch.len(), 2);
         assert_eq!(
             batch[0].0.partitions,
             vec![("t".to_string(), 0), ("t".to_string(), 1)]
         );
         assert_eq!(batch[0].1.len(), 3);
-        assert_eq!(deferred.len(), 1);
+        assert!(batch[0].0.verify_only);
+        assert_eq!(deferred.len(), 2);
         assert_eq!(deferred[0].producer, (1, 1));
+        assert_eq!(deferred[1].ask, Ask::Add);
     }
 
     #[test]
@@ -290,13 +326,17 @@ mod tests {
             NotCoordinator,
             ConcurrentTransactions,
         ] {
-            assert_eq!(produce_error(retriable), NotEnoughReplicas);
+            assert_eq!(produce_error(retriable, true), NotEnoughReplicas);
         }
-        assert_eq!(produce_error(ProducerFenced), InvalidProducerEpoch);
-        assert_eq!(produce_error(TransactionAbortable), InvalidTxnState);
-        assert_eq!(produce_error(InvalidTxnState), InvalidTxnState);
+        assert_eq!(produce_error(ProducerFenced, false), InvalidProducerEpoch);
+        assert_eq!(produce_error(TransactionAbortable, false), InvalidTxnState);
         assert_eq!(
-            produce_error(InvalidProducerIdMapping),
+            produce_error(TransactionAbortable, true),
+            TransactionAbortable
+        );
+        assert_eq!(produce_error(InvalidTxnState, true), InvalidTxnState);
+        assert_eq!(
+            produce_error(InvalidProducerIdMapping, true),
             InvalidProducerIdMapping
         );
     }

@@ -23,7 +23,7 @@ use super::coordinator_log::{self, HostingState, PartitionWriter, Then, WriteJob
 use super::producer_ids::ProducerIds;
 use crate::client::Client;
 use crate::clock;
-use crate::cluster::ClusterNode;
+use crate::cluster::{ClusterNode, TxnAppend};
 use crate::config::TxnServiceConfig;
 use crate::error::ApiError;
 use crate::txn::coordinator::{
@@ -371,6 +371,7 @@ impl TxnService {
             .filter(|(records, then)| !records.is_empty() || !then.is_empty())
             .map(|(records, then)| WriteJob {
                 batch: (!records.is_empty()).then(|| encode_batch(&records, clock::now_ms())),
+                txn: TxnAppend::Unchecked,
                 then,
             })
             .collect();

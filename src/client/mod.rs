@@ -299,12 +299,15 @@ pub fn optional_error(code: i16) -> Option<ResponseError> {
         .then(|| ResponseError::try_from_code(code).unwrap_or(ResponseError::UnknownServerError))
 }
 
-/// One transaction of a KIP-890 verification (AddPartitionsToTxn v4+ `verify_only`).
+/// One transaction of what a partition leader asks a coordinator (AddPartitionsToTxn
+/// v4+): whether the partitions are in it (`verify_only`, KIP-890 part 1), or, for a
+/// transaction version 2 producer, to add them (KIP-890 part 2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxnToVerify {
     pub transactional_id: String,
     pub producer: (i64, i16),
     pub partitions: Vec<(String, i32)>,
+    pub verify_only: bool,
 }
 
 fn check(code: i16) -> Result<()> {
@@ -892,9 +895,9 @@ impl Client {
         Ok(out)
     }
 
-    /// AddPartitionsToTxn v5 with `verify_only` (KIP-890 part 1, what a partition
-    /// leader asks a transaction coordinator): per transactional id, the error of each
-    /// (topic, partition). A request-level error fails the call.
+    /// AddPartitionsToTxn v5 as a partition leader sends it to a transaction
+    /// coordinator (KIP-890; each transaction `verify_only` or not): per transactional
+    /// id, the error of each (topic, partition). A request-level error fails the call.
     pub async fn verify_txn_partitions(
         &mut self,
         transactions: &[TxnToVerify],
@@ -907,7 +910,7 @@ impl Client {
                     .with_transactional_id(TransactionalId(str_bytes(&t.transactional_id)))
                     .with_producer_id(ProducerId(t.producer.0))
                     .with_producer_epoch(t.producer.1)
-                    .with_verify_only(true)
+                    .with_verify_only(t.verify_only)
                     .with_topics(txn_topics(&t.partitions))
             })
             .collect();

@@ -502,8 +502,16 @@ impl ClusterNode {
         batches: Vec<Bytes>,
         wait: Wait,
     ) -> Result<ProduceTicket, ProduceError> {
-        self.submit_in_term(topic, partition, batches, wait, None, AppendOrigin::Client)
-            .await
+        self.submit_in_term(
+            topic,
+            partition,
+            batches,
+            wait,
+            None,
+            AppendOrigin::Client,
+            TxnAppend::Unchecked,
+        )
+        .await
     }
 
     /// [`ClusterNode::submit`] of a client's batch cleared by the KIP-890 check `txn`
@@ -594,6 +602,7 @@ impl ClusterNode {
     /// partition in `term` (when given): a writer whose state belongs to one leadership
     /// (a group coordinator) never appends in a later one, where another leader may have
     /// written in between. `origin`: a coordinator's own batches carry no sequence.
+    /// `txn`: how a TxnOffsetCommit's batch was verified (KIP-890).
     pub async fn submit_in_term(
         &self,
         topic: &str,
@@ -602,11 +611,12 @@ impl ClusterNode {
         wait: Wait,
         term: Option<u64>,
         origin: AppendOrigin,
+        txn: TxnAppend,
     ) -> Result<ProduceTicket, ProduceError> {
         let checks = ProposalChecks {
             in_term: term,
             origin,
-            txn: TxnAppend::Unchecked,
+            txn,
         };
         self.queue_proposal(topic, partition, batches, wait, checks)
             .await

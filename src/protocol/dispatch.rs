@@ -85,7 +85,13 @@ pub async fn dispatch_from(
         reply,
     };
     if api_key == ApiKey::ApiVersions {
-        return Ok(api::api_versions::handle(version, body, correlation_id));
+        let transaction_version = broker.config.txns.transaction_version;
+        return Ok(api::api_versions::handle(
+            version,
+            body,
+            correlation_id,
+            transaction_version,
+        ));
     }
     if !versions::is_handled(api_key, version) {
         return Err(DispatchError::UnsupportedVersion { api_key, version });

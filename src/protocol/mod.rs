@@ -15,3 +15,5 @@ mod txn_admin_tests;
 mod txn_offset_tests;
 #[cfg(test)]
 mod txn_tests;
+#[cfg(test)]
+mod txn_v2_tests;

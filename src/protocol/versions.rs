@@ -15,10 +15,12 @@ pub struct Supported {
 }
 
 pub const SUPPORTED: &[Supported] = &[
+    // v10 adds KIP-951's leader hints (optional, not sent), v11 TRANSACTION_ABORTABLE,
+    // v12 transaction version 2 (KIP-890 part 2). v13 addresses topics by id.
     Supported {
         key: ApiKey::Produce,
         min: 0,
-        max: 9,
+        max: 12,
     },
     Supported {
         key: ApiKey::Fetch,
@@ -76,12 +78,11 @@ pub const SUPPORTED: &[Supported] = &[
         min: 0,
         max: 5,
     },
-    // KIP-664: the admin side of transactions. ListTransactions v2 (a transactional id
-    // pattern, KIP-1152) is not served.
+    // KIP-664: the admin side of transactions (ListTransactions v2: KIP-1152's pattern).
     Supported {
         key: ApiKey::ListTransactions,
         min: 0,
-        max: 1,
+        max: 2,
     },
     Supported {
         key: ApiKey::DescribeTransactions,

@@ -28,7 +28,8 @@
 //!   commit or abort and returned in the EndTxn answer, so nothing of an earlier
 //!   transaction can join a later one; when the epoch is exhausted a new producer id is
 //!   taken at the prepare and used from the completion on.
-//! - KIP-664: DescribeTransactions and ListTransactions (with KIP-994's duration filter).
+//! - KIP-664: DescribeTransactions and ListTransactions (with KIP-994's duration filter
+//!   and KIP-1152's transactional id pattern).
 
 use super::records::TxnRecord;
 use kafka_protocol::ResponseError;
@@ -379,7 +380,53 @@ pub struct ListFilter {
     pub producer_ids: Vec<i64>,
     /// Only transactions running longer than this (KIP-994).
     pub duration_filter_ms: i64,
+    /// Only transactional ids this pattern matches (KIP-1152).
+    pub transactional_id_pattern: Option<TxnIdPattern>,
 }
+
+/// ListTransactions v2's transactional id pattern (KIP-1152): a regular expression the
+/// whole id must match, as Java's `Matcher.matches` does in Kafka. Rust's regex syntax
+/// covers Java's common one; what it lacks (look-around, back-references) is refused as
+/// Kafka refuses an invalid pattern.
+#[derive(Debug, Clone)]
+pub struct TxnIdPattern {
+    source: String,
+    regex: regex::Regex,
+}
+
+impl TxnIdPattern {
+    /// The longest pattern taken.
+    pub const MAX_BYTES: usize = 1024;
+    /// The compiled pattern's size bound.
+    const COMPILED_MAX_BYTES: usize = 1 << 20;
+
+    /// The pattern, or INVALID_REGULAR_EXPRESSION.
+    pub fn new(source: &str) -> Result<TxnIdPattern, ResponseError> {
+        if source.len() > Self::MAX_BYTES {
+            return Err(ResponseError::InvalidRegularExpression);
+        }
+        let regex = regex::RegexBuilder::new(&format!("^(?:{source})$"))
+            .size_limit(Self::COMPILED_MAX_BYTES)
+            .build()
+            .map_err(|_| ResponseError::InvalidRegularExpression)?;
+        Ok(TxnIdPattern {
+            source: source.to_string(),
+            regex,
+        })
+    }
+
+    pub fn matches(&self, transactional_id: &str) -> bool {
+        self.regex.is_match(transactional_id)
+    }
+}
+
+impl PartialEq for TxnIdPattern {
+    fn eq(&self, other: &TxnIdPattern) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for TxnIdPattern {}
 
 impl ListFilter {
     /// The state filters that name no state (Kafka reports them back), in order.
@@ -398,6 +445,7 @@ impl Default for ListFilter {
             states: Vec::new(),
             producer_ids: Vec::new(),
             duration_filter_ms: -1,
+            transactional_id_pattern: None,
         }
     }
 }
@@ -1094,6 +1142,10 @@ impl TxnCoordinator {
             .filter(|(_, m)| {
                 filter.duration_filter_ms < 0
                     || now_ms.saturating_sub(m.txn_start_timestamp_ms) > filter.duration_filter_ms
+            })
+            .filter(|(id, _)| {
+                let pattern = filter.transactional_id_pattern.as_ref();
+                pattern.is_none_or(|p| p.matches(id))
             })
             .map(|(id, m)| TxnListing {
                 transactional_id: id.clone(),

@@ -845,6 +845,21 @@ fn list_transactions_filters_by_state_producer_and_duration() {
         ..all.clone()
     };
     assert_eq!(ids(&long, h.now_ms).0, vec!["a"]);
+    // A pattern matches whole ids.
+    let pattern = |source: &str| ListFilter {
+        transactional_id_pattern: Some(TxnIdPattern::new(source).unwrap()),
+        ..all.clone()
+    };
+    assert_eq!(ids(&pattern("[ab]"), h.now_ms).0, vec!["a", "b"]);
+    assert_eq!(ids(&pattern("c|a"), h.now_ms).0, vec!["a", "c"]);
+    assert_eq!(ids(&pattern(""), h.now_ms).0, Vec::<String>::new());
+    assert_eq!(ids(&pattern(".*"), h.now_ms).0, vec!["a", "b", "c"]);
+    for invalid in ["(", "a(?=b)", &"a".repeat(TxnIdPattern::MAX_BYTES + 1)] {
+        assert_eq!(
+            TxnIdPattern::new(invalid).unwrap_err(),
+            ResponseError::InvalidRegularExpression
+        );
+    }
     let listed = h.coordinator.list(&ongoing, h.now_ms).0;
     assert_eq!(listed[0].producer_id, a.producer_id);
     assert_eq!(listed[0].state, TxnState::Ongoing);

@@ -183,6 +183,20 @@ def stop_at_teardown(b: BrokerProcess) -> None:
             b.stop()
 
 
+def start_broker_with_config(request, tmp_path, config_text: str) -> BrokerProcess:
+    """A started broker with a fresh data dir and `config_text` as its TOML config file;
+    the caller stops it with `stop_at_teardown`."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    config = tmp_path / "strand.toml"
+    config.write_text(config_text)
+    b = BrokerProcess(strand_bin(), data_dir, tmp_path / "broker.log", free_port(),
+                      extra_args=["--config", str(config)])
+    request.node._strand_brokers = [b]
+    b.start()
+    return b
+
+
 @pytest.fixture
 def broker(request, tmp_path):
     """A running broker with a fresh data dir; stopped with SIGTERM (exit 0 asserted) after."""

@@ -11,7 +11,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource,
                                    NewTopic, ResourceType)
 
-from conftest import BrokerProcess, free_port, stop_at_teardown, strand_bin
+from conftest import start_broker_with_config, stop_at_teardown
 from strandutil import kcat, stored_batches
 
 T = 30  # seconds for any single admin call
@@ -21,14 +21,7 @@ CLEAN_TIMEOUT_S = 60.0
 @pytest.fixture
 def fast_cleaner_broker(request, tmp_path):
     """A broker whose cleaner looks at compacted partitions every 200 ms."""
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    config = tmp_path / "strand.toml"
-    config.write_text("log-cleaner-backoff-ms = 200\n")
-    b = BrokerProcess(strand_bin(), data_dir, tmp_path / "broker.log", free_port(),
-                      extra_args=["--config", str(config)])
-    request.node._strand_brokers = [b]
-    b.start()
+    b = start_broker_with_config(request, tmp_path, "log-cleaner-backoff-ms = 200\n")
     yield b
     stop_at_teardown(b)
 

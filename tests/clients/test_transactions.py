@@ -391,6 +391,7 @@ def test_kafka_python_admin_lists_and_describes_transactions_and_producers(broke
     and DescribeProducers, during a confluent-kafka transaction and after its commit."""
     from kafka import TopicPartition as KTopicPartition
     from kafka.admin import KafkaAdminClient
+    from kafka.errors import KafkaError as KafkaPythonError
     from kafka.errors import TransactionalIdNotFoundError
 
     topic = "txn-admin"
@@ -415,6 +416,14 @@ def test_kafka_python_admin_lists_and_describes_transactions_and_producers(broke
         assert none == []
         [young] = admin.list_transactions(duration_filter_ms=3_600_000).values()
         assert young == []
+        # KIP-1152 (ListTransactions v2): the pattern matches whole transactional ids.
+        [matching] = admin.list_transactions(transactional_id_pattern="txn-adm.*").values()
+        assert [t.transactional_id for t in matching] == ["txn-admin-app"]
+        [prefix_only] = admin.list_transactions(transactional_id_pattern="txn-adm").values()
+        assert prefix_only == []
+        with pytest.raises(KafkaPythonError) as invalid:
+            admin.list_transactions(transactional_id_pattern="txn-(")
+        assert invalid.value.errno == 128, "INVALID_REGULAR_EXPRESSION"
 
         described = admin.describe_transactions(["txn-admin-app"])["txn-admin-app"]
         assert str(described.state.value) == "Ongoing"
@@ -438,6 +447,43 @@ def test_kafka_python_admin_lists_and_describes_transactions_and_producers(broke
         assert active.coordinator_epoch >= 0
     finally:
         admin.close()
+
+
+def describe_features(bootstrap):
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
+    try:
+        return admin.describe_features()
+    finally:
+        admin.close()
+
+
+def test_kafka_python_sees_transaction_version_2_finalized_by_default(broker):
+    """The feature Kafka 4 clients read before they use transaction version 2 (KIP-890
+    part 2), as kafka-python's KafkaAdminClient decodes ApiVersions v3+."""
+    features = describe_features(broker.bootstrap)
+    assert features == {"transaction.version": {
+        "supported": (0, 2), "finalized": (2, 2), "finalized_epoch": 1}}
+
+
+def test_transaction_version_1_is_finalized_when_configured(tmp_path, request):
+    """`transaction-version = 1` keeps clients on transaction version 1; confluent-kafka
+    (version 1 always) still commits."""
+    from conftest import start_broker_with_config, stop_at_teardown
+
+    b = start_broker_with_config(request, tmp_path, "transaction-version = 1\n")
+    try:
+        features = describe_features(b.bootstrap)
+        assert features["transaction.version"]["finalized"] == (1, 1)
+        producer = transactional_producer(b.bootstrap, "tv1-app")
+        producer.init_transactions(30)
+        producer.begin_transaction()
+        producer.produce("tv1", value=b"committed", partition=0)
+        producer.commit_transaction(30)
+        assert read_all(b.bootstrap, "tv1", "read_committed", 1) == ["committed"]
+    finally:
+        stop_at_teardown(b)
 
 
 def test_a_broker_that_is_not_the_coordinator_or_the_leader_says_so(cluster):

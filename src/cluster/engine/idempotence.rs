@@ -146,7 +146,11 @@ pub(super) fn check_producer_batches(
         unwritten_terms.push((e.index, e.term));
     }
     if origin == AppendOrigin::Coordinator && header.base_sequence < 0 {
-        return check_coordinator_epoch(entry.as_ref(), header);
+        let checked = check_coordinator_epoch(entry.as_ref(), header)?;
+        // A TxnOffsetCommit's batch carries the guard its verification took.
+        let term = driver.leader(group).map_or(0, |(_, term)| term);
+        check_txn_verification(group, entry.as_ref(), header, term, txn)?;
+        return Ok(checked);
     }
     let verdict = ProducerEntry::check(entry.as_ref(), header).map_err(ProduceError::Sequence)?;
     if verdict == Verdict::Append {
@@ -172,9 +176,10 @@ pub(super) fn check_producer_batches(
     }
 }
 
-/// KIP-890: a client's transactional batch that opens its producer's transaction here
-/// needs the partition's current guard for it; one that continues an open transaction
-/// of its epoch needs none.
+/// KIP-890: a transactional batch checked by its handler (a client's, or a group
+/// coordinator's TxnOffsetCommit) that opens its producer's transaction here needs the
+/// partition's current guard for it; one that continues an open transaction of its
+/// epoch needs none.
 fn check_txn_verification(
     group: &str,
     entry: Option<&ProducerEntry>,

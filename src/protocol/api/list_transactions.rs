@@ -1,19 +1,31 @@
-//! ListTransactions (KIP-664; v1 adds the duration filter of KIP-994): the
-//! transactions of every transaction coordinator this broker hosts (the
-//! `__transaction_state` partitions it leads), filtered by state names, producer ids
-//! and how long they have been running; state filters that name no state are reported
-//! back. COORDINATOR_LOAD_IN_PROGRESS while a partition led here loads.
+//! ListTransactions (KIP-664; v1 adds the duration filter of KIP-994, v2 the
+//! transactional id pattern of KIP-1152): the transactions of every transaction
+//! coordinator this broker hosts (the `__transaction_state` partitions it leads),
+//! filtered by state names, producer ids, how long they have been running and a regular
+//! expression the whole transactional id matches (empty or null: none); state filters
+//! that name no state are reported back. COORDINATOR_LOAD_IN_PROGRESS while a partition
+//! led here loads; INVALID_REGULAR_EXPRESSION for a pattern that does not compile.
 
 use super::{code, str_bytes};
 use crate::broker::Broker;
 use crate::protocol::dispatch::Reply;
-use crate::txn::coordinator::ListFilter;
+use crate::txn::coordinator::{ListFilter, TxnIdPattern};
 use kafka_protocol::messages::list_transactions_response::TransactionState;
 use kafka_protocol::messages::{
     ListTransactionsRequest, ListTransactionsResponse, ProducerId, ResponseKind, TransactionalId,
 };
 
 pub fn handle(broker: &Broker, version: i16, request: ListTransactionsRequest) -> Reply {
+    let pattern = match request.transactional_id_pattern.as_deref() {
+        Some(source) if version >= 2 && !source.is_empty() => match TxnIdPattern::new(source) {
+            Ok(pattern) => Some(pattern),
+            Err(e) => {
+                let refused = ListTransactionsResponse::default().with_error_code(code(Some(e)));
+                return Reply::Now(ResponseKind::ListTransactions(refused));
+            }
+        },
+        _ => None,
+    };
     let filter = ListFilter {
         states: request
             .state_filters
@@ -27,6 +39,7 @@ pub fn handle(broker: &Broker, version: i16, request: ListTransactionsRequest) -
         } else {
             -1
         },
+        transactional_id_pattern: pattern,
     };
     let response = match broker.txns.list(&filter) {
         Err(e) => ListTransactionsResponse::default().with_error_code(code(Some(e))),

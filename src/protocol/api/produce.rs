@@ -11,13 +11,17 @@
 //! producer's transaction there (the log's producer state), and a COMMIT or ABORT marker
 //! (WriteTxnMarkers) ends it. Before a batch opens the producer's transaction on a
 //! partition, [`verify_transactional`] asks the transaction coordinator whether the
-//! partition was added to the ongoing transaction (KIP-890 part 1).
+//! partition was added to the ongoing transaction (KIP-890 part 1, Produce up to v11)
+//! or, for a producer of transaction version 2 (Produce v12+, which sends no
+//! AddPartitionsToTxn), to add it (KIP-890 part 2).
 
 use super::{code, str_bytes};
-use crate::broker::{txn_verifier, Broker};
+use crate::broker::txn_verifier::{self, Ask};
+use crate::broker::Broker;
 use crate::cluster::{ProduceTicket, TxnAppend, Wait};
 use crate::log::batch::{validate_produce_records, BatchHeader};
 use crate::protocol::dispatch::Reply;
+use crate::txn::coordinator::{ProducerIdAndEpoch, TopicPartition};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind, TopicName};
 use kafka_protocol::ResponseError;
@@ -74,6 +78,7 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest)
                 ),
                 (None, Some(_)) => {
                     let target = Target {
+                        version,
                         transactional_id: transactional_id.as_deref(),
                         topic: &name,
                         partition: data.index,
@@ -128,30 +133,34 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, request: ProduceRequest)
     }))
 }
 
+/// Produce v12 is the first of transaction version 2 (KIP-890 part 2): the leader adds
+/// the partition to the transaction.
+pub const FIRST_VERSION_OF_TRANSACTION_V2: i16 = 12;
+
 /// Where a partition's records go, and for which transactional id (if any).
 #[derive(Clone, Copy)]
 struct Target<'a> {
+    /// The request's version.
+    version: i16,
     transactional_id: Option<&'a str>,
     topic: &'a str,
     partition: i32,
 }
 
 /// The check of a transactional batch before it is proposed: it comes from a producer
-/// with a producer id and with its request's `transactional_id`, and (KIP-890 part 1,
-/// unless `transaction.partition.verification.enable` is off) `topic`-`partition` is in
-/// the producer's ongoing transaction. Once the producer's transaction is open in the
+/// with a producer id and with its request's `transactional_id`, and `topic`-`partition`
+/// is in the producer's ongoing transaction: verified (KIP-890 part 1, unless
+/// `transaction.partition.verification.enable` is off) or, from Produce v12 on, added
+/// (transaction version 2, always). Once the producer's transaction is open in the
 /// partition's log, that is known here; otherwise a verification guard is taken and,
 /// unless an earlier batch's verification already confirmed it, the coordinator asked
 /// (`broker::txn_verifier`); the driver task appends the batch only if no marker voided
 /// the guard meanwhile (`cluster::engine::txn_verification`).
-/// A failed verification gets the error Kafka 4 gives Produce below v12:
-/// INVALID_TXN_STATE (not in the transaction), INVALID_PRODUCER_EPOCH (fenced), or the
-/// retriable NOT_ENOUGH_REPLICAS (the coordinator could not answer).
+/// A failure gets the error Kafka 4 gives the request's version
+/// ([`txn_verifier::produce_error`]).
 async fn verify_transactional(
     broker: &Broker,
-    transactional_id: Option<&str>,
-    topic: &str,
-    partition: i32,
+    target: Target<'_>,
     header: &BatchHeader,
 ) -> Result<TxnAppend, (ResponseError, String)> {
     if !header.is_transactional() {
@@ -163,49 +172,120 @@ async fn verify_transactional(
             "a transactional batch carries a producer id and epoch".into(),
         ));
     }
-    let Some(transactional_id) = transactional_id else {
+    let Some(transactional_id) = target.transactional_id else {
         return Err((
             ResponseError::InvalidRequest,
             "a transactional batch needs the request's transactional_id".into(),
         ));
     };
+    let ask = if target.version >= FIRST_VERSION_OF_TRANSACTION_V2 {
+        Ask::Add
+    } else {
+        Ask::Verify
+    };
     // Planted bug `stale-epoch-produce-accepted` skips the verification too, as it
     // would otherwise refuse the stale epoch first.
-    if !broker.config.txns.transaction_partition_verification_enable
-        || crate::planted::on("stale-epoch-produce-accepted")
+    if ask == Ask::Verify
+        && (!broker.config.txns.transaction_partition_verification_enable
+            || crate::planted::on("stale-epoch-produce-accepted"))
     {
         return Ok(TxnAppend::Unchecked);
     }
-    let (producer_id, producer_epoch) = (header.producer_id, header.producer_epoch);
+    let producer = (header.producer_id, header.producer_epoch);
+    let (topic, partition) = (target.topic, target.partition);
+    ask_coordinator(broker, ask, transactional_id, producer, topic, partition)
+        .await
+        .map_err(|e| {
+            let message = match ask {
+                Ask::Verify => "could not be verified to be in the transaction",
+                Ask::Add => "could not be added to the transaction",
+            };
+            (
+                txn_verifier::produce_error(
+                    e,
+                    target.version >= txn_verifier::PRODUCE_FIRST_VERSION_WITH_ABORTABLE,
+                ),
+                format!("the partition {message}: {e:?}"),
+            )
+        })
+}
+
+/// `topic`-`partition` is in `producer`'s ongoing transaction: known from the log, or
+/// confirmed by an earlier batch's question, or asked of the coordinator now (`ask`;
+/// directly when this broker is the coordinator, else over the wire).
+/// The guard the returned append carries is voided by any marker of the producer
+/// written meanwhile. An error is the coordinator's (or why it could not be asked), or
+/// NOT_LEADER_OR_FOLLOWER.
+pub async fn ask_coordinator(
+    broker: &Broker,
+    ask: Ask,
+    transactional_id: &str,
+    producer: (i64, i16),
+    topic: &str,
+    partition: i32,
+) -> Result<TxnAppend, ResponseError> {
+    let (producer_id, producer_epoch) = producer;
     if broker
         .node
         .txn_open(topic, partition, producer_id, producer_epoch)
     {
         return Ok(TxnAppend::Checked { guard: None });
     }
-    let (guard, confirmed) = broker
-        .node
-        .begin_txn_verification(topic, partition, producer_id, producer_epoch)
-        .map_err(|e| (e, "this broker does not lead the partition".to_string()))?;
+    let (guard, confirmed) =
+        broker
+            .node
+            .begin_txn_verification(topic, partition, producer_id, producer_epoch)?;
     if confirmed {
         return Ok(TxnAppend::Checked { guard: Some(guard) });
     }
-    let producer = (producer_id, producer_epoch);
-    match broker
-        .txn_verifier
-        .verify(transactional_id, producer, topic, partition)
-        .await
-    {
+    let coordinator = broker.txn_verifier.coordinator_of(transactional_id);
+    let answer = if coordinator == Ok(broker.config.node_id) {
+        ask_local(broker, ask, transactional_id, producer, topic, partition).await
+    } else {
+        let verifier = &broker.txn_verifier;
+        verifier
+            .ask(ask, transactional_id, producer, topic, partition)
+            .await
+    };
+    match answer {
         None => {
             broker
                 .node
                 .confirm_txn_verification(topic, partition, producer_id, guard);
             Ok(TxnAppend::Checked { guard: Some(guard) })
         }
-        Some(e) => Err((
-            txn_verifier::produce_error(e),
-            format!("the partition could not be verified to be in the transaction: {e:?}"),
-        )),
+        Some(e) => Err(e),
+    }
+}
+
+/// [`ask_coordinator`]'s question put to this broker's own transaction coordinator,
+/// with no request on the wire: its answer, as the remote coordinator's would be.
+async fn ask_local(
+    broker: &Broker,
+    ask: Ask,
+    transactional_id: &str,
+    producer: (i64, i16),
+    topic: &str,
+    partition: i32,
+) -> Option<ResponseError> {
+    let producer = ProducerIdAndEpoch {
+        producer_id: producer.0,
+        producer_epoch: producer.1,
+    };
+    let partitions = vec![TopicPartition::new(topic, partition)];
+    match ask {
+        Ask::Verify => {
+            let answers = broker
+                .txns
+                .verify_partitions(transactional_id, producer, partitions)
+                .await;
+            answers.into_iter().next().flatten()
+        }
+        Ask::Add => broker
+            .txns
+            .add_partitions(transactional_id, producer, partitions, true)
+            .await
+            .err(),
     }
 }
 
@@ -218,9 +298,7 @@ async fn propose(
 ) -> PartitionOutcome {
     use PartitionOutcome::Refused;
     let Target {
-        transactional_id,
-        topic,
-        partition,
+        topic, partition, ..
     } = target;
     let max_message_bytes = match broker.node.leader_replica(topic, partition, -1) {
         // The log's config is the topic's effective config (kept up to date).
@@ -239,12 +317,10 @@ async fn propose(
     };
     // A producer sends one batch per partition (the leader's check refuses more).
     let txn = match batches.first() {
-        Some((header, _)) => {
-            match verify_transactional(broker, transactional_id, topic, partition, header).await {
-                Ok(txn) => txn,
-                Err((e, m)) => return Refused(e, m),
-            }
-        }
+        Some((header, _)) => match verify_transactional(broker, target, header).await {
+            Ok(txn) => txn,
+            Err((e, m)) => return Refused(e, m),
+        },
         None => TxnAppend::Unchecked,
     };
     let batches = batches.into_iter().map(|(_, bytes)| bytes).collect();

@@ -16,6 +16,10 @@
 //! removes, or when the command lists the key). A crash during a clean leaves each
 //! segment old or new; the commands after the last one applied to the end
 //! (`cleaner-checkpoint`) are applied again when the replica opens (`ReplicaLog::open`).
+//! A clean that meets a corrupt batch changes nothing; it and the commands after it are
+//! put back and applied once the repair from a peer has replaced the damage
+//! (`ReplicaLog::requeue_clean_commands`): each command cleans only its own range, so no
+//! later one would make up for it.
 
 use super::entry_codec::{control_batch, CONTROL_TYPE_CLEAN};
 use crate::log::cleaner::KeyMap;

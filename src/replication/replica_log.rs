@@ -1075,6 +1075,18 @@ impl ReplicaLog {
         taken.into_iter().collect()
     }
 
+    /// Puts taken clean commands back (a clean that stopped at a corrupt batch): they
+    /// are taken again by the next pass, once the repair has replaced the damage.
+    /// Commands whose entries a repair cut meanwhile come back with those entries.
+    pub fn requeue_clean_commands(&mut self, commands: Vec<(i64, CleanCommand)>) {
+        let end = self.log.log_end_offset();
+        for (offset, command) in commands {
+            if offset < end {
+                self.clean_commands.insert(offset, command);
+            }
+        }
+    }
+
     /// Applies the committed clean command stored at `command_offset` to the log (see
     /// `replication::compaction`); once done, the command's offset is written down
     /// (`CLEANER_CHECKPOINT_FILE`) so that a restart applies only later ones again.

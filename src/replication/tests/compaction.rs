@@ -488,3 +488,33 @@ fn a_damaged_batch_stops_the_clean_before_any_rewrite() {
         "a segment was rewritten around the damage"
     );
 }
+
+/// A clean that met a corrupt batch is put back (`requeue_clean_commands`) and applied
+/// once the replica is whole again: no later command covers its range, so without it
+/// the replica would keep records the others dropped (simulator, seed 19 of 6d0bc5f).
+#[test]
+fn a_clean_put_back_after_meeting_damage_is_applied_later() {
+    let mut cluster = Cluster::new();
+    let leader = cluster.tick_until_leader(&[1, 2, 3]);
+    for i in 0..30 {
+        cluster.propose_bytes(leader, workload_batch(i));
+    }
+    let before = cluster.committed(leader);
+    cluster.propose_clean(leader);
+    assert_eq!(cluster.apply_cleans(leader), 1);
+    assert_ne!(
+        cluster.committed(leader),
+        before,
+        "the clean dropped records"
+    );
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    {
+        let mut replica = cluster.nodes[&follower].storage.lock();
+        let taken = replica.take_committed_clean_commands();
+        assert_eq!(taken.len(), 1);
+        assert!(replica.take_committed_clean_commands().is_empty());
+        replica.requeue_clean_commands(taken);
+    }
+    assert_eq!(cluster.apply_cleans(follower), 1);
+    assert_eq!(cluster.committed(follower), cluster.committed(leader));
+}

@@ -27,9 +27,16 @@ def check_disk(broker, topic, codec):
     assert batches, "no batch on disk"
     assert sum(b.records_count for b in batches) == N
     assert batches[-1].last_offset - batches[0].base_offset == N - 1
-    wrong = [(b.base_offset, b.codec) for b in batches if b.codec != CODECS[codec]]
+    # Every batch of several records carries the codec. librdkafka may send a batch of a
+    # single record uncompressed (seen once in CI: the 4 one-record batches at offsets
+    # 1-4 of a gzip run, out of 37), so a few of those are let through; a producer that
+    # fell back to no compression altogether still fails here.
+    wrong = [(b.base_offset, b.codec) for b in batches
+             if b.codec != CODECS[codec] and b.records_count > 1]
     assert not wrong, (f"{len(wrong)} of {len(batches)} stored batches do not carry codec "
                        f"{codec} ({CODECS[codec]}): (baseOffset, codec) {wrong[:10]}")
+    lone = [b.base_offset for b in batches if b.codec != CODECS[codec]]
+    assert len(lone) <= 10, f"{len(lone)} one-record batches without the codec: {lone[:10]}"
     assert all(b.crc_ok for b in batches), "stored batch with a bad CRC"
     # Several records per batch: the codec is actually used on real batches.
     assert len(batches) < N

@@ -310,6 +310,15 @@ pub struct TxnToVerify {
     pub verify_only: bool,
 }
 
+/// EndTxn of `producer` (the same body at v4 and v5).
+fn end_txn_request(transactional_id: &str, producer: (i64, i16), commit: bool) -> EndTxnRequest {
+    EndTxnRequest::default()
+        .with_transactional_id(TransactionalId(str_bytes(transactional_id)))
+        .with_producer_id(ProducerId(producer.0))
+        .with_producer_epoch(producer.1)
+        .with_committed(commit)
+}
+
 fn check(code: i16) -> Result<()> {
     match ResponseError::try_from_code(code) {
         None if code == 0 => Ok(()),
@@ -603,11 +612,7 @@ impl Client {
         producer: (i64, i16),
         commit: bool,
     ) -> Result<()> {
-        let request = EndTxnRequest::default()
-            .with_transactional_id(TransactionalId(str_bytes(transactional_id)))
-            .with_producer_id(ProducerId(producer.0))
-            .with_producer_epoch(producer.1)
-            .with_committed(commit);
+        let request = end_txn_request(transactional_id, producer, commit);
         let response = self.send(&request, 4).await?;
         check(response.error_code)
     }
@@ -622,11 +627,7 @@ impl Client {
         producer: (i64, i16),
         commit: bool,
     ) -> Result<(i64, i16)> {
-        let request = EndTxnRequest::default()
-            .with_transactional_id(TransactionalId(str_bytes(transactional_id)))
-            .with_producer_id(ProducerId(producer.0))
-            .with_producer_epoch(producer.1)
-            .with_committed(commit);
+        let request = end_txn_request(transactional_id, producer, commit);
         let response = self.send(&request, 5).await?;
         check(response.error_code)?;
         let next = (response.producer_id.0, response.producer_epoch);

@@ -185,15 +185,13 @@ impl Writer {
                     (None, Some(ticket)) => match tokio::time::timeout(WRITE_TIMEOUT, ticket).await
                     {
                         Ok(Ok(Ok(_))) => Ok(()),
-                        Ok(Ok(Err(ProduceError::Sequence(refused)))) => {
-                            // Refused for its producer before it was proposed: nothing
-                            // was written, the jobs after it stand.
+                        Ok(Ok(Err(
+                            refused @ (ProduceError::Sequence(_) | ProduceError::TxnNotVerified),
+                        ))) => {
+                            // Refused for its producer before it was proposed (a stale
+                            // epoch, or a verification a marker voided): nothing was
+                            // written, the jobs after it stand.
                             job.fail(refused.kafka_error());
-                            continue;
-                        }
-                        Ok(Ok(Err(ProduceError::TxnNotVerified))) => {
-                            // Its verification was voided by a marker: likewise.
-                            job.fail(ResponseError::InvalidTxnState);
                             continue;
                         }
                         Ok(_) => Err(ResponseError::NotCoordinator),

@@ -24,7 +24,7 @@ const TXN_ID: &str = "txn-admin";
 const TXN_TIMEOUT_MS: i32 = 60_000;
 
 /// Retries a call while it fails with a retriable coordinator error (bounded).
-async fn retrying<T>(mut call: impl AsyncFnMut() -> Result<T>) -> Result<T> {
+pub(super) async fn retrying<T>(mut call: impl AsyncFnMut() -> Result<T>) -> Result<T> {
     let retriable = [
         ResponseError::CoordinatorNotAvailable,
         ResponseError::CoordinatorLoadInProgress,
@@ -69,7 +69,7 @@ async fn produce_txn(
         .await
 }
 
-fn error_of(result: Result<Option<i64>>) -> Option<ResponseError> {
+pub(super) fn error_of<T>(result: Result<T>) -> Option<ResponseError> {
     result
         .err()
         .map(|e| response_error(&e).expect("a Kafka error"))

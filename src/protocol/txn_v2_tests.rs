@@ -4,13 +4,13 @@
 //! v5 bumps the epoch, and a produce delayed from an ended transaction can never join
 //! the next one (KAFKA-17754). Also TxnOffsetCommit below v5 is verified.
 
+use super::txn_admin_tests::{error_of, retrying};
 use super::txn_offset_tests::start;
-use crate::client::{encode_batch, response_error, with_producer_fields, Client, ProducerFields};
+use crate::client::{encode_batch, with_producer_fields, Client, ProducerFields};
 use crate::storage::MemoryStorage;
 use anyhow::Result;
 use bytes::Bytes;
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::Compression;
 use kafka_protocol::ResponseError;
 use std::sync::Arc;
@@ -19,44 +19,6 @@ use std::time::Duration;
 const TOPIC: &str = "tv2-out";
 const GROUP: &str = "tv2-group";
 const TXN_ID: &str = "tv2-app";
-
-fn s(value: &str) -> StrBytes {
-    StrBytes::from_string(value.to_string())
-}
-
-/// Retries a call while it fails with a retriable coordinator error (bounded).
-async fn retrying<T>(mut call: impl AsyncFnMut() -> Result<T>) -> Result<T> {
-    use ResponseError::*;
-    let retriable = [
-        CoordinatorNotAvailable,
-        CoordinatorLoadInProgress,
-        NotCoordinator,
-        ConcurrentTransactions,
-        NotEnoughReplicas,
-    ];
-    for _ in 0..1000 {
-        match call().await {
-            Err(e) if response_error(&e).is_some_and(|c| retriable.contains(&c)) => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            other => return other,
-        }
-    }
-    panic!("still refused after 1000 tries");
-}
-
-fn error_of<T>(result: Result<T>) -> Option<ResponseError> {
-    result
-        .err()
-        .map(|e| response_error(&e).expect("a Kafka error"))
-}
-
-fn check(code: i16) -> Result<()> {
-    match ResponseError::try_from_code(code) {
-        None => Ok(()),
-        Some(e) => Err(anyhow::Error::new(e)),
-    }
-}
 
 /// A transactional batch of one record `value` from `producer` at `sequence`.
 fn batch(producer: (i64, i16), sequence: i32, value: &str) -> Bytes {
@@ -71,23 +33,16 @@ fn batch(producer: (i64, i16), sequence: i32, value: &str) -> Bytes {
     with_producer_fields(&plain, fields)
 }
 
-/// A transactional Produce of `version` to `partition`: its base offset.
-async fn produce(client: &mut Client, version: i16, partition: i32, batch: Bytes) -> Result<i64> {
-    use produce_request::*;
-    let data = PartitionProduceData::default()
-        .with_index(partition)
-        .with_records(Some(batch));
-    let request = ProduceRequest::default()
-        .with_transactional_id(Some(TransactionalId(s(TXN_ID))))
-        .with_acks(-1)
-        .with_timeout_ms(5_000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(TopicName(s(TOPIC)))
-            .with_partition_data(vec![data])]);
-    let response = client.send(&request, version).await?;
-    let p = &response.responses[0].partition_responses[0];
-    check(p.error_code)?;
-    Ok(p.base_offset)
+/// A transactional Produce of `version` to `partition` (acks=all).
+async fn produce(
+    client: &mut Client,
+    version: i16,
+    partition: i32,
+    batch: Bytes,
+) -> Result<Option<i64>> {
+    client
+        .produce_batch_at(TOPIC, partition, batch, -1, Some(TXN_ID), version)
+        .await
 }
 
 /// A TxnOffsetCommit of `version` committing `offset` for partition 0 of the topic.
@@ -97,31 +52,15 @@ async fn txn_offset_commit(
     producer: (i64, i16),
     offset: i64,
 ) -> Result<()> {
-    use txn_offset_commit_request::*;
-    let request = TxnOffsetCommitRequest::default()
-        .with_transactional_id(TransactionalId(s(TXN_ID)))
-        .with_group_id(GroupId(s(GROUP)))
-        .with_producer_id(ProducerId(producer.0))
-        .with_producer_epoch(producer.1)
-        .with_topics(vec![TxnOffsetCommitRequestTopic::default()
-            .with_name(TopicName(s(TOPIC)))
-            .with_partitions(vec![TxnOffsetCommitRequestPartition::default()
-                .with_partition_index(0)
-                .with_committed_offset(offset)])]);
-    let response = client.send(&request, version).await?;
-    check(response.topics[0].partitions[0].error_code)
+    let offsets = [(TOPIC, 0, offset)];
+    client
+        .txn_offset_commit_at(TXN_ID, producer, GROUP, &offsets, version)
+        .await
 }
 
 /// EndTxn v5: the producer id and epoch the producer continues with.
 async fn end_txn(client: &mut Client, producer: (i64, i16), commit: bool) -> Result<(i64, i16)> {
-    let request = EndTxnRequest::default()
-        .with_transactional_id(TransactionalId(s(TXN_ID)))
-        .with_producer_id(ProducerId(producer.0))
-        .with_producer_epoch(producer.1)
-        .with_committed(commit);
-    let response = client.send(&request, 5).await?;
-    check(response.error_code)?;
-    Ok((response.producer_id.0, response.producer_epoch))
+    client.end_txn_v2(TXN_ID, producer, commit).await
 }
 
 /// The transaction's state and its partitions, as DescribeTransactions tells them.

@@ -27,10 +27,12 @@ def check_disk(broker, topic, codec):
     assert batches, "no batch on disk"
     assert sum(b.records_count for b in batches) == N
     assert batches[-1].last_offset - batches[0].base_offset == N - 1
-    # Every batch of several records carries the codec. librdkafka may send a batch of a
-    # single record uncompressed (seen once in CI: the 4 one-record batches at offsets
-    # 1-4 of a gzip run, out of 37), so a few of those are let through; a producer that
-    # fell back to no compression altogether still fails here.
+    # Every batch of several records carries the codec. librdkafka sends a batch
+    # uncompressed when compressing does not make it smaller, which happens to a batch
+    # of one short record (a lone gzip record of ~40 bytes is stored uncompressed when
+    # produced with linger.ms=0; once in CI the 4 one-record batches at offsets 1-4 of a
+    # gzip run came so), so a few of those are let through; a producer that fell back
+    # to no compression altogether still fails here.
     wrong = [(b.base_offset, b.codec) for b in batches
              if b.codec != CODECS[codec] and b.records_count > 1]
     assert not wrong, (f"{len(wrong)} of {len(batches)} stored batches do not carry codec "
